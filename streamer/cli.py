@@ -1,0 +1,121 @@
+"""`streamer` command line. For now: `bench`, the prequential evaluator of the learners."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from models.cells import NetSpec
+from models.learners import BASELINES, LEARNERS
+from streamer import bench as B
+
+app = typer.Typer(add_completion=False, help="Online LSTM/GRU prediction for tick streams.", no_args_is_help=True)
+console = Console()
+
+
+@app.callback()
+def main() -> None:
+    """Online LSTM/GRU prediction for tick streams."""
+
+
+@app.command("bench")
+def bench_cmd(
+    file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv for packaged data")],
+    target: Annotated[str | None, typer.Option(help="regression stream: the target column")] = None,
+    series: Annotated[str | None, typer.Option(help="multi-series stream: comma-separated columns, one key each")] = None,
+    warmup: Annotated[int, typer.Option(help="series: rows whose mean/sd define the z-scale")] = 2880,
+    start: Annotated[int, typer.Option(help="series: first scored target row")] = 3600,
+    end: Annotated[int | None, typer.Option(help="series: end (exclusive) of the scored rows")] = None,
+    lags: Annotated[int, typer.Option(help="series: past values of its own in each key's regressor")] = 3,
+    learners: Annotated[str, typer.Option(help="comma-separated: " + ",".join(LEARNERS))] = ",".join(LEARNERS),
+    cell: Annotated[str, typer.Option(help="lstm or gru")] = "lstm",
+    head: Annotated[str, typer.Option(help="plain, skip or gated")] = "skip",
+    gate: Annotated[str, typer.Option(help="gated head: scalar or vector")] = "scalar",
+    hidden: Annotated[int, typer.Option(help="cell size m")] = 16,
+    particles: Annotated[int, typer.Option(help="pf: particles per key")] = 64,
+    seeds: Annotated[int, typer.Option(help="runs per learner, seeds 0..S-1; figures are means")] = 1,
+    normalize: Annotated[str, typer.Option(help="per-key online normalisation: none or online")] = "none",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="learner option, e.g. --set ekf.p0=25")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the table as JSON here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG of cumulative MSE per learner here")] = None,
+) -> None:
+    """Prequential (test-then-train) evaluation of learners and baselines on one stream."""
+    if (target is None) == (series is None):
+        raise typer.BadParameter("give exactly one of --target (regression) or --series (multi-series)")
+    names = [n.strip() for n in learners.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LEARNERS]
+    if unknown:
+        raise typer.BadParameter(f"unknown learners {unknown}; choose from {','.join(LEARNERS)}")
+    try:
+        options = B.parse_options(set_ or [])
+        df = B.read_table(file)
+        if target is not None:
+            stream = B.regression_stream(df, target, Path(file).stem)
+        else:
+            stream = B.series_stream(df, [s.strip() for s in series.split(",")], warmup, lags, start, end,  # type: ignore[union-attr]
+                                     Path(file).stem)
+        spec = NetSpec(n_in=stream.x.shape[2], hidden=hidden, cell=cell, head=head, gate=gate)  # type: ignore[arg-type]
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if particles != 64 or "pf" in options:
+        options.setdefault("pf", {}).setdefault("n_particles", particles)
+    plan = [(b, 0) for b in BASELINES] + [(n, s) for n in names for s in range(seeds)]
+    total = len(plan) * len(stream.d)
+    results: list[B.RunResult] = []
+    console.print(f"[bold]{stream.name}[/]: {len(stream.d)} steps x {len(stream.keys)} keys, "
+                  f"scored from step {stream.score_from}; model {spec.describe()}")
+    with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("", total=total)
+        for learner, seed in plan:
+            bar.update(task, description=f"{learner} seed {seed}")
+            results.append(B.run(stream, learner, spec, seed, options.get(learner), normalize,
+                                 on_rows=lambda k: bar.advance(task, k)))
+    rows = B.summarise(results)
+    table = Table(title=f"prequential scores on {stream.name} (mean of {seeds} seed(s) for learners)")
+    for col in ("learner", "cell", "NMSE", "MSE", "MAE", "coverage90", "ticks/s", "resets"):
+        table.add_column(col, justify="left" if col in ("learner", "cell") else "right")
+    for r in rows:
+        table.add_row(r["learner"], r["cell"], f"{r['nmse']:.4f}", f"{r['mse']:.4f}", f"{r['mae']:.4f}",
+                      f"{r['coverage90']:.3f}", f"{r['ticks_per_s']:,.0f}", str(r["resets"]))
+    console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"stream": stream.name, "spec": spec.describe(), "rows": rows}, indent=2))
+        console.print(f"wrote {json_path}")
+    if plot is not None:
+        _plot(results, plot, stream.name)
+        console.print(f"wrote {plot}")
+
+
+def _plot(results: list[B.RunResult], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    seen = set()
+    for r in results:
+        if r.learner in seen:
+            continue
+        seen.add(r.learner)
+        err2 = (r.errors**2).reshape(len(r.errors), -1).mean(axis=1)
+        ax.plot(np.cumsum(err2) / np.arange(1, len(err2) + 1), label=r.learner)
+    ax.set(xlabel="scored step", ylabel="cumulative MSE", title=f"prequential error, {title}", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,163 @@
+"""One conformance suite, run against every learner and baseline (River's check_estimator idea)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from models.bank import ModelBank
+from models.cells import NetSpec
+from models.learners import BASELINES, LEARNERS, make_learner
+
+SPEC = NetSpec(n_in=3, hidden=4)
+SMALL = {"pf": {"n_particles": 16}, "sgd": {"window": 3}, "ekf": {"window": 3}, "dekf": {"window": 3}}
+ALL = LEARNERS + BASELINES
+
+
+def learner(name: str, spec: NetSpec = SPEC):
+    return make_learner(name, spec, **SMALL.get(name, {}))
+
+
+def stream(T: int, K: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, K, SPEC.n_in, generator=g)
+    d = torch.sin(x.sum(-1)) + 0.1 * torch.randn(T, K, generator=g)
+    return x, d
+
+
+def copy_state(st):
+    return {k: v.clone() for k, v in st.items()}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_predict_does_not_mutate_and_step_predicts_first(name):
+    L = learner(name)
+    st = L.init_state(torch.arange(5))
+    x, d = stream(20, 5)
+    for t in range(10):
+        st = L.update(st, x[t], d[t])
+    before = copy_state(st)
+    mean, var = L.predict(st, x[10])
+    for k, v in st.items():
+        assert torch.equal(v, before[k]), f"predict changed {k}"
+    m2, v2, _ = L.step(copy_state(st), x[10], d[10])
+    torch.testing.assert_close(m2, mean)
+    torch.testing.assert_close(v2, var)
+    assert (var > 0).all() and torch.isfinite(mean).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_snapshot_restore_gives_same_next_prediction(name):
+    bank = ModelBank(learner(name))
+    x, d = stream(30, 3)
+    keys = ["a", "b", "c"]
+    for t in range(25):
+        bank.step(keys, x[t], d[t])
+    blob = bank.snapshot("b")
+    other = ModelBank(learner(name))
+    other.restore(blob)
+    m1, v1 = bank.predict(["b"], x[25, 1:2])
+    m2, v2 = other.predict(["b"], x[25, 1:2])
+    assert torch.equal(m1, m2) and torch.equal(v1, v2)
+    # and the restored key keeps learning identically
+    r1 = bank.step(["b"] * 3, x[25:28, 1], d[25:28, 1])
+    r2 = other.step(["b"] * 3, x[25:28, 1], d[25:28, 1])
+    assert torch.equal(r1.mean, r2.mean)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_two_seeded_runs_are_bit_identical(name):
+    x, d = stream(40, 4)
+    outs = []
+    for _ in range(2):
+        bank = ModelBank(learner(name))
+        outs.append(torch.stack([bank.step(list("wxyz"), x[t], d[t]).mean for t in range(40)]))
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bank_of_k_equals_k_banks_of_one(name):
+    keys = [f"k{i}" for i in range(6)]
+    x, d = stream(30, 6)
+    bank = ModelBank(learner(name))
+    together = torch.stack([bank.step(keys, x[t], d[t]).mean for t in range(30)])  # [T, K]
+    for i, k in enumerate(keys):
+        alone = ModelBank(learner(name))
+        single = torch.stack([alone.step([k], x[t, i : i + 1], d[t, i : i + 1]).mean for t in range(30)])[:, 0]
+        torch.testing.assert_close(single, together[:, i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_repeated_keys_in_one_batch_are_processed_in_order(name):
+    x, d = stream(8, 1)
+    seq = ModelBank(learner(name))
+    one_by_one = torch.cat([seq.step(["k"], x[t], d[t]).mean for t in range(8)])
+    batched = ModelBank(learner(name)).step(["k"] * 8, x[:, 0], d[:, 0]).mean
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_drop_and_readd_key_starts_cold(name):
+    bank = ModelBank(learner(name))
+    x, d = stream(10, 2)
+    first = bank.step(["a", "b"], x[0], d[0]).mean
+    for t in range(1, 10):
+        bank.step(["a", "b"], x[t], d[t])
+    bank.drop(["a"])
+    assert bank.names == ["b"]
+    again = bank.step(["a"], x[0, :1], d[0, :1]).mean
+    torch.testing.assert_close(again, first[:1])
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_memory_flat_over_10k_ticks(name):
+    bank = ModelBank(learner(name))
+    x, d = stream(500, 4)
+    keys = list("abcd")
+    sizes = None
+    for t in range(10_000):
+        bank.step(keys, x[t % 500], d[t % 500])
+        if t == 1000:
+            sizes = {k: v.shape for k, v in bank.state.items()}
+            rss = _rss_mb()
+    assert {k: v.shape for k, v in bank.state.items()} == sizes
+    assert _rss_mb() - rss < 20, "resident memory grew by more than 20 MiB over 9k ticks"
+
+
+@pytest.mark.parametrize("name", ["sgd", "ekf", "dekf", "pf"])
+def test_non_finite_state_is_reset_and_counted(name):
+    bank = ModelBank(learner(name))
+    x, d = stream(10, 2)
+    for t in range(5):
+        bank.step(["a", "b"], x[t], d[t])
+    healthy_b = bank.snapshot("b")
+    bank.state["l.theta"][bank.index["a"]] = float("nan")
+    res = bank.step(["a", "b"], x[5], d[5])
+    assert bool(res.reset[0]) and not bool(res.reset[1])
+    assert bank.resets_total == 1 and int(bank.state["b.resets"][bank.index["a"]]) == 1
+    assert torch.isfinite(res.mean).all() and torch.isfinite(res.lower).all()
+    later = bank.step(["a", "b"], x[6], d[6])
+    assert torch.isfinite(later.mean).all()
+    other = ModelBank(learner(name))
+    other.restore(healthy_b)
+    assert torch.equal(other.step(["b"], x[5, 1:], d[5, 1:]).mean, res.mean[1:])
+
+
+def test_snapshot_refuses_wrong_spec_and_garbage():
+    bank = ModelBank(learner("sgd"))
+    bank.step(["a"], torch.zeros(1, 3), torch.zeros(1))
+    blob = bank.snapshot("a")
+    with pytest.raises(ValueError, match="snapshot is for"):
+        ModelBank(make_learner("sgd", NetSpec(n_in=3, hidden=5))).restore(blob)
+    with pytest.raises(ValueError, match="bad magic"):
+        bank.restore(b"\x80\x04pickle")
+    with pytest.raises(ValueError):
+        bank.restore(blob[:-4])

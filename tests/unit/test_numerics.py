@@ -1,0 +1,231 @@
+"""Numerics against independent references: torch.nn.LSTMCell, finite differences, the exact
+Kalman filter, a conjugate Gaussian posterior, and the defining property of systematic resampling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models import rng
+from models.cells import NetSpec, cell_step, pack, unpack
+from models.learners import make_learner
+from models.learners.ekf import DEKFLearner, EKFConfig, EKFLearner, kalman_update
+from models.learners.pf import PFConfig, PFLearner, systematic_indices
+from models.learners.window import window_forward, window_jacobian
+
+D = torch.float64
+
+
+def test_lstm_cell_matches_torch_lstmcell():
+    spec = NetSpec(n_in=5, hidden=7)
+    ref = torch.nn.LSTMCell(5, 7).double()
+    W = torch.cat([ref.weight_ih, ref.weight_hh, (ref.bias_ih + ref.bias_hh)[:, None]], 1)  # [4m, q] gates i,f,g,o
+    i, f, g, o = W.detach().chunk(4)
+    cell = torch.stack([g, i, f, o], dim=1).reshape(1, 28, 13)  # ours: neuron-major, gates z,i,f,o
+    x, c, y = torch.randn(1, 5, dtype=D), torch.randn(1, 7, dtype=D), torch.randn(1, 7, dtype=D)
+    h = cell_step(spec, cell, torch.cat([c, y], 1), x)
+    y_ref, c_ref = ref(x, (y, c))
+    torch.testing.assert_close(h[:, :7], c_ref.detach())
+    torch.testing.assert_close(h[:, 7:], y_ref.detach())
+
+
+def test_gru_cell_matches_equations():
+    spec = NetSpec(n_in=3, hidden=4, cell="gru")
+    theta = torch.randn(2, spec.n_theta, dtype=D)
+    cg = unpack(spec, theta).cell.view(2, 4, 3, 8)
+    x, y = torch.randn(2, 3, dtype=D), torch.randn(2, 4, dtype=D)
+    W, R, b = cg[..., :3], cg[..., 3:7], cg[..., 7]
+    u = torch.sigmoid(torch.einsum("bmp,bp->bm", W[:, :, 0], x) + torch.einsum("bmk,bk->bm", R[:, :, 0], y) + b[:, :, 0])
+    r = torch.sigmoid(torch.einsum("bmp,bp->bm", W[:, :, 1], x) + torch.einsum("bmk,bk->bm", R[:, :, 1], y) + b[:, :, 1])
+    n = torch.tanh(torch.einsum("bmp,bp->bm", W[:, :, 2], x) + torch.einsum("bmk,bk->bm", R[:, :, 2], r * y) + b[:, :, 2])
+    torch.testing.assert_close(cell_step(spec, unpack(spec, theta).cell, y, x), (1 - u) * y + u * n)
+
+
+@pytest.mark.parametrize("head,gate", [("plain", "scalar"), ("skip", "scalar"), ("gated", "scalar"), ("gated", "vector")])
+def test_pack_unpack_round_trip(head, gate):
+    spec = NetSpec(n_in=3, hidden=5, head=head, gate=gate)
+    theta = torch.randn(4, spec.n_theta)
+    assert torch.equal(pack(spec, unpack(spec, theta)), theta)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("head,gate", [("plain", "scalar"), ("skip", "scalar"), ("gated", "vector")])
+def test_window_jacobian_matches_finite_differences(cell, head, gate):
+    spec = NetSpec(n_in=3, hidden=4, cell=cell, head=head, gate=gate)
+    g = torch.Generator().manual_seed(1)
+    theta = 0.5 * torch.randn(2, spec.n_theta, generator=g, dtype=D)
+    h0 = 0.3 * torch.randn(2, spec.state_dim, generator=g, dtype=D)
+    xbuf, x = torch.randn(2, 4, 3, generator=g, dtype=D), torch.randn(2, 3, generator=g, dtype=D)
+    _, H, _ = window_jacobian(spec, theta, h0, xbuf, x)
+    eps = 1e-6
+    idx = torch.randperm(spec.n_theta, generator=g)[:40]
+    for j in idx.tolist():
+        tp, tm = theta.clone(), theta.clone()
+        tp[:, j] += eps
+        tm[:, j] -= eps
+        fd = (window_forward(spec, tp, h0, xbuf, x)[0] - window_forward(spec, tm, h0, xbuf, x)[0]) / (2 * eps)
+        torch.testing.assert_close(H[:, j], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_sgd_step_is_gradient_descent_on_squared_error():
+    spec = NetSpec(n_in=3, hidden=4)
+    L = make_learner("sgd", spec, dtype=D, window=1, lr=0.05, clip=1e9)
+    st = L.init_state(torch.arange(2))
+    x, d = torch.randn(2, 3, dtype=D), torch.randn(2, dtype=D)
+    theta = st["theta"].clone().requires_grad_(True)
+    loss = 0.5 * ((d - window_forward(spec, theta, st["h0"], st["xbuf"], x)[0]) ** 2).sum()
+    (grad,) = torch.autograd.grad(loss, theta)
+    _, _, st = L.step(st, x, d)
+    torch.testing.assert_close(st["theta"], theta.detach() - 0.05 * grad)
+
+
+@pytest.mark.parametrize("joseph", [False, True])
+def test_kalman_update_equals_exact_kalman_filter(joseph):
+    """Linear-Gaussian model d_t = h_t^T theta_t + eps, theta_t = theta_{t-1} + eta: the update used
+    by the EKF must reproduce the textbook Kalman filter (numpy, float64) step for step."""
+    rs = np.random.default_rng(0)
+    n, T, R, q = 5, 200, 0.3, 1e-3
+    theta_true = rs.normal(size=n)
+    m_ref, P_ref = np.zeros(n), 10 * np.eye(n)
+    theta, P = torch.zeros(1, n, dtype=D), 10 * torch.eye(n, dtype=D)[None]
+    for _ in range(T):
+        theta_true = theta_true + math.sqrt(q) * rs.normal(size=n)
+        h = rs.normal(size=n)
+        d = h @ theta_true + math.sqrt(R) * rs.normal()
+        # textbook: update with (h, d), then predict through the random walk
+        S_ref = h @ P_ref @ h + R
+        K = P_ref @ h / S_ref
+        m_ref = m_ref + K * (d - h @ m_ref)
+        P_ref = (np.eye(n) - np.outer(K, h)) @ P_ref + q * np.eye(n)
+        e = torch.tensor([d], dtype=D) - (theta * torch.from_numpy(h)).sum(1)
+        theta, P, S = kalman_update(theta, P, torch.from_numpy(h)[None], e, torch.tensor([R], dtype=D),
+                                    torch.tensor([q], dtype=D), joseph)
+        assert abs(float(S[0]) - S_ref) < 1e-9 * S_ref
+    np.testing.assert_allclose(theta[0].numpy(), m_ref, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(P[0].numpy(), P_ref, rtol=1e-8, atol=1e-12)
+
+
+def test_ekf_learner_on_linear_head_is_the_kalman_filter_on_v():
+    """With every weight but the direct path v frozen (P0 = 0 except on v), the EKF learner's
+    estimate of v must follow the exact Kalman filter for d_t = v^T x_t + b0 + w^T y_t + eps."""
+    spec = NetSpec(n_in=3, hidden=2, head="skip")
+    c = EKFConfig(p0=1.0, r_init=0.5, r_last=0.5, q_init=0.0, q_last=0.0, window=1)
+    L = EKFLearner(spec, c, dtype=D)
+    st = L.init_state(torch.arange(1))
+    vsl = slice(spec.n_cell + spec.hidden + 1, spec.n_theta)
+    mask = torch.zeros(spec.n_theta, dtype=D)
+    mask[vsl] = 1
+    st["P"] = torch.diag(mask)[None].clone()
+    rs = np.random.default_rng(3)
+    v_true = rs.normal(size=3)
+    m, P = st["theta"][0, vsl].numpy().copy(), np.eye(3)
+    for _ in range(100):
+        x = rs.normal(size=3)
+        mean, var = L.predict(st, torch.from_numpy(x)[None])
+        other = float(mean[0]) - x @ m  # w^T y + b0, which P = 0 keeps fixed
+        d = x @ v_true + other + 0.7 * rs.normal()
+        S = x @ P @ x + 0.5
+        assert abs(float(var[0]) - S) < 1e-9
+        K = P @ x / S
+        m, P = m + K * (d - other - x @ m), P - np.outer(K, x) @ P
+        st = L.update(st, torch.from_numpy(x)[None], torch.tensor([d], dtype=D))
+    np.testing.assert_allclose(st["theta"][0, vsl].numpy(), m, rtol=1e-8, atol=1e-10)
+
+
+def test_dekf_first_step_equals_ekf_with_diagonal_prior():
+    spec = NetSpec(n_in=3, hidden=4)
+    c = EKFConfig(window=2)
+    e, d_ = EKFLearner(spec, c, dtype=D), DEKFLearner(spec, c, dtype=D)
+    se, sd = e.init_state(torch.arange(3)), d_.init_state(torch.arange(3))
+    x, y = torch.randn(3, 3, dtype=D), torch.randn(3, dtype=D)
+    m1, v1, se = e.step(se, x, y)
+    m2, v2, sd = d_.step(sd, x, y)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(se["theta"], sd["theta"])
+    blk = spec.block_size
+    torch.testing.assert_close(sd["Pc"][:, 1], se["P"][:, blk : 2 * blk, blk : 2 * blk])
+
+
+def test_pf_posterior_matches_conjugate_gaussian():
+    """Model d_t = r^T phi_t + eps with a Gaussian prior on r (the PF's read-out) and particles that
+    share their nonlinear weights: the filter's predictive mean and variance must be the exact
+    Bayesian linear-regression posterior predictive."""
+    spec = NetSpec(n_in=2, hidden=3, head="skip")
+    cfg = PFConfig(n_particles=8, r=0.2, theta_noise=0.0, grad_step=0.0, readout_q=0.0, init_spread=0.0)
+    L = PFLearner(spec, cfg, dtype=D)
+    theta0 = 0.3 * torch.randn(1, spec.n_theta, dtype=D)
+    st = L.init_state(torch.arange(1), theta0)
+    prior = cfg.init_spread**2 + 1e-2
+    st["Sigma"] = prior * torch.eye(spec.n_readout, dtype=D).expand(1, 8, -1, -1).clone()
+    r0 = theta0[0, spec.n_cell : spec.n_cell + spec.n_readout].numpy()
+    Phi, ds = [], []
+    h = torch.zeros(1, spec.state_dim, dtype=D)
+    cell = unpack(spec, theta0).cell
+    rs = np.random.default_rng(0)
+    r_true = rs.normal(size=spec.n_readout)
+    for _ in range(60):
+        x = torch.from_numpy(rs.normal(size=(1, 2)))
+        h = cell_step(spec, cell, h, x)
+        phi = np.concatenate([h[0, 3:].numpy(), [1.0], x[0].numpy()])
+        # exact posterior predictive from the prior N(r0, prior I) and the data so far
+        A = np.eye(len(r0)) / prior + sum(np.outer(p, p) for p in Phi) / cfg.r
+        b = r0 / prior + sum(p * y for p, y in zip(Phi, ds, strict=True)) / cfg.r
+        cov = np.linalg.inv(A)
+        mean_ref, var_ref = phi @ cov @ b, phi @ cov @ phi + cfg.r
+        mean, var = L.predict(st, x)
+        assert abs(float(mean[0]) - mean_ref) < 1e-8 and abs(float(var[0]) - var_ref) < 1e-8
+        d = float(phi @ r_true + math.sqrt(cfg.r) * rs.normal())
+        st = L.update(st, x, torch.tensor([d], dtype=D))
+        Phi.append(phi)
+        ds.append(d)
+
+
+def test_bootstrap_weights_and_resampling_recover_conjugate_posterior():
+    """The PF's weighting (Gaussian log-likelihood, log-sum-exp) and systematic resampling on the
+    scalar model theta ~ N(0, 1), d_t = theta + N(0, R): posterior mean within Monte-Carlo error."""
+    N, R, T = 20_000, 0.5, 15
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(1, N, generator=g, dtype=D)
+    logw = torch.full((1, N), -math.log(N), dtype=D)
+    ds = 0.8 + math.sqrt(R) * torch.randn(T, generator=g, dtype=D)
+    for t in range(T):
+        logw = logw - 0.5 * (ds[t] - theta) ** 2 / R
+        logw = logw - torch.logsumexp(logw, 1, keepdim=True)
+        w = logw.exp()
+        if 1 / (w * w).sum() < N / 2:
+            idx = systematic_indices(w, torch.rand(1, 1, generator=g, dtype=D))
+            theta = torch.gather(theta, 1, idx) + 0.0
+            logw = torch.full((1, N), -math.log(N), dtype=D)
+    post_var = 1 / (1 + T / R)
+    post_mean = post_var * float(ds.sum()) / R
+    est = float((logw.exp() * theta).sum())
+    assert abs(est - post_mean) < 5 * math.sqrt(post_var / N) * 3  # MC error with resampling inflation
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60), st.floats(0.0, 0.999999))
+def test_systematic_resampling_counts_within_one_of_n_w(raw, u):
+    w = torch.tensor(raw, dtype=D) + 1e-12
+    w = w / w.sum()
+    N = len(raw)
+    idx = systematic_indices(w[None], torch.tensor([[u]], dtype=D))[0]
+    counts = torch.bincount(idx, minlength=N).to(D)
+    assert int(counts.sum()) == N
+    assert bool(((counts - N * w).abs() < 1 + 1e-9).all())
+
+
+def test_rng_streams_are_per_key_and_counter_based():
+    seeds = torch.tensor([5, 9, 5])
+    a = rng.normal_rows(seeds, torch.tensor([0, 0, 0]), rng.STREAM_WALK, 4, 10)
+    assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
+    b = rng.normal_rows(seeds[:1], torch.tensor([1]), rng.STREAM_WALK, 4, 10)
+    assert not torch.equal(a[0], b[0])
+    big = rng.normal_rows(torch.arange(200), torch.zeros(200, dtype=torch.int64), 2, 50, 100)
+    assert abs(float(big.mean())) < 0.02 and abs(float(big.std()) - 1) < 0.02
+    u = rng.uniform(torch.arange(10_000), torch.zeros(10_000, dtype=torch.int64), 3, 1)
+    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
