@@ -138,7 +138,8 @@ class ModelBank:
         """Test-then-train on a batch of ticks: x [T, p], d [T]; repeated keys in order."""
         T = len(names)
         if x.shape != (T, self.learner.spec.n_in) or d.shape != (T,):
-            raise ValueError(f"want x [{T}, {self.learner.spec.n_in}] and d [{T}], got {tuple(x.shape)}, {tuple(d.shape)}")
+            want = f"x [{T}, {self.learner.spec.n_in}] and d [{T}]"
+            raise ValueError(f"want {want}, got {tuple(x.shape)}, {tuple(d.shape)}")
         rows = self.rows(names).numpy()
         x, d = x.to(self._dtype), d.to(self._dtype)
         out = {k: torch.empty(T, dtype=self._dtype) for k in ("mean", "var", "lower", "upper")}
@@ -183,7 +184,8 @@ class ModelBank:
         new["b.ticks"] = st["b.ticks"] + 1
         new["b.hits"] = st["b.hits"] + ((d >= lower) & (d <= upper)).to(torch.int64)
         new["b.resets"] = st["b.resets"]
-        bad = ~(self.learner.healthy(lst) & torch.isfinite(mean_n) & torch.isfinite(var_n) & torch.isfinite(new["b.lam"]))
+        finite = torch.isfinite(mean_n) & torch.isfinite(var_n) & torch.isfinite(new["b.lam"])
+        bad = ~(self.learner.healthy(lst) & finite)
         bad |= ~torch.isfinite(x).all(dim=1) | ~torch.isfinite(d)
         if bool(bad.any()):
             self._reset_rows(new, bad)

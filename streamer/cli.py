@@ -29,7 +29,7 @@ def main() -> None:
 def bench_cmd(
     file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv for packaged data")],
     target: Annotated[str | None, typer.Option(help="regression stream: the target column")] = None,
-    series: Annotated[str | None, typer.Option(help="multi-series stream: comma-separated columns, one key each")] = None,
+    series: Annotated[str | None, typer.Option(help="multi-series: columns, one key each")] = None,
     warmup: Annotated[int, typer.Option(help="series: rows whose mean/sd define the z-scale")] = 2880,
     start: Annotated[int, typer.Option(help="series: first scored target row")] = 3600,
     end: Annotated[int | None, typer.Option(help="series: end (exclusive) of the scored rows")] = None,

@@ -40,13 +40,18 @@ def test_gru_cell_matches_equations():
     cg = unpack(spec, theta).cell.view(2, 4, 3, 8)
     x, y = torch.randn(2, 3, dtype=D), torch.randn(2, 4, dtype=D)
     W, R, b = cg[..., :3], cg[..., 3:7], cg[..., 7]
-    u = torch.sigmoid(torch.einsum("bmp,bp->bm", W[:, :, 0], x) + torch.einsum("bmk,bk->bm", R[:, :, 0], y) + b[:, :, 0])
-    r = torch.sigmoid(torch.einsum("bmp,bp->bm", W[:, :, 1], x) + torch.einsum("bmk,bk->bm", R[:, :, 1], y) + b[:, :, 1])
-    n = torch.tanh(torch.einsum("bmp,bp->bm", W[:, :, 2], x) + torch.einsum("bmk,bk->bm", R[:, :, 2], r * y) + b[:, :, 2])
+    def pre(g, h):
+        return torch.einsum("bmp,bp->bm", W[:, :, g], x) + torch.einsum("bmk,bk->bm", R[:, :, g], h) + b[:, :, g]
+
+    u, r = torch.sigmoid(pre(0, y)), torch.sigmoid(pre(1, y))
+    n = torch.tanh(pre(2, r * y))
     torch.testing.assert_close(cell_step(spec, unpack(spec, theta).cell, y, x), (1 - u) * y + u * n)
 
 
-@pytest.mark.parametrize("head,gate", [("plain", "scalar"), ("skip", "scalar"), ("gated", "scalar"), ("gated", "vector")])
+HEADS = [("plain", "scalar"), ("skip", "scalar"), ("gated", "scalar"), ("gated", "vector")]
+
+
+@pytest.mark.parametrize("head,gate", HEADS)
 def test_pack_unpack_round_trip(head, gate):
     spec = NetSpec(n_in=3, hidden=5, head=head, gate=gate)
     theta = torch.randn(4, spec.n_theta)
