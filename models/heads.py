@@ -9,7 +9,7 @@ b0 is an output bias the paper does not write; it costs one parameter and lets a
 normaliser has not settled yet fit its level. In every head the estimate is linear in the
 read-out r = [w; b0; v] given the features phi = [y_t; 1; alpha_t * x_t], which is what the
 Rao-Blackwellised particle filter exploits (a Kalman filter over r per particle).
-theta's head part is laid out [r (n_readout) | gate rows (n_alpha x q)].
+theta's head part is laid out [r (n_readout) | gate weights (q x n_alpha, input-major)].
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def readout_features(
         return torch.cat([y, ones, x], dim=1)
     assert params.gate is not None
     u = torch.cat([x, y_prev, ones], dim=1)  # [B, q]
-    alpha = torch.sigmoid(torch.bmm(params.gate, u.unsqueeze(2)).squeeze(2))  # [B, n_alpha]
+    alpha = torch.sigmoid(torch.bmm(u.unsqueeze(1), params.gate).squeeze(1))  # [B, n_alpha]
     return torch.cat([y, ones, alpha * x], dim=1)  # scalar alpha broadcasts over p
 
 
@@ -39,9 +39,7 @@ def readout(spec: NetSpec, theta: torch.Tensor) -> torch.Tensor:
     return theta[:, spec.n_cell : spec.n_cell + spec.n_readout]
 
 
-def estimate(
-    spec: NetSpec, theta: torch.Tensor, params: Params, y: torch.Tensor, y_prev: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
+def estimate(spec: NetSpec, params: Params, y: torch.Tensor, y_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """d_hat [B]."""
     phi = readout_features(spec, params, y, y_prev, x)  # [B, n_readout]
-    return (readout(spec, theta) * phi).sum(dim=1)
+    return (params.r * phi).sum(dim=1)

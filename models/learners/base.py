@@ -54,8 +54,11 @@ def linear_anneal(t: torch.Tensor, start: float, end: float, steps: int) -> torc
 
 
 def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
-    """Bool [B]: every entry of each row of every tensor is finite."""
+    """Bool [B]: every entry of each row of every tensor is finite.
+
+    One pass per tensor: a row holding NaN or +-inf sums to NaN or +-inf (a finite row whose
+    sum overflows is reported too, and is as much a sign of trouble)."""
     ok = torch.ones(tensors[0].shape[0], dtype=torch.bool)
     for t in tensors:
-        ok &= torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+        ok &= torch.isfinite(t.reshape(t.shape[0], -1).sum(dim=1))
     return ok

@@ -22,7 +22,8 @@ calibration rescales the published variance to the observed errors.
 The decoupled EKF (Puskorius & Feldkamp 1994) keeps one covariance block per cell neuron
 (the G*q weights feeding that neuron across all gates, contiguous in theta) plus one for the
 head, and ignores the cross-covariances: cost O(m (Gq)^2) instead of O(n_theta^2), linear in
-the number of blocks. S_t still sums every block's H P H^T, so all blocks share one gain
+the number of blocks. A block holds neuron j's weights from every input to every gate.
+S_t still sums every block's H P H^T, so all blocks share one gain
 denominator, as in the coupled filter.
 
 Not implemented here: the paper's augmentation of the state with c_t, y_t; gradients
@@ -84,7 +85,7 @@ def kalman_update(
         P = 0.5 * (P + P.transpose(1, 2))
     else:
         a = PH / S.sqrt().unsqueeze(1)  # [B, n]  so that a a^T = K S K^T
-        P = P.baddbmm(a.unsqueeze(2), a.unsqueeze(1), alpha=-1.0)
+        P = P.baddbmm_(a.unsqueeze(2), a.unsqueeze(1), alpha=-1.0)  # in place: P is the largest tensor
     P.diagonal(dim1=1, dim2=2).add_(q.unsqueeze(1))
     return theta, P, S
 
@@ -174,7 +175,7 @@ class DEKFLearner(_KalmanBase):
 
     def _split(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.spec
-        return H[:, : s.n_cell].reshape(-1, s.hidden, s.block_size), H[:, s.n_cell :]  # [B, m, Gq], [B, nh]
+        return s.blocks_of(H[:, : s.n_cell]), H[:, s.n_cell :]  # [B, m, Gq], [B, nh]
 
     def _products(self, state: State, H: torch.Tensor):
         Hc, Hh = self._split(H)
@@ -196,15 +197,15 @@ class DEKFLearner(_KalmanBase):
             e = d - d_hat  # [B]
             B = S.shape[0]
             gain = (e / S).unsqueeze(1)  # [B, 1]
-            dtheta = torch.cat([PHc.reshape(B, -1), PHh], dim=1) * gain  # [B, n]
+            dtheta = torch.cat([s.cell_of(PHc), PHh], dim=1) * gain  # [B, n]
             state["theta"] = state["theta"] + dtheta
             root = S.sqrt()
             ac = (PHc / root.view(B, 1, 1)).reshape(B * s.hidden, s.block_size, 1)  # [B*m, Gq, 1]
-            Pc = state["Pc"].reshape(B * s.hidden, s.block_size, s.block_size)
-            Pc = Pc.baddbmm(ac, ac.transpose(1, 2), alpha=-1.0).view(B, s.hidden, s.block_size, s.block_size)
+            Pc = state["Pc"].view(B * s.hidden, s.block_size, s.block_size)
+            Pc = Pc.baddbmm_(ac, ac.transpose(1, 2), alpha=-1.0).view(B, s.hidden, s.block_size, s.block_size)
             Pc.diagonal(dim1=2, dim2=3).add_(q.view(B, 1, 1))
             ah = (PHh / root.unsqueeze(1)).unsqueeze(2)  # [B, nh, 1]
-            Ph = state["Ph"].baddbmm(ah, ah.transpose(1, 2), alpha=-1.0)
+            Ph = state["Ph"].baddbmm_(ah, ah.transpose(1, 2), alpha=-1.0)
             Ph.diagonal(dim1=1, dim2=2).add_(q.unsqueeze(1))
             state["Pc"], state["Ph"] = Pc, Ph
             state["t"] = state["t"] + 1

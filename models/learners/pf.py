@@ -44,8 +44,16 @@ from typing import Literal
 import torch
 
 from models import rng
-from models.cells import NetSpec, cell_step, init_theta, split_state, unpack
-from models.heads import readout, readout_features
+from models.cells import (
+    NetSpec,
+    cell_step,
+    init_theta,
+    lstm_activation,
+    lstm_preactivation,
+    split_state,
+    unpack_parts,
+)
+from models.heads import readout_features
 from models.learners.base import State, rows_finite
 
 
@@ -71,46 +79,61 @@ class PFLearner:
 
     def __init__(self, spec: NetSpec, config: PFConfig = PFConfig(), dtype: torch.dtype = torch.float32):
         self.spec, self.config, self.dtype = spec, config, dtype
-        s = spec
-        # 1 on the weights particles explore, 0 on the read-out the Kalman filter owns
-        mask = torch.ones(s.n_theta, dtype=dtype)
-        mask[s.n_cell : s.n_cell + s.n_readout] = 0
-        self._walk_mask = mask  # [n]
 
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
         s, c, B, N = self.spec, self.config, seeds.shape[0], self.config.n_particles
         z = rng.normal_rows(seeds, torch.zeros_like(seeds), rng.STREAM_INIT, N, s.n_theta, self.dtype)  # [B, N, n]
         if theta0 is None:
             theta = init_theta(s, z.reshape(B * N, -1), c.init_scale, c.gate_bias).view(B, N, -1)
-            readout(s, theta.view(B * N, -1)).zero_()
+            theta[:, :, s.n_cell : s.n_cell + s.n_readout] = 0.0
             p0 = c.readout_p0
         else:
-            theta = theta0.to(self.dtype).view(1, 1, -1) + c.init_spread * z * self._walk_mask
+            mask = torch.ones(s.n_theta, dtype=self.dtype)
+            mask[s.n_cell : s.n_cell + s.n_readout] = 0  # the read-out's spread is Sigma's job
+            theta = theta0.to(self.dtype).view(1, 1, -1) + c.init_spread * z * mask
             p0 = c.init_spread**2
         return {
-            "theta": theta.contiguous(),  # [B, N, n]  read-out slice = Kalman mean mu^i
+            "cell": theta[:, :, : s.n_cell].contiguous(),  # [B, N, n_cell]  the particles' cell weights
+            "head": theta[:, :, s.n_cell :].contiguous(),  # [B, N, n_head]  [mu^i (read-out mean) | gate weights]
             "Sigma": (p0 * torch.eye(s.n_readout, dtype=self.dtype)).expand(B, N, -1, -1).clone(),  # [B, N, nr, nr]
-            "h": torch.zeros(B, N, s.state_dim, dtype=self.dtype),  # [B, N, S]
+            "h": torch.zeros(B, N, s.state_dim, dtype=self.dtype),  # [B, N, S]  c_t, y_t per particle
             "logw": torch.full((B, N), -math.log(N), dtype=self.dtype),  # [B, N]
             "t": torch.zeros(B, dtype=torch.int64),
             "seed": seeds.clone(),
         }
 
-    def _propagate(self, state: State, x: torch.Tensor, theta: torch.Tensor | None = None):
-        """One cell step for every particle; returns per-particle predictive moments."""
+    def _propagate(self, state: State, x: torch.Tensor, grad: bool = False):
+        """One cell step for every particle; returns per-particle predictive moments.
+
+        With grad=True (LSTM) the gate pre-activations `a` are made a leaf, so the gradient move
+        needs d/da only and never materialises a [B, N, n_cell] gradient."""
         s = self.spec
-        B, N, n = state["theta"].shape
-        th = (state["theta"] if theta is None else theta).view(B * N, n)
-        params = unpack(s, th)
-        h = state["h"].view(B * N, -1)  # [BN, S]
-        xr = x.unsqueeze(1).expand(B, N, s.n_in).reshape(B * N, s.n_in)  # [BN, p]
+        B, N, _ = state["cell"].shape
+        BN = B * N
+        head = state["head"].view(BN, -1)
+        if grad and s.head == "gated":
+            head = head.detach().requires_grad_(True)
+        cell_flat = state["cell"].view(BN, -1)
+        if grad and s.cell == "gru":
+            cell_flat = cell_flat.detach().requires_grad_(True)
+        params = unpack_parts(s, cell_flat, head)
+        h = state["h"].view(BN, -1)  # [BN, S]
+        xr = x.unsqueeze(1).expand(B, N, s.n_in).reshape(BN, s.n_in)  # [BN, p]
         y_prev = split_state(s, h)[1]  # [BN, m]
-        h_new = cell_step(s, params.cell, h, xr)  # [BN, S]
+        u = a = None
+        if s.cell == "lstm":
+            u, a = lstm_preactivation(params.cell, h, xr, s.hidden)  # [BN, q], [BN, m, 4]
+            if grad:
+                a.requires_grad_(True)
+            h_new = lstm_activation(a, h[:, : s.hidden])  # [BN, 2m]
+        else:
+            h_new = cell_step(s, params.cell, h, xr)  # [BN, m]
         phi = readout_features(s, params, split_state(s, h_new)[1], y_prev, xr)  # [BN, nr]
-        mean_i = (readout(s, th) * phi).sum(dim=1)  # [BN]
-        Sphi = torch.bmm(state["Sigma"].view(B * N, s.n_readout, s.n_readout), phi.unsqueeze(2)).squeeze(2)  # [BN, nr]
+        mean_i = (params.r * phi).sum(dim=1)  # [BN]
+        Sphi = torch.bmm(state["Sigma"].view(BN, s.n_readout, s.n_readout), phi.unsqueeze(2)).squeeze(2)  # [BN, nr]
         var_i = (phi * Sphi).sum(dim=1) + self.config.r  # [BN]
-        return h_new.view(B, N, -1), phi.view(B, N, -1), mean_i.view(B, N), Sphi.view(B, N, -1), var_i.view(B, N)
+        leaves = {"u": u, "a": a, "cell": cell_flat, "head": head}
+        return h_new.view(B, N, -1), mean_i.view(B, N), Sphi.view(B, N, -1), var_i.view(B, N), leaves
 
     @staticmethod
     def _mixture(logw: torch.Tensor, mean_i: torch.Tensor, var_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,44 +144,32 @@ class PFLearner:
 
     def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            _, _, mean_i, _, var_i = self._propagate(state, x)
+            _, mean_i, _, var_i, _ = self._propagate(state, x)
             return self._mixture(state["logw"], mean_i, var_i)
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
         s, c = self.spec, self.config
-        B, N, n = state["theta"].shape
-        grad_move = None
-        if c.grad_step > 0:
-            # HySIR: d(e_i^2/2)/d theta^i through this tick's cell step, for every particle at once
-            with torch.enable_grad():
-                th = state["theta"].detach().requires_grad_(True)
-                h_new, phi, mean_i, Sphi, var_i = self._propagate(state, x, th)
-                err = (d.unsqueeze(1) - mean_i).detach()  # [B, N]
-                (g,) = torch.autograd.grad((mean_i * err).sum(), th)
-            grad_move = g  # [B, N, n]  ascent direction e_i d d_hat^i / d theta^i
-            h_new, phi, mean_i, Sphi, var_i = (t.detach() for t in (h_new, phi, mean_i, Sphi, var_i))
-        else:
-            with torch.no_grad():
-                h_new, phi, mean_i, Sphi, var_i = self._propagate(state, x)
+        B, N, _ = state["cell"].shape
+        move = c.grad_step > 0
+        with torch.set_grad_enabled(move):
+            h_new, mean_i, Sphi, var_i, leaves = self._propagate(state, x, grad=move)
+        innov = (d.unsqueeze(1) - mean_i).detach()  # [B, N]
+        if move:
+            self._gradient_move(state, mean_i, innov, leaves)
+        h_new, mean_i, Sphi, var_i = h_new.detach(), mean_i.detach(), Sphi.detach(), var_i.detach()
         with torch.no_grad():
             mean, var = self._mixture(state["logw"], mean_i, var_i)
-            innov = d.unsqueeze(1) - mean_i  # [B, N]
             # weights: marginal likelihood of d_t under each particle (read-out integrated out)
             loglik = -0.5 * (torch.log(2 * math.pi * var_i) + innov * innov / var_i)  # [B, N]
             logw = state["logw"] + loglik
-            logw = logw - torch.logsumexp(logw, dim=1, keepdim=True)
+            state["logw"] = logw - torch.logsumexp(logw, dim=1, keepdim=True)
             # Rao-Blackwellised read-out: scalar Kalman update of N(mu^i, Sigma^i)
-            theta = state["theta"]
-            mu = theta[:, :, s.n_cell : s.n_cell + s.n_readout]  # [B, N, nr] view
+            mu = state["head"][:, :, : s.n_readout]  # [B, N, nr] view
             mu += Sphi * (innov / var_i).unsqueeze(2)
             a = (Sphi / var_i.sqrt().unsqueeze(2)).view(B * N, s.n_readout, 1)  # [BN, nr, 1]
-            Sigma = state["Sigma"].view(B * N, s.n_readout, s.n_readout).baddbmm(a, a.transpose(1, 2), alpha=-1.0)
+            Sigma = state["Sigma"].view(B * N, s.n_readout, s.n_readout).baddbmm_(a, a.transpose(1, 2), alpha=-1.0)
             Sigma.diagonal(dim1=1, dim2=2).add_(c.readout_q)
-            state["Sigma"] = Sigma.view(B, N, s.n_readout, s.n_readout)
             state["h"] = h_new
-            if grad_move is not None:
-                theta.add_(grad_move * self._walk_mask, alpha=c.grad_step)
-            state["logw"] = logw
             self._resample(state)
             self._transition(state)
             if c.state_noise > 0:
@@ -166,6 +177,25 @@ class PFLearner:
                 state["h"] = state["h"] + c.state_noise * zh
             state["t"] = state["t"] + 1
         return mean, var, state
+
+    def _gradient_move(self, state: State, mean_i: torch.Tensor, innov: torch.Tensor, leaves: dict) -> None:
+        """HySIR move: theta^i += grad_step * e_i * d d_hat^i / d theta^i on the nonlinear weights."""
+        s, c = self.spec, self.config
+        BN = innov.numel()
+        objective = (mean_i * innov).sum()
+        wrt = [leaves["a"] if s.cell == "lstm" else leaves["cell"]]
+        if s.head == "gated":
+            wrt.append(leaves["head"])
+        grads = torch.autograd.grad(objective, wrt)
+        with torch.no_grad():
+            cell = state["cell"].view(BN, s.q, -1)  # [BN, q, mG]
+            if s.cell == "lstm":
+                delta = grads[0].reshape(BN, 1, -1)  # [BN, 1, mG]  e_i d d_hat^i / d a
+                cell.baddbmm_(leaves["u"].unsqueeze(2), delta, alpha=c.grad_step)  # += step * u delta^T
+            else:
+                cell.add_(grads[0].view_as(cell), alpha=c.grad_step)
+            if s.head == "gated":
+                state["head"].view(BN, -1)[:, s.n_readout :].add_(grads[1][:, s.n_readout :], alpha=c.grad_step)
 
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]
@@ -180,7 +210,7 @@ class PFLearner:
             return
         u0 = rng.uniform(state["seed"][rows], state["t"][rows], rng.STREAM_RESAMPLE, 1, w.dtype)  # [B', 1]
         idx = systematic_indices(w[rows], u0)  # [B', N]
-        for name in ("theta", "Sigma", "h"):
+        for name in ("cell", "head", "Sigma", "h"):
             t = state[name]
             sub = t[rows]  # [B', N, ...]
             gather_idx = idx.view(*idx.shape, *([1] * (sub.dim() - 2))).expand_as(sub)
@@ -189,23 +219,24 @@ class PFLearner:
 
     def _transition(self, state: State) -> None:
         """theta_t = theta_{t-1} + eta_t on the weights the particles explore (in place)."""
-        c = self.config
-        theta = state["theta"]
-        B, N, n = theta.shape
+        c, s = self.config, self.spec
         if c.theta_noise <= 0 and c.transition == "random_walk":
             return
-        eps = rng.normal_rows(state["seed"], state["t"], rng.STREAM_WALK, N, n, self.dtype)  # [B, N, n]
-        if c.transition == "random_walk":
-            eps.mul_(self._walk_mask * c.theta_noise)
-            theta.add_(eps)
-            return
-        w = torch.softmax(state["logw"], dim=1).unsqueeze(2)  # [B, N, 1]
-        mean = (w * theta).sum(dim=1, keepdim=True)  # [B, 1, n]
-        sd = ((w * (theta - mean) ** 2).sum(dim=1, keepdim=True)).sqrt()  # [B, 1, n]
-        a = c.shrink
-        moved = a * theta + (1 - a) * mean + math.sqrt(1 - a * a) * sd * eps
-        keep = self._walk_mask.bool()
-        theta[:, :, keep] = moved[:, :, keep]
+        parts = [state["cell"]]
+        if s.head == "gated":
+            parts.append(state["head"][:, :, s.n_readout :])
+        for k, part in enumerate(parts):
+            B, N, n = part.shape
+            stream = rng.STREAM_WALK + 16 * k
+            eps = rng.normal_rows(state["seed"], state["t"], stream, N, n, self.dtype)  # [B, N, n]
+            if c.transition == "random_walk":
+                part.add_(eps, alpha=c.theta_noise)
+                continue
+            w = torch.softmax(state["logw"], dim=1).unsqueeze(2)  # [B, N, 1]
+            mean = (w * part).sum(dim=1, keepdim=True)  # [B, 1, n]
+            sd = ((w * (part - mean) ** 2).sum(dim=1, keepdim=True)).sqrt()  # [B, 1, n]
+            a = c.shrink
+            part.mul_(a).add_((1 - a) * mean).addcmul_(sd, eps, value=math.sqrt(1 - a * a))
 
     def healthy(self, state: State) -> torch.Tensor:
         return rows_finite(state["logw"], state["h"])

@@ -20,7 +20,7 @@ import torch
 from models import rng
 from models.cells import NetSpec, init_theta
 from models.learners.base import State, rows_finite
-from models.learners.window import window_advance, window_forward, window_init, window_jacobian
+from models.learners.window import window_advance, window_forward, window_init, window_jacobian_parts
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,18 @@ class SGDLearner:
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
         c = self.config
-        d_hat, H, h_first = window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+        d_hat, (Hc, Hh), h_first = window_jacobian_parts(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+        nc = self.spec.n_cell
         var = state["r2"].clone()
         e = d - d_hat  # [B]
         with torch.no_grad():
             t = state["t"].to(self.dtype)
-            g = e.unsqueeze(1) * H  # [B, n]  ascent direction  -d(e^2/2)/d theta
-            norm = g.norm(dim=1, keepdim=True)  # [B, 1]
-            g = g * torch.clamp(c.clip / (norm + 1e-12), max=1.0)
             lr = torch.full_like(t, c.lr) if c.schedule == "constant" else c.lr / (1 + t / c.tau)  # [B]
+            # the ascent direction is e * H; its norm |e| |H| is clipped to `clip`
+            step_norm = e.abs() * torch.sqrt((Hc * Hc).sum(dim=1) + (Hh * Hh).sum(dim=1))  # [B]
+            scale = e * torch.clamp(c.clip / (step_norm + 1e-12), max=1.0)  # [B]
             if c.optimizer == "adam":
+                g = torch.cat([Hc, Hh], dim=1) * scale.unsqueeze(1)  # [B, n]
                 b1, b2 = c.betas
                 state["m1"].mul_(b1).add_(g, alpha=1 - b1)
                 state["m2"].mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -88,7 +90,9 @@ class SGDLearner:
                 v_hat = state["m2"] / (1 - b2**k)
                 state["theta"] = state["theta"] + lr.unsqueeze(1) * m_hat / (v_hat.sqrt() + c.eps)
             else:
-                state["theta"] = state["theta"] + lr.unsqueeze(1) * g
+                gain = (lr * scale).unsqueeze(1)  # [B, 1]
+                state["theta"][:, :nc].addcmul_(Hc, gain)
+                state["theta"][:, nc:].addcmul_(Hh, gain)
             state["r2"] = (1 - c.var_decay) * state["r2"] + c.var_decay * e * e
             state["t"] = state["t"] + 1
             window_advance(state, x, h_first)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from models.cells import NetSpec, cell_step, split_state, unpack
+from models.cells import NetSpec, Params, cell_step, split_state, unpack, unpack_parts
 from models.heads import estimate
 from models.learners.base import State
 
@@ -28,10 +28,10 @@ def window_init(spec: NetSpec, window: int, B: int, dtype: torch.dtype) -> State
 
 
 def window_forward(
-    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+    spec: NetSpec, theta: torch.Tensor | Params, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the cell over [xbuf, x] from h0. Returns (d_hat [B], state after the first input [B, S])."""
-    params = unpack(spec, theta)
+    params = theta if isinstance(theta, Params) else unpack(spec, theta)
     xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1)  # [B, W, p]
     h = h0
     h_first = h0
@@ -42,7 +42,7 @@ def window_forward(
         if k == 0:
             h_first = h
     y = split_state(spec, h)[1]  # [B, m]
-    return estimate(spec, theta, params, y, y_prev, x), h_first
+    return estimate(spec, params, y, y_prev, x), h_first
 
 
 def window_jacobian(
@@ -52,11 +52,20 @@ def window_jacobian(
 
     Series do not share parameters, so the gradient of sum_b d_hat_b is row b's own Jacobian.
     """
+    d_hat, (Hc, Hh), h_first = window_jacobian_parts(spec, theta, h0, xbuf, x)
+    return d_hat, torch.cat([Hc, Hh], dim=1), h_first
+
+
+def window_jacobian_parts(
+    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """As `window_jacobian`, with H as its cell [B, n_cell] and head [B, n_head] parts (no concatenation)."""
     with torch.enable_grad():
-        th = theta.detach().requires_grad_(True)
-        d_hat, h_first = window_forward(spec, th, h0, xbuf, x)
-        (H,) = torch.autograd.grad(d_hat.sum(), th)
-    return d_hat.detach(), H, h_first.detach()
+        cell = theta[:, : spec.n_cell].detach().requires_grad_(True)
+        head = theta[:, spec.n_cell :].detach().requires_grad_(True)
+        d_hat, h_first = window_forward(spec, unpack_parts(spec, cell, head), h0, xbuf, x)
+        Hc, Hh = torch.autograd.grad(d_hat.sum(), (cell, head))
+    return d_hat.detach(), (Hc, Hh), h_first.detach()
 
 
 def window_advance(state: State, x: torch.Tensor, h_first: torch.Tensor) -> None:

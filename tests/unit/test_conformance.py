@@ -139,7 +139,8 @@ def test_non_finite_state_is_reset_and_counted(name):
     for t in range(5):
         bank.step(["a", "b"], x[t], d[t])
     healthy_b = bank.snapshot("b")
-    bank.state["l.theta"][bank.index["a"]] = float("nan")
+    field = "l.cell" if name == "pf" else "l.theta"
+    bank.state[field][bank.index["a"]] = float("nan")
     res = bank.step(["a", "b"], x[5], d[5])
     assert bool(res.reset[0]) and not bool(res.reset[1])
     assert bank.resets_total == 1 and int(bank.state["b.resets"][bank.index["a"]]) == 1
