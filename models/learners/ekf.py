@@ -20,7 +20,7 @@ ticks of each series (Vural, Ergut & Kozat's schedule). The EKF is invariant to 
 calibration rescales the published variance to the observed errors.
 
 The decoupled EKF (Puskorius & Feldkamp 1994) keeps one covariance block per cell neuron
-(the G*q weights feeding that neuron across all gates, contiguous in theta) plus one for the
+(the G*q weights feeding that neuron across all gates, gathered by NetSpec.blocks_of) plus one for the
 head, and ignores the cross-covariances: cost O(m (Gq)^2) instead of O(n_theta^2), linear in
 the number of blocks. A block holds neuron j's weights from every input to every gate.
 S_t still sums every block's H P H^T, so all blocks share one gain
