@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 OUT=benchmarks/out
 SEEDS=${SEEDS:-5}
-streamer bench $DATA/regression/kin8nm.csv --target target --hidden 16 --head plain --seeds $SEEDS \
+streamer bench $DATA/regression/kin8nm.csv --target target --hidden 16 --head plain --seeds $SEEDS --set sgd.lr=0.2 \
   --json $OUT/kin8nm.json --plot $OUT/kin8nm.png
-streamer bench $DATA/regression/elevators.csv --target target --hidden 12 --head plain --seeds $SEEDS \
+streamer bench $DATA/regression/elevators.csv --target target --hidden 12 --head plain --seeds $SEEDS --set sgd.lr=0.3 \
   --json $OUT/elevators.json --plot $OUT/elevators.png
 streamer bench $DATA/regression/puma8nh.csv --target target --hidden 16 --head skip --seeds $SEEDS \
   --set ekf.p0=25 --set dekf.p0=25 --json $OUT/puma8nh.json --plot $OUT/puma8nh.png

@@ -20,7 +20,14 @@ import torch
 from models import rng
 from models.cells import NetSpec, init_theta
 from models.learners.base import State, rows_finite
-from models.learners.window import window_advance, window_forward, window_init, window_jacobian_parts
+from models.learners.window import (
+    has_instant_gradient,
+    instant_lstm_gradient,
+    window_advance,
+    window_forward,
+    window_init,
+    window_jacobian_parts,
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +77,24 @@ class SGDLearner:
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
         c = self.config
+        if c.optimizer == "sgd" and has_instant_gradient(self.spec, c.window):
+            return self._instant_step(state, x, d)
+        return self._autograd_step(state, x, d)
+
+    def _autograd_step(
+        self, state: State, x: torch.Tensor, d: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """Any window, cell and head: H by autograd through the window."""
+        c = self.config
         d_hat, (Hc, Hh), h_first = window_jacobian_parts(self.spec, state["theta"], state["h0"], state["xbuf"], x)
         nc = self.spec.n_cell
         var = state["r2"].clone()
         e = d - d_hat  # [B]
         with torch.no_grad():
             t = state["t"].to(self.dtype)
-            lr = torch.full_like(t, c.lr) if c.schedule == "constant" else c.lr / (1 + t / c.tau)  # [B]
+            lr = self._lr(t)  # [B]
             # the ascent direction is e * H; its norm |e| |H| is clipped to `clip`
-            step_norm = e.abs() * torch.sqrt((Hc * Hc).sum(dim=1) + (Hh * Hh).sum(dim=1))  # [B]
-            scale = e * torch.clamp(c.clip / (step_norm + 1e-12), max=1.0)  # [B]
+            scale = self._clipped(e, torch.sqrt((Hc * Hc).sum(dim=1) + (Hh * Hh).sum(dim=1)))  # [B]
             if c.optimizer == "adam":
                 g = torch.cat([Hc, Hh], dim=1) * scale.unsqueeze(1)  # [B, n]
                 b1, b2 = c.betas
@@ -93,10 +108,37 @@ class SGDLearner:
                 gain = (lr * scale).unsqueeze(1)  # [B, 1]
                 state["theta"][:, :nc].addcmul_(Hc, gain)
                 state["theta"][:, nc:].addcmul_(Hh, gain)
-            state["r2"] = (1 - c.var_decay) * state["r2"] + c.var_decay * e * e
-            state["t"] = state["t"] + 1
-            window_advance(state, x, h_first)
+            self._finish(state, x, e, h_first)
         return d_hat, var, state
+
+    def _instant_step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """Window 1 on an LSTM: the closed-form gradient, applied without building H."""
+        s = self.spec
+        with torch.no_grad():
+            d_hat, u, delta, phi, h_new = instant_lstm_gradient(s, state["theta"], state["h0"], x)
+            var = state["r2"].clone()
+            e = d - d_hat  # [B]
+            h_norm = torch.sqrt((u * u).sum(dim=1) * (delta * delta).sum(dim=1) + (phi * phi).sum(dim=1))  # |H|
+            gain = (self._lr(state["t"].to(self.dtype)) * self._clipped(e, h_norm)).unsqueeze(1)  # [B, 1]
+            cell = state["theta"][:, : s.n_cell].view(-1, s.q, s.hidden * s.n_gates)  # [B, q, mG]
+            cell.addcmul_(u.unsqueeze(2), (delta * gain).unsqueeze(1))  # += gain * u delta^T
+            state["theta"][:, s.n_cell :].addcmul_(phi, gain)
+            self._finish(state, x, e, h_new)
+        return d_hat, var, state
+
+    def _lr(self, t: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return torch.full_like(t, c.lr) if c.schedule == "constant" else c.lr / (1 + t / c.tau)  # [B]
+
+    def _clipped(self, e: torch.Tensor, h_norm: torch.Tensor) -> torch.Tensor:
+        """e scaled so that the step's norm |e| |H| is at most `clip`."""
+        return e * torch.clamp(self.config.clip / (e.abs() * h_norm + 1e-12), max=1.0)
+
+    def _finish(self, state: State, x: torch.Tensor, e: torch.Tensor, h_first: torch.Tensor) -> None:
+        c = self.config
+        state["r2"] = (1 - c.var_decay) * state["r2"] + c.var_decay * e * e
+        state["t"] = state["t"] + 1
+        window_advance(state, x, h_first)
 
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]

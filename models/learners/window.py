@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from models.cells import NetSpec, Params, cell_step, split_state, unpack, unpack_parts
-from models.heads import estimate
+from models.cells import NetSpec, Params, cell_step, lstm_preactivation, split_state, unpack, unpack_parts
+from models.heads import estimate, readout_features
 from models.learners.base import State
 
 
@@ -73,3 +73,41 @@ def window_advance(state: State, x: torch.Tensor, h_first: torch.Tensor) -> None
     if state["xbuf"].shape[1] > 0:
         state["xbuf"] = torch.cat([state["xbuf"][:, 1:], x.unsqueeze(1)], dim=1)
     state["h0"] = h_first
+
+
+def has_instant_gradient(spec: NetSpec, window: int) -> bool:
+    """Whether `instant_lstm_gradient` applies: window 1, LSTM cell, a head linear in x."""
+    return window == 1 and spec.cell == "lstm" and spec.head in ("plain", "skip")
+
+
+def instant_lstm_gradient(
+    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The paper's instantaneous gradient (window 1, y_{t-1} and c_{t-1} held constant), in closed form.
+
+    With u = [x_t; y_{t-1}; 1] and a = u^T cell the gate pre-activations, d_hat = r . phi and
+
+        d d_hat / d y   = w
+        delta_o = w * tanh(c) * o (1 - o)           delta_c = w * o * (1 - tanh(c)^2)
+        delta_z = delta_c * i * (1 - z^2)           delta_i = delta_c * z * i (1 - i)
+        delta_f = delta_c * c_{t-1} * f (1 - f)
+
+    so H_cell = u (x) delta (an outer product, never materialised) and H_head = phi.
+    Returns (d_hat [B], u [B, q], delta [B, m*G], phi [B, n_readout], new state [B, 2m]).
+    """
+    m = spec.hidden
+    params = unpack(spec, theta)
+    c_prev = h0[:, :m]  # [B, m]
+    u, a = lstm_preactivation(params.cell, h0, x, m)  # [B, q], [B, m, 4]
+    z = torch.tanh(a[:, :, 0])  # [B, m]
+    g = torch.sigmoid(a[:, :, 1:])  # [B, m, 3]  i, f, o
+    i, f, o = g[:, :, 0], g[:, :, 1], g[:, :, 2]
+    c = i * z + f * c_prev  # [B, m]
+    tc = torch.tanh(c)  # [B, m]
+    y = o * tc  # [B, m]
+    phi = readout_features(spec, params, y, h0[:, m:], x)  # [B, nr]
+    d_hat = (params.r * phi).sum(dim=1)  # [B]
+    dc = params.w * o * (1 - tc * tc)  # [B, m]
+    dgates = g * (1 - g) * torch.stack([dc * z, dc * c_prev, params.w * tc], dim=2)  # [B, m, 3]  i, f, o
+    delta = torch.cat([(dc * i * (1 - z * z)).unsqueeze(2), dgates], dim=2).reshape(x.shape[0], -1)  # [B, m*4]
+    return d_hat, u, delta, phi, torch.cat([c, y], dim=1)

@@ -234,3 +234,33 @@ def test_rng_streams_are_per_key_and_counter_based():
     assert abs(float(big.mean())) < 0.02 and abs(float(big.std()) - 1) < 0.02
     u = rng.uniform(torch.arange(10_000), torch.zeros(10_000, dtype=torch.int64), 3, 1)
     assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("head", ["plain", "skip"])
+def test_instant_gradient_matches_autograd(head):
+    from models.learners.window import instant_lstm_gradient, window_jacobian_parts
+
+    spec = NetSpec(n_in=3, hidden=5, head=head)
+    g = torch.Generator().manual_seed(2)
+    theta = 0.5 * torch.randn(4, spec.n_theta, generator=g, dtype=D)
+    h0 = 0.5 * torch.randn(4, spec.state_dim, generator=g, dtype=D)
+    x = torch.randn(4, 3, generator=g, dtype=D)
+    d_ref, (Hc, Hh), h_ref = window_jacobian_parts(spec, theta, h0, torch.zeros(4, 0, 3, dtype=D), x)
+    d_hat, u, delta, phi, h_new = instant_lstm_gradient(spec, theta, h0, x)
+    torch.testing.assert_close(d_hat, d_ref)
+    torch.testing.assert_close(h_new, h_ref)
+    torch.testing.assert_close((u.unsqueeze(2) * delta.unsqueeze(1)).reshape(4, -1), Hc)
+    torch.testing.assert_close(phi, Hh)
+
+
+def test_sgd_instant_path_equals_autograd_path():
+    spec = NetSpec(n_in=3, hidden=4)
+    fast = make_learner("sgd", spec, dtype=D, window=1, clip=0.5)
+    st_fast = fast.init_state(torch.arange(3))
+    st_slow = {k: v.clone() for k, v in st_fast.items()}
+    x, d = torch.randn(20, 3, 3, dtype=D), 3 * torch.randn(20, 3, dtype=D)
+    for t in range(20):
+        m1, _, st_fast = fast.step(st_fast, x[t], d[t])
+        m2, _, st_slow = fast._autograd_step(st_slow, x[t], d[t])
+        torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(st_fast["theta"], st_slow["theta"])
