@@ -29,6 +29,7 @@ CASES = [
     ("sgd", {"window": 1}, "sgd (window 1)"),
     ("sgd", {"window": 10}, "sgd (window 10)"),
     ("dekf", {"window": 1}, "dekf (window 1)"),
+    ("dekf", {"window": 10}, "dekf (window 10)"),
     ("pf", {"n_particles": 64}, "pf (N=64)"),
     ("pf", {"n_particles": 64, "grad_step": 0.0}, "pf (N=64, no grad move)"),
 ]
