@@ -16,6 +16,7 @@ test:
 
 lint:
 	$(PY) -m ruff check models streamer tests benchmarks
+	$(PY) -m mypy models streamer benchmarks
 
 bench-speed:
 	$(PY) benchmarks/speed.py --json benchmarks/out/speed.json

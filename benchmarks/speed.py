@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -25,7 +26,7 @@ from models.bank import ModelBank
 from models.cells import NetSpec
 from models.learners import make_learner
 
-CASES = [
+CASES: list[tuple[str, dict[str, Any], str]] = [
     ("sgd", {"window": 1}, "sgd (window 1)"),
     ("sgd", {"window": 10}, "sgd (window 10)"),
     ("dekf", {"window": 1}, "dekf (window 1)"),
