@@ -20,7 +20,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from models.cells import NetSpec
+from models import rng
+from models.cells import NetSpec, init_theta
 
 State = dict[str, torch.Tensor]
 
@@ -62,3 +63,9 @@ def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
     for t in tensors:
         ok &= torch.isfinite(t.reshape(t.shape[0], -1).sum(dim=1))
     return ok
+
+
+def cold_theta(spec: NetSpec, seeds: torch.Tensor, scale: float, gate_bias: float, dtype: torch.dtype) -> torch.Tensor:
+    """Initial theta [B, n_theta] of each series, drawn from its own seed (see `models.cells.init_theta`)."""
+    z = rng.normal_rows(seeds, torch.zeros_like(seeds), rng.STREAM_INIT, 1, spec.n_theta, dtype)  # [B, 1, n]
+    return init_theta(spec, z[:, 0], scale, gate_bias)

@@ -36,9 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models import rng
-from models.cells import NetSpec, init_theta
-from models.learners.base import State, linear_anneal, rows_finite
+from models.cells import NetSpec
+from models.learners.base import State, cold_theta, linear_anneal, rows_finite
 from models.learners.window import window_advance, window_init, window_jacobian
 
 
@@ -56,11 +55,6 @@ class EKFConfig:
     joseph: bool = False
     init_scale: float = 0.1
     gate_bias: float = 0.5
-
-
-def _cold_theta(spec: NetSpec, seeds: torch.Tensor, c: EKFConfig, dtype: torch.dtype) -> torch.Tensor:
-    z = rng.normal_rows(seeds, torch.zeros_like(seeds), rng.STREAM_INIT, 1, spec.n_theta, dtype)
-    return init_theta(spec, z[:, 0], c.init_scale, c.gate_bias)  # [B, n]
 
 
 def _eye(B: int, n: int, scale: float, dtype: torch.dtype, lead: tuple[int, ...] = ()) -> torch.Tensor:
@@ -101,7 +95,7 @@ class _KalmanBase:
     def _base_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None) -> tuple[State, float]:
         B, c = seeds.shape[0], self.config
         if theta0 is None:
-            theta, p0 = _cold_theta(self.spec, seeds, c, self.dtype), c.p0
+            theta, p0 = cold_theta(self.spec, seeds, c.init_scale, c.gate_bias, self.dtype), c.p0
         else:
             theta, p0 = theta0.to(self.dtype).expand(B, -1).clone(), c.p0_warm
         state: State = {

@@ -17,9 +17,8 @@ from typing import Literal
 
 import torch
 
-from models import rng
-from models.cells import NetSpec, init_theta
-from models.learners.base import State, rows_finite
+from models.cells import NetSpec
+from models.learners.base import State, cold_theta, rows_finite
 from models.learners.window import (
     has_instant_gradient,
     instant_lstm_gradient,
@@ -54,8 +53,7 @@ class SGDLearner:
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
         B, c = seeds.shape[0], self.config
         if theta0 is None:
-            z = rng.normal_rows(seeds, torch.zeros_like(seeds), rng.STREAM_INIT, 1, self.spec.n_theta, self.dtype)
-            theta = init_theta(self.spec, z[:, 0], c.init_scale, c.gate_bias)  # [B, n]
+            theta = cold_theta(self.spec, seeds, c.init_scale, c.gate_bias, self.dtype)  # [B, n]
         else:
             theta = theta0.to(self.dtype).expand(B, -1).clone()
         state: State = {
