@@ -1,0 +1,102 @@
+"""Daemon settings: environment first (prefix STREAMER_), CLI flags override (see cli.py).
+
+Every field here is a row of the README's configuration table; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.learners import CONFIGS, LEARNERS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMER_", frozen=True, extra="forbid")
+
+    # Kafka
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated")
+    input_topic: str = Field("ticks", description="topic the ticks are read from")
+    output_topic: str = Field("predictions", description="topic the predictions are written to")
+    dlq_topic: str = Field("ticks-dlq", description="dead-letter topic for rejected messages")
+    group_id: str = Field("streamer", description="consumer group id")
+    client_id: str = Field("streamer", description="Kafka client id")
+    session_timeout_ms: int = Field(10_000, description="consumer group session timeout")
+    heartbeat_interval_ms: int = Field(1_000, description="consumer heartbeat interval")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism")
+    sasl_username: str | None = Field(None, description="SASL user")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
+    ssl_cafile: str | None = Field(None, description="CA bundle for TLS")
+    ssl_certfile: str | None = Field(None, description="client certificate for mutual TLS")
+    ssl_keyfile: str | None = Field(None, description="client key for mutual TLS")
+
+    # batching
+    batch_max: int = Field(2000, ge=1, description="most ticks in one micro-batch")
+    linger_ms: int = Field(20, ge=0, description="longest wait to fill a micro-batch")
+    max_message_bytes: int = Field(65_536, ge=64, description="larger messages go to the DLQ")
+
+    # model
+    learner: Literal["sgd", "ekf", "dekf", "pf"] = Field("sgd", description="online learner")
+    cell: Literal["lstm", "gru"] = Field("lstm", description="recurrent cell")
+    head: Literal["plain", "skip", "gated"] = Field("skip", description="final-estimate architecture")
+    hidden: int = Field(16, ge=1, le=256, description="cell size m")
+    lags: int = Field(4, ge=1, le=256, description="past values of the target in the regressor")
+    particles: int = Field(64, ge=2, description="pf: particles per key")
+    learner_options: dict[str, Any] = Field(
+        default_factory=dict, description='JSON of learner config fields, e.g. {"lr": 0.05}')
+    seed: int = Field(0, description="seed of every key's random stream")
+    warm_start: str | None = Field(None, description="warm-start file for new keys")
+    max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
+
+    # service
+    metrics_host: str = Field("0.0.0.0", description="address of the /metrics, /healthz, /readyz server")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="port of that server (0 = any free port)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["auto", "json", "console"] = Field("auto", description="console on a TTY, else JSON")
+    burst: bool = Field(False, description="exit once the input is drained (tests, batch jobs)")
+    burst_idle_s: float = Field(3.0, gt=0, description="burst: how long the input must stay empty")
+
+    @field_validator("learner_options", mode="before")
+    @classmethod
+    def _parse_options(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
+
+    def learner_config(self) -> dict[str, Any]:
+        """Options for the learner's config dataclass, checked against its fields."""
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(CONFIGS[self.learner])}
+        unknown = sorted(set(self.learner_options) - fields)
+        if unknown:
+            raise ValueError(f"learner_options {unknown} are not options of {self.learner} (have {sorted(fields)})")
+        opts = dict(self.learner_options)
+        if self.learner == "pf":
+            opts.setdefault("n_particles", self.particles)
+        return opts
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for the configured security protocol."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            from aiokafka.helpers import create_ssl_context
+
+            out["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile,
+                purpose=ssl.Purpose.SERVER_AUTH)
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError("SASL needs STREAMER_SASL_MECHANISM, STREAMER_SASL_USERNAME and STREAMER_SASL_PASSWORD")
+            out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                       sasl_plain_password=self.sasl_password.get_secret_value())
+        return out
+
+    def model_name(self) -> str:
+        return f"{self.cell}+{self.learner}"

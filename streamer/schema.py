@@ -1,0 +1,178 @@
+"""Tick, prediction and dead-letter messages (JSON via orjson; the codec is this module).
+
+Tick (input topic, Kafka key = series key):
+    {"key": "sensor-17", "ts": "2026-01-01T00:10:00Z" | 1767225600.0, "value": 21.3,
+     "features": {"p_mbar": 996.5}, "text": "...", "v": 1}
+  `key` may be omitted when the Kafka message key is set; `features`, `text` and `v` (schema
+  version, only 1 exists) are optional.
+
+Prediction (output topic, same key): see `encode_prediction`.
+Dead letter (DLQ topic): the original bytes (base64), the reason, topic/partition/offset.
+
+Every rejection has a reason from `REASONS`, a bounded set, so it can label a metric.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+MAX_KEY_CHARS = 256
+MAX_FEATURES = 64
+MAX_TEXT_CHARS = 10_000
+
+REASONS = (
+    "oversized",
+    "not_json",
+    "not_object",
+    "unknown_schema_version",
+    "missing_key",
+    "bad_key",
+    "missing_value",
+    "non_numeric_value",
+    "non_finite_value",
+    "bad_ts",
+    "bad_features",
+    "bad_text",
+    "feature_set_changed",
+)
+
+
+class TickError(ValueError):
+    """A message that is not a valid tick; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    key: str
+    ts: float  # epoch seconds
+    value: float
+    features: tuple[tuple[str, float], ...]  # sorted by name
+    text: str | None = None
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.features)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def _parse_ts(ts: Any) -> float:
+    if isinstance(ts, bool):
+        raise TickError("bad_ts", "ts is a boolean")
+    if isinstance(ts, int | float):
+        if not math.isfinite(ts):
+            raise TickError("bad_ts", "ts is not finite")
+        return float(ts)
+    if isinstance(ts, str):
+        try:
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise TickError("bad_ts", f"ts {ts[:40]!r} is not ISO 8601") from None
+    raise TickError("bad_ts", "ts missing or not a string/number")
+
+
+def decode_tick(raw: bytes | None, kafka_key: bytes | None = None, max_bytes: int = 65_536) -> Tick:
+    """Validate one message into a Tick, or raise TickError with its reason."""
+    if raw is None:
+        raise TickError("not_json", "empty message (tombstone)")
+    if len(raw) > max_bytes:
+        raise TickError("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise TickError("not_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise TickError("not_object", f"top level is {type(obj).__name__}")
+    version = obj.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise TickError("unknown_schema_version", f"v={str(version)[:20]}, this daemon reads v={SCHEMA_VERSION}")
+    key = obj.get("key")
+    if key is None and kafka_key is not None:
+        try:
+            key = kafka_key.decode()
+        except UnicodeDecodeError:
+            raise TickError("bad_key", "Kafka key is not UTF-8") from None
+    if key is None:
+        raise TickError("missing_key", "no 'key' field and no Kafka key")
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
+        raise TickError("bad_key", f"key must be 1-{MAX_KEY_CHARS} printable characters")
+    if "value" not in obj:
+        raise TickError("missing_value", "no 'value' field")
+    value = _number(obj["value"])
+    if value is None:
+        raise TickError("non_numeric_value", f"value is {type(obj['value']).__name__}")
+    if not math.isfinite(value):
+        raise TickError("non_finite_value", f"value is {value}")
+    ts = _parse_ts(obj.get("ts"))
+    features: tuple[tuple[str, float], ...] = ()
+    raw_features = obj.get("features")
+    if raw_features is not None:
+        if not isinstance(raw_features, dict) or len(raw_features) > MAX_FEATURES:
+            raise TickError("bad_features", f"features must be an object of at most {MAX_FEATURES} numbers")
+        items = []
+        for name, v in raw_features.items():
+            f = _number(v)
+            if f is None or not math.isfinite(f) or len(name) > MAX_KEY_CHARS:
+                raise TickError("bad_features", f"feature {name[:40]!r} is not a finite number")
+            items.append((name, f))
+        features = tuple(sorted(items))
+    text = obj.get("text")
+    if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
+        raise TickError("bad_text", f"text must be a string of at most {MAX_TEXT_CHARS} characters")
+    return Tick(key, ts, value, features, text)
+
+
+def encode_tick(key: str, ts: float | str, value: float, features: dict[str, float] | None = None) -> bytes:
+    obj: dict[str, Any] = {"key": key, "ts": ts, "value": value}
+    if features:
+        obj["features"] = features
+    return orjson.dumps(obj)
+
+
+def encode_prediction(
+    key: str, ts: float, seq: int, prediction: float, lower: float, upper: float, model: str,
+    prev_error: float | None, version: str, anomaly: float | None = None,
+) -> bytes:
+    """A prediction of the key's next value, made after tick number `seq` (1-based) at `ts`."""
+    obj: dict[str, Any] = {
+        "key": key,
+        "ts": ts,  # the tick this prediction follows
+        "seq": seq,  # per-key tick count: consumers drop duplicates by (key, seq)
+        "target_seq": seq + 1,  # what is predicted: the key's next tick
+        "prediction": prediction,
+        "lower": lower,  # central 90% interval
+        "upper": upper,
+        "model": model,
+        "prev_error": prev_error,  # this tick's value minus the previous prediction (None on the first)
+        "version": version,
+    }
+    if anomaly is not None:
+        obj["anomaly"] = anomaly
+    return orjson.dumps(obj)
+
+
+def encode_dead_letter(raw: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int) -> bytes:
+    return orjson.dumps({
+        "reason": reason,
+        "detail": detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "value_b64": base64.b64encode(raw).decode() if raw is not None else None,
+    })

@@ -1,0 +1,116 @@
+"""The pipeline without Kafka: decoding, dead letters, ordering, waves, eviction."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from streamer.config import Settings
+from streamer.pipeline import Pipeline, Record
+from streamer.schema import REASONS, TickError, decode_tick
+
+
+def rec(value: bytes | None, key: bytes | None = None, offset: int = 0) -> Record:
+    return Record("ticks", 0, offset, key, value)
+
+
+def tick(key: str, value, ts=0, **extra) -> bytes:
+    return orjson.dumps({"key": key, "ts": ts, "value": value, **extra})
+
+
+BAD = [
+    (b"x" * 70_000, "oversized"),
+    (b"{not json", "not_json"),
+    (b"[1, 2]", "not_object"),
+    (orjson.dumps({"key": "a", "ts": 0, "value": 1, "v": 2}), "unknown_schema_version"),
+    (orjson.dumps({"ts": 0, "value": 1}), "missing_key"),
+    (orjson.dumps({"key": "", "ts": 0, "value": 1}), "bad_key"),
+    (orjson.dumps({"key": "a", "ts": 0}), "missing_value"),
+    (orjson.dumps({"key": "a", "ts": 0, "value": "12"}), "non_numeric_value"),
+    (b'{"key": "a", "ts": 0, "value": NaN}', "not_json"),
+    (b'{"key": "a", "ts": 0, "value": 1e999}', "not_json"),  # orjson refuses overflowing literals
+    (orjson.dumps({"key": "a", "ts": "yesterday", "value": 1}), "bad_ts"),
+    (orjson.dumps({"key": "a", "ts": 0, "value": 1, "features": {"p": "x"}}), "bad_features"),
+    (orjson.dumps({"key": "a", "ts": 0, "value": 1, "text": 5}), "bad_text"),
+]
+
+
+@pytest.mark.parametrize("raw,reason", BAD)
+def test_decode_rejects_with_reason(raw, reason):
+    with pytest.raises(TickError) as err:
+        decode_tick(raw)
+    assert err.value.reason == reason and reason in REASONS
+
+
+def test_decode_accepts_iso_and_epoch_and_kafka_key():
+    t = decode_tick(orjson.dumps({"ts": "2026-01-01T00:10:00Z", "value": 3, "features": {"b": 1, "a": 2}}), b"s-1")
+    assert t.key == "s-1" and t.ts == 1767226200.0 and t.features == (("a", 2.0), ("b", 1.0))
+    assert decode_tick(tick("k", 1.5, ts=12.5)).ts == 12.5
+
+
+def test_one_prediction_per_valid_tick_in_order_and_bad_ones_dead_lettered():
+    p = Pipeline(Settings(lags=2, hidden=4))
+    records = []
+    for t in range(6):
+        for k in ("a", "b"):
+            records.append(rec(tick(k, math.sin(t) + (k == "b"), ts=t), offset=len(records)))
+        records.append(rec(b"garbage", offset=len(records)))
+    out = p.process(records)
+    assert len(out.dead) == 6 and all(d.reason == "not_json" for d in out.dead)
+    preds = [orjson.loads(o.value) for o in out.predictions]
+    assert len(preds) == 12
+    for k in ("a", "b"):
+        mine = [q for q in preds if q["key"] == k]
+        assert [q["seq"] for q in mine] == list(range(1, 7)) and [q["ts"] for q in mine] == list(range(6))
+        assert mine[0]["prev_error"] is None and all(q["prev_error"] is not None for q in mine[1:])
+        assert all(q["lower"] <= q["prediction"] <= q["upper"] for q in mine)
+    dl = orjson.loads(out.dead[0].value)
+    assert dl["reason"] == "not_json" and dl["offset"] == 2 and dl["value_b64"] == "Z2FyYmFnZQ=="
+
+
+def test_batched_and_tick_by_tick_give_the_same_predictions():
+    ticks = [rec(tick(k, float(t % 5) * (1 + (k == "b")), ts=t)) for t in range(12) for k in ("a", "b")]
+    one = Pipeline(Settings(lags=3, hidden=4))
+    single = [orjson.loads(o.value)["prediction"] for r in ticks for o in one.process([r]).predictions]
+    batch = Pipeline(Settings(lags=3, hidden=4))
+    together = [orjson.loads(o.value) for o in batch.process(ticks).predictions]
+    order = sorted(range(len(together)), key=lambda i: (together[i]["seq"], together[i]["key"]))
+    assert [together[i]["prediction"] for i in order] == pytest.approx(single, rel=1e-5, abs=1e-6)
+
+
+def test_feature_set_change_is_dead_lettered_and_key_goes_on():
+    p = Pipeline(Settings(lags=2, hidden=4))
+    out = p.process([rec(tick("a", 1.0, features={"t": 1.0})), rec(tick("a", 2.0)),
+                     rec(tick("a", 3.0, features={"t": 2.0})), rec(tick("z", 1.0))])
+    assert [d.reason for d in out.dead] == ["feature_set_changed"]
+    assert [orjson.loads(o.value)["key"] for o in out.predictions] == ["a", "z", "a"]
+    assert len(p.banks) == 2  # keys with and without features live in different banks
+
+
+def test_eviction_keeps_state_and_bounds_live_keys():
+    p = Pipeline(Settings(lags=2, hidden=4, max_keys=10))
+    ref = Pipeline(Settings(lags=2, hidden=4, max_keys=1000))
+    for t in range(4):
+        batch = [rec(tick(f"k{i}", float((i + t) % 3))) for i in range(30)]
+        for pipe in (p, ref):
+            out = pipe.process(batch)
+        assert p.live_keys <= 10
+    assert len(p.evicted) + p.live_keys == 30
+    last = [rec(tick(f"k{i}", 1.0)) for i in range(30)]
+    a = {orjson.loads(o.value)["key"]: orjson.loads(o.value)["prediction"] for o in p.process(last).predictions}
+    b = {orjson.loads(o.value)["key"]: orjson.loads(o.value)["prediction"] for o in ref.process(last).predictions}
+    assert a == pytest.approx(b, rel=1e-5)
+    assert out.errors
+
+
+def test_learns_a_sine_better_than_persistence():
+    p = Pipeline(Settings(lags=4, hidden=8, learner="sgd"))
+    errs = []
+    for t in range(1500):
+        out = p.process([rec(tick("s", 10 + math.sin(t / 5), ts=t))])
+        errs += out.errors
+    model_mse = sum(e * e for e in errs[-500:]) / 500
+    persistence = sum((math.sin(t / 5) - math.sin((t - 1) / 5)) ** 2 for t in range(1000, 1500)) / 500
+    assert model_mse < 0.5 * persistence
