@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.learners import CONFIGS, LEARNERS
+from models.learners import CONFIGS
 
 
 class Settings(BaseSettings):
@@ -93,7 +93,8 @@ class Settings(BaseSettings):
                 purpose=ssl.Purpose.SERVER_AUTH)
         if self.security_protocol.startswith("SASL"):
             if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
-                raise ValueError("SASL needs STREAMER_SASL_MECHANISM, STREAMER_SASL_USERNAME and STREAMER_SASL_PASSWORD")
+                need = "STREAMER_SASL_MECHANISM, STREAMER_SASL_USERNAME and STREAMER_SASL_PASSWORD"
+                raise ValueError(f"SASL needs {need}")
             out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                        sasl_plain_password=self.sasl_password.get_secret_value())
         return out

@@ -160,7 +160,8 @@ class Pipeline:
             names.append(tick.key)
             xs.append(x)
         if learn_names:
-            res = bank.step(learn_names, torch.from_numpy(np.stack(learn_x)), torch.tensor(learn_d, dtype=torch.float64))
+            x_prev, d = torch.from_numpy(np.stack(learn_x)), torch.tensor(learn_d, dtype=torch.float64)
+            res = bank.step(learn_names, x_prev, d)
             resets = int(res.reset.sum())
             out.resets += resets
             self.resets_total += resets
