@@ -126,12 +126,20 @@ class ModelBank:
         if len(set(names)) != len(names):
             raise ValueError("predict takes each key once; use step for sequences of ticks")
         rows = self.rows(names)
-        st = self._take(rows)
+        order = torch.argsort(rows)
+        full = len(rows) == len(self.names) and bool((rows[order] == torch.arange(len(rows))).all())
+        st = self.state if full else self._take(rows)  # all keys: read the state in place, no copy
+        xs = x.to(self._dtype)[order] if full else x.to(self._dtype)
         nst = {k[2:]: v for k, v in st.items() if k.startswith("n.")}
-        xn = norm_apply(nst, x.to(self._dtype), self.config.norm)
+        xn = norm_apply(nst, xs, self.config.norm)
         mean_n, var_n = self.learner.predict(self._learner_part(st), xn)
         sd = nst["d_sd"]
-        return nst["d_mean"] + sd * mean_n, st["b.lam"] * var_n * sd * sd
+        mean, var = nst["d_mean"] + sd * mean_n, st["b.lam"] * var_n * sd * sd
+        if full:  # back to the caller's order
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(len(order))
+            mean, var = mean[inverse], var[inverse]
+        return mean, var
 
     # --------------------------------------------------------------------- step
     def step(self, names: list[str], x: torch.Tensor, d: torch.Tensor) -> StepResult:

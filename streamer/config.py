@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     ssl_keyfile: str | None = Field(None, description="client key for mutual TLS")
 
     # batching
-    batch_max: int = Field(2000, ge=1, description="most ticks in one micro-batch")
+    batch_max: int = Field(5000, ge=1, description="most ticks in one micro-batch")
     linger_ms: int = Field(20, ge=0, description="longest wait to fill a micro-batch")
+    fetch_max_wait_ms: int = Field(50, ge=0, description="longest time the broker holds a fetch for new data")
     max_message_bytes: int = Field(65_536, ge=64, description="larger messages go to the DLQ")
 
     # model

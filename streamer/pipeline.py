@@ -66,8 +66,8 @@ class KeyState:
     """The tick-mode bookkeeping of one key (its model state lives in a ModelBank row)."""
 
     signature: tuple[str, ...]  # feature names
-    lags: np.ndarray  # [L] v_t, v_{t-1}, ...
-    pending: np.ndarray | None = None  # x of the last tick, waiting for its target
+    lags: list[float]  # [L] v_t, v_{t-1}, ...
+    pending: list[float] | None = None  # x of the last tick, waiting for its target
     seq: int = 0
     last_mean: float = math.nan
     last_lower: float = math.nan
@@ -125,7 +125,7 @@ class Pipeline:
                            f"key has features {list(ks.signature)}, tick has {list(tick.feature_names)}")
                 continue
             if ks is None:  # a new key: its lags start filled with its first value
-                ks = KeyState(tick.feature_names, np.full(self.settings.lags, tick.value))
+                ks = KeyState(tick.feature_names, [tick.value] * self.settings.lags)
                 self.keys[tick.key] = ks
             j = count.get(tick.key, 0)
             count[tick.key] = j + 1
@@ -155,17 +155,16 @@ class Pipeline:
                 learn_names.append(tick.key)
                 learn_x.append(ks.pending)
                 learn_d.append(tick.value)
-            ks.lags = np.concatenate([[tick.value], ks.lags[: L - 1]])
-            x = np.concatenate([ks.lags, [v for _, v in tick.features]]) if tick.features else ks.lags
+            ks.lags = [tick.value, *ks.lags[: L - 1]]
             names.append(tick.key)
-            xs.append(x)
+            xs.append(ks.lags + list(tick.feature_values) if tick.feature_values else ks.lags)
         if learn_names:
-            x_prev, d = torch.from_numpy(np.stack(learn_x)), torch.tensor(learn_d, dtype=torch.float64)
+            x_prev, d = torch.from_numpy(np.array(learn_x)), torch.tensor(learn_d, dtype=torch.float64)
             res = bank.step(learn_names, x_prev, d)
             resets = int(res.reset.sum())
             out.resets += resets
             self.resets_total += resets
-        mean, var = bank.predict(names, torch.from_numpy(np.stack(xs)))
+        mean, var = bank.predict(names, torch.from_numpy(np.array(xs)))
         half = bank.config.z * var.sqrt()
         mean_l, lo_l, hi_l = mean.tolist(), (mean - half).tolist(), (mean + half).tolist()
         for i, (_, tick) in enumerate(items):

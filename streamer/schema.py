@@ -58,24 +58,24 @@ class Tick:
     key: str
     ts: float  # epoch seconds
     value: float
-    features: tuple[tuple[str, float], ...]  # sorted by name
+    feature_names: tuple[str, ...] = ()  # sorted
+    feature_values: tuple[float, ...] = ()  # in the order of feature_names
     text: str | None = None
 
     @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(n for n, _ in self.features)
+    def features(self) -> tuple[tuple[str, float], ...]:
+        return tuple(zip(self.feature_names, self.feature_values, strict=True))
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v)
+    t = type(v)
+    if t is float or t is int:  # exact types: bool is an int subclass and is refused
+        return float(v)
+    return None
 
 
 def _parse_ts(ts: Any) -> float:
-    if isinstance(ts, bool):
-        raise TickError("bad_ts", "ts is a boolean")
-    if isinstance(ts, int | float):
+    if type(ts) is float or type(ts) is int:
         if not math.isfinite(ts):
             raise TickError("bad_ts", "ts is not finite")
         return float(ts)
@@ -120,7 +120,8 @@ def decode_tick(raw: bytes | None, kafka_key: bytes | None = None, max_bytes: in
     if not math.isfinite(value):
         raise TickError("non_finite_value", f"value is {value}")
     ts = _parse_ts(obj.get("ts"))
-    features: tuple[tuple[str, float], ...] = ()
+    names: tuple[str, ...] = ()
+    values: tuple[float, ...] = ()
     raw_features = obj.get("features")
     if raw_features is not None:
         if not isinstance(raw_features, dict) or len(raw_features) > MAX_FEATURES:
@@ -131,11 +132,12 @@ def decode_tick(raw: bytes | None, kafka_key: bytes | None = None, max_bytes: in
             if f is None or not math.isfinite(f) or len(name) > MAX_KEY_CHARS:
                 raise TickError("bad_features", f"feature {name[:40]!r} is not a finite number")
             items.append((name, f))
-        features = tuple(sorted(items))
+        items.sort()
+        names, values = tuple(n for n, _ in items), tuple(f for _, f in items)
     text = obj.get("text")
     if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
         raise TickError("bad_text", f"text must be a string of at most {MAX_TEXT_CHARS} characters")
-    return Tick(key, ts, value, features, text)
+    return Tick(key, ts, value, names, values, text)
 
 
 def encode_tick(key: str, ts: float | str, value: float, features: dict[str, float] | None = None) -> bytes:

@@ -38,7 +38,7 @@ import torch
 
 from models.cells import NetSpec
 from models.learners.base import State, cold_theta, linear_anneal, rows_finite
-from models.learners.window import window_advance, window_init, window_jacobian
+from models.learners.window import has_closed_form, lstm_bptt, window_advance, window_init, window_jacobian
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,13 @@ class _KalmanBase:
         q = linear_anneal(state["t"], c.q_init, c.q_last, c.q_steps).to(self.dtype)  # [B]
         return R, q
 
-    def _jacobian(self, state: State, x: torch.Tensor):
+    def _jacobian(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(d_hat [B], H [B, n_theta], state after the window's first input): closed form where it exists."""
+        if has_closed_form(self.spec):
+            with torch.no_grad():
+                d_hat, U, Delta, phi, h_first = lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+                Hc = torch.bmm(U.transpose(1, 2), Delta).reshape(x.shape[0], -1)  # [B, n_cell]
+                return d_hat, torch.cat([Hc, phi], dim=1), h_first
         return window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
 
     def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,8 +20,8 @@ import torch
 from models.cells import NetSpec
 from models.learners.base import State, cold_theta, rows_finite
 from models.learners.window import (
-    has_instant_gradient,
-    instant_lstm_gradient,
+    has_closed_form,
+    lstm_bptt,
     window_advance,
     window_forward,
     window_init,
@@ -75,8 +75,8 @@ class SGDLearner:
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
         c = self.config
-        if c.optimizer == "sgd" and has_instant_gradient(self.spec, c.window):
-            return self._instant_step(state, x, d)
+        if c.optimizer == "sgd" and has_closed_form(self.spec):
+            return self._closed_form_step(state, x, d)
         return self._autograd_step(state, x, d)
 
     def _autograd_step(
@@ -109,19 +109,30 @@ class SGDLearner:
             self._finish(state, x, e, h_first)
         return d_hat, var, state
 
-    def _instant_step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """Window 1 on an LSTM: the closed-form gradient, applied without building H."""
+    def _closed_form_step(
+        self, state: State, x: torch.Tensor, d: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """LSTM with a plain/skip head: the closed-form BPTT gradient, applied without autograd."""
         s = self.spec
         with torch.no_grad():
-            d_hat, u, delta, phi, h_new = instant_lstm_gradient(s, state["theta"], state["h0"], x)
+            d_hat, U, Delta, phi, h_first = lstm_bptt(s, state["theta"], state["h0"], state["xbuf"], x)
             var = state["r2"].clone()
             e = d - d_hat  # [B]
-            h_norm = torch.sqrt((u * u).sum(dim=1) * (delta * delta).sum(dim=1) + (phi * phi).sum(dim=1))  # |H|
-            gain = (self._lr(state["t"].to(self.dtype)) * self._clipped(e, h_norm)).unsqueeze(1)  # [B, 1]
+            if U.shape[1] == 1:  # |u (x) delta| = |u| |delta|: no need to form H_cell
+                Hc = None
+                hc2 = (U[:, 0] * U[:, 0]).sum(dim=1) * (Delta[:, 0] * Delta[:, 0]).sum(dim=1)  # [B]
+            else:
+                Hc = torch.bmm(U.transpose(1, 2), Delta)  # [B, q, mG]  sum_k u_k delta_k^T
+                hc2 = (Hc * Hc).sum(dim=(1, 2))
+            h_norm = torch.sqrt(hc2 + (phi * phi).sum(dim=1))  # |H|
+            gain = self._lr(state["t"].to(self.dtype)) * self._clipped(e, h_norm)  # [B]
             cell = state["theta"][:, : s.n_cell].view(-1, s.q, s.hidden * s.n_gates)  # [B, q, mG]
-            cell.addcmul_(u.unsqueeze(2), (delta * gain).unsqueeze(1))  # += gain * u delta^T
-            state["theta"][:, s.n_cell :].addcmul_(phi, gain)
-            self._finish(state, x, e, h_new)
+            if Hc is None:
+                cell.addcmul_(U[:, 0].unsqueeze(2), (Delta[:, 0] * gain.unsqueeze(1)).unsqueeze(1))
+            else:
+                cell.addcmul_(Hc, gain.view(-1, 1, 1))
+            state["theta"][:, s.n_cell :].addcmul_(phi, gain.unsqueeze(1))
+            self._finish(state, x, e, h_first)
         return d_hat, var, state
 
     def _lr(self, t: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from models.cells import NetSpec, Params, cell_step, lstm_preactivation, split_state, unpack, unpack_parts
+from models.cells import NetSpec, Params, cell_step, split_state, unpack, unpack_parts
 from models.heads import estimate, readout_features
 from models.learners.base import State
 
@@ -75,39 +75,67 @@ def window_advance(state: State, x: torch.Tensor, h_first: torch.Tensor) -> None
     state["h0"] = h_first
 
 
-def has_instant_gradient(spec: NetSpec, window: int) -> bool:
-    """Whether `instant_lstm_gradient` applies: window 1, LSTM cell, a head linear in x."""
-    return window == 1 and spec.cell == "lstm" and spec.head in ("plain", "skip")
+def has_closed_form(spec: NetSpec) -> bool:
+    """Whether `lstm_bptt` applies: an LSTM cell and a head linear in x (plain or skip)."""
+    return spec.cell == "lstm" and spec.head in ("plain", "skip")
 
 
-def instant_lstm_gradient(
-    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, x: torch.Tensor
+def lstm_bptt(
+    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The paper's instantaneous gradient (window 1, y_{t-1} and c_{t-1} held constant), in closed form.
+    """Truncated BPTT over the window in closed form (no autograd), for the LSTM.
 
-    With u = [x_t; y_{t-1}; 1] and a = u^T cell the gate pre-activations, d_hat = r . phi and
+    Forward over u_k = [x_k; y_{k-1}; 1], k = 1..W, keeping the gates; then, from dy_W = w,
 
-        d d_hat / d y   = w
-        delta_o = w * tanh(c) * o (1 - o)           delta_c = w * o * (1 - tanh(c)^2)
-        delta_z = delta_c * i * (1 - z^2)           delta_i = delta_c * z * i (1 - i)
-        delta_f = delta_c * c_{t-1} * f (1 - f)
+        do_k = dy_k * tanh(c_k)                     dc_k += dy_k * o_k * (1 - tanh(c_k)^2)
+        delta_k = [dc_k i_k (1 - z_k^2), dc_k z_k i_k (1 - i_k), dc_k c_{k-1} f_k (1 - f_k), do_k o_k (1 - o_k)]
+        dy_{k-1} = (cell delta_k)[p : p+m]          dc_{k-1} = dc_k * f_k
 
-    so H_cell = u (x) delta (an outer product, never materialised) and H_head = phi.
-    Returns (d_hat [B], u [B, q], delta [B, m*G], phi [B, n_readout], new state [B, 2m]).
+    so H_cell = sum_k u_k (x) delta_k (one batched product) and H_head = phi. Window 1 is the
+    paper's instantaneous gradient. Returns (d_hat [B], U [B, W, q], Delta [B, W, m*G],
+    phi [B, n_readout], state after the first input [B, 2m]); H_cell = U^T Delta.
     """
-    m = spec.hidden
+    m, p = spec.hidden, spec.n_in
     params = unpack(spec, theta)
-    c_prev = h0[:, :m]  # [B, m]
-    u, a = lstm_preactivation(params.cell, h0, x, m)  # [B, q], [B, m, 4]
-    z = torch.tanh(a[:, :, 0])  # [B, m]
-    g = torch.sigmoid(a[:, :, 1:])  # [B, m, 3]  i, f, o
-    i, f, o = g[:, :, 0], g[:, :, 1], g[:, :, 2]
-    c = i * z + f * c_prev  # [B, m]
-    tc = torch.tanh(c)  # [B, m]
-    y = o * tc  # [B, m]
-    phi = readout_features(spec, params, y, h0[:, m:], x)  # [B, nr]
+    xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1)  # [B, W, p]
+    B, W = xs.shape[0], xs.shape[1]
+    ones = x.new_ones(B, 1)
+    c, y = h0[:, :m], h0[:, m:]  # [B, m] each
+    us, zs, gs, tcs, c_prevs = [], [], [], [], []
+    h_first = h0
+    for k in range(W):
+        u = torch.cat([xs[:, k], y, ones], dim=1)  # [B, q]
+        a = torch.bmm(u.unsqueeze(1), params.cell).view(B, m, 4)  # [B, m, 4] pre-activations
+        z = torch.tanh(a[:, :, 0])  # [B, m]
+        g = torch.sigmoid(a[:, :, 1:])  # [B, m, 3]  i, f, o
+        c_prevs.append(c)
+        c = g[:, :, 0] * z + g[:, :, 1] * c  # [B, m]
+        tc = torch.tanh(c)  # [B, m]
+        y = g[:, :, 2] * tc  # [B, m]
+        us.append(u)
+        zs.append(z)
+        gs.append(g)
+        tcs.append(tc)
+        if k == 0:
+            h_first = torch.cat([c, y], dim=1)  # [B, 2m]
+    y_prev = h0[:, m:] if W == 1 else us[-1][:, p : p + m]  # y_{W-1}
+    phi = readout_features(spec, params, y, y_prev, x)  # [B, nr]
     d_hat = (params.r * phi).sum(dim=1)  # [B]
-    dc = params.w * o * (1 - tc * tc)  # [B, m]
-    dgates = g * (1 - g) * torch.stack([dc * z, dc * c_prev, params.w * tc], dim=2)  # [B, m, 3]  i, f, o
-    delta = torch.cat([(dc * i * (1 - z * z)).unsqueeze(2), dgates], dim=2).reshape(x.shape[0], -1)  # [B, m*4]
-    return d_hat, u, delta, phi, torch.cat([c, y], dim=1)
+    deltas = [torch.empty(0)] * W
+    dy = params.w  # [B, m]  d d_hat / d y_W
+    dc = torch.zeros_like(dy)  # [B, m]
+    # recurrent rows of the gate matrix, transposed once: row-vector products are the fast kind
+    RT = params.cell[:, p : p + m, :].transpose(1, 2).contiguous() if W > 1 else None  # [B, mG, m]
+    for k in range(W - 1, -1, -1):
+        z, g, tc = zs[k], gs[k], tcs[k]
+        i, f, o = g[:, :, 0], g[:, :, 1], g[:, :, 2]
+        dc = dc + dy * o * (1 - tc * tc)  # [B, m]
+        delta = torch.stack(
+            [dc * i * (1 - z * z), dc * z * i * (1 - i), dc * c_prevs[k] * f * (1 - f), dy * tc * o * (1 - o)], dim=2
+        ).reshape(B, -1)  # [B, m*4]
+        deltas[k] = delta
+        if k > 0:
+            assert RT is not None
+            dy = torch.bmm(delta.unsqueeze(1), RT).squeeze(1)  # [B, m]  through u_k's y_{k-1} entries
+            dc = dc * f
+    return d_hat, torch.stack(us, dim=1), torch.stack(deltas, dim=1), phi, h_first

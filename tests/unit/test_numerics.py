@@ -237,25 +237,27 @@ def test_rng_streams_are_per_key_and_counter_based():
 
 
 @pytest.mark.parametrize("head", ["plain", "skip"])
-def test_instant_gradient_matches_autograd(head):
-    from models.learners.window import instant_lstm_gradient, window_jacobian_parts
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_closed_form_bptt_matches_autograd(head, window):
+    from models.learners.window import lstm_bptt, window_jacobian_parts
 
     spec = NetSpec(n_in=3, hidden=5, head=head)
     g = torch.Generator().manual_seed(2)
     theta = 0.5 * torch.randn(4, spec.n_theta, generator=g, dtype=D)
     h0 = 0.5 * torch.randn(4, spec.state_dim, generator=g, dtype=D)
-    x = torch.randn(4, 3, generator=g, dtype=D)
-    d_ref, (Hc, Hh), h_ref = window_jacobian_parts(spec, theta, h0, torch.zeros(4, 0, 3, dtype=D), x)
-    d_hat, u, delta, phi, h_new = instant_lstm_gradient(spec, theta, h0, x)
+    xbuf, x = torch.randn(4, window - 1, 3, generator=g, dtype=D), torch.randn(4, 3, generator=g, dtype=D)
+    d_ref, (Hc, Hh), h_ref = window_jacobian_parts(spec, theta, h0, xbuf, x)
+    d_hat, U, Delta, phi, h_first = lstm_bptt(spec, theta, h0, xbuf, x)
     torch.testing.assert_close(d_hat, d_ref)
-    torch.testing.assert_close(h_new, h_ref)
-    torch.testing.assert_close((u.unsqueeze(2) * delta.unsqueeze(1)).reshape(4, -1), Hc)
+    torch.testing.assert_close(h_first, h_ref)
+    torch.testing.assert_close(torch.bmm(U.transpose(1, 2), Delta).reshape(4, -1), Hc)
     torch.testing.assert_close(phi, Hh)
 
 
-def test_sgd_instant_path_equals_autograd_path():
+@pytest.mark.parametrize("window", [1, 4])
+def test_sgd_closed_form_path_equals_autograd_path(window):
     spec = NetSpec(n_in=3, hidden=4)
-    fast = make_learner("sgd", spec, dtype=D, window=1, clip=0.5)
+    fast = make_learner("sgd", spec, dtype=D, window=window, clip=0.5)
     st_fast = fast.init_state(torch.arange(3))
     st_slow = {k: v.clone() for k, v in st_fast.items()}
     x, d = torch.randn(20, 3, 3, dtype=D), 3 * torch.randn(20, 3, dtype=D)

@@ -1,0 +1,153 @@
+"""The daemon end to end on the embedded broker: sustained throughput and tick-to-prediction latency.
+
+The daemon runs as its own process (`streamer run`), as in production; this script is the load
+generator and the reader.
+
+1. Throughput: K keys x T ticks are produced first; the daemon (burst mode) then drains them.
+   Rate = predictions / (last prediction's timestamp - first prediction's
+   timestamp), both stamped by the daemon's producer, so start-up and group join are excluded.
+2. Latency: the daemon runs while ticks are offered at a fixed rate; the latency of a tick is
+   its prediction's producer timestamp minus the tick's producer timestamp (same clock).
+
+    python benchmarks/daemon.py [--keys 1000] [--json benchmarks/out/daemon.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamer.broker import EmbeddedBroker, free_port  # noqa: E402
+from tests.kafka_helpers import consume, create_topics, http_status, unique  # noqa: E402
+
+
+def daemon_env(bs: str, learner: str, **over: str) -> dict[str, str]:
+    env = {"bootstrap_servers": bs, "input_topic": unique("in"), "output_topic": unique("out"),
+           "dlq_topic": unique("dlq"), "group_id": unique("g"), "metrics_port": str(free_port()),
+           "metrics_host": "127.0.0.1", "session_timeout_ms": "3000", "heartbeat_interval_ms": "500",
+           "learner": learner, "burst": "true", "burst_idle_s": "2", "log_level": "warning", "log_format": "json"}
+    env.update(over)
+    return {f"STREAMER_{k.upper()}": v for k, v in env.items()}
+
+
+def start_daemon(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env})
+
+
+def tick(key: int, t: int) -> bytes:
+    return orjson.dumps({"key": f"k{key}", "ts": t, "value": float(np.sin(t / 7 + key) + 0.01 * key)})
+
+
+async def throughput(bs: str, learner: str, keys: int, ticks_per_key: int, partitions: int) -> dict:
+    env = daemon_env(bs, learner)
+    topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
+    await create_topics(bs, [topic_in], partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=5)
+    await producer.start()
+    futs = [await producer.send(topic_in, value=tick(k, t), key=f"k{k}".encode())
+            for t in range(ticks_per_key) for k in range(keys)]
+    await asyncio.gather(*futs)
+    await producer.stop()
+    n = keys * ticks_per_key
+    proc = start_daemon(env)
+    await asyncio.to_thread(proc.wait, 600)
+    preds = await consume(bs, topic_out, n, settle=0.5)
+    stamps = np.array([p.timestamp for p in preds]) / 1000
+    span = stamps.max() - stamps.min()
+    return {"learner": learner, "keys": keys, "ticks": n, "predictions": len(preds), "seconds": float(span),
+            "ticks_per_s": len(preds) / span}
+
+
+async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float, partitions: int) -> dict:
+    env = daemon_env(bs, learner, burst="false", linger_ms="5")
+    topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
+    await create_topics(bs, [topic_in], partitions)
+    proc = start_daemon(env)
+    port = int(env["STREAMER_METRICS_PORT"])
+    while await asyncio.to_thread(http_status, port, "/readyz") != 200:
+        if proc.poll() is not None:
+            raise RuntimeError("daemon exited before it was ready")
+        await asyncio.sleep(0.2)
+    producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=0)
+    await producer.start()
+    sent: dict[tuple[str, int], float] = {}
+    n = int(rate * seconds)
+    start = time.monotonic()
+    futs = []
+    for i in range(n):
+        k, t = i % keys, i // keys
+        futs.append((f"k{k}", t, await producer.send(topic_in, value=tick(k, t), key=f"k{k}".encode())))
+        if i % 20 == 0:
+            ahead = (i + 1) / rate - (time.monotonic() - start)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    for key, t, f in futs:
+        sent[(key, t)] = (await f).timestamp / 1000
+    await producer.stop()
+    preds = await consume(bs, topic_out, n, settle=1.0)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(proc.wait, 60)
+    lat = np.array([p.timestamp / 1000 - sent[(q["key"], q["ts"])]
+                    for p in preds for q in [orjson.loads(p.value)]])
+    return {"learner": learner, "keys": keys, "offered_ticks_per_s": rate, "ticks": n, "predictions": len(preds),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "max_ms": float(lat.max() * 1e3)}
+
+
+async def main_async(args) -> dict:
+    out: dict = {"throughput": [], "latency": []}
+    with EmbeddedBroker() as broker:
+        bs = broker.bootstrap_servers
+        out["throughput"].append(await throughput(bs, "sgd", args.keys, args.sgd_ticks, args.partitions))
+        out["throughput"].append(await throughput(bs, "pf", args.keys, args.pf_ticks, args.partitions))
+        out["latency"].append(await latency(bs, "sgd", args.keys, args.rate, args.seconds, args.partitions))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keys", type=int, default=1000)
+    ap.add_argument("--sgd-ticks", type=int, default=100, help="ticks per key in the sgd throughput run")
+    ap.add_argument("--pf-ticks", type=int, default=10, help="ticks per key in the pf throughput run")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=2000.0, help="offered ticks/s in the latency run")
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/out/daemon.json"))
+    args = ap.parse_args()
+    res = asyncio.run(main_async(args))
+    console = Console()
+    t = Table(title="daemon on the embedded broker, sustained throughput (2-core machine)")
+    for c in ("learner", "keys", "ticks", "seconds", "ticks/s"):
+        t.add_column(c, justify="right")
+    for r in res["throughput"]:
+        t.add_row(r["learner"], str(r["keys"]), str(r["ticks"]), f"{r['seconds']:.2f}", f"{r['ticks_per_s']:,.0f}")
+    console.print(t)
+    t = Table(title="tick-to-prediction latency at a fixed offered rate")
+    for c in ("learner", "keys", "offered ticks/s", "ticks", "p50 ms", "p99 ms", "max ms"):
+        t.add_column(c, justify="right")
+    for r in res["latency"]:
+        t.add_row(r["learner"], str(r["keys"]), f"{r['offered_ticks_per_s']:,.0f}", str(r["ticks"]),
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}")
+    console.print(t)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(res, indent=2))
+    console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
