@@ -1,15 +1,18 @@
 # The README's commands. `make install` once, then `make demo` and `make test`.
 PY ?= python3
 
-.PHONY: install demo test lint bench-speed bench-accuracy
+.PHONY: install demo test lint bench-demo bench-speed bench-accuracy bench-daemon
 
 install:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
 
 demo:
+	streamer demo
+
+bench-demo:
 	streamer bench pkg:tsdata/fpp3/vic_elec.csv --series Demand,Temperature --warmup 2000 --start 2000 --end 3000 \
-	  --plot benchmarks/out/demo.png --json benchmarks/out/demo.json
+	  --plot benchmarks/out/bench-demo.png --json benchmarks/out/bench-demo.json
 
 test:
 	$(PY) -m pytest -q
@@ -23,3 +26,6 @@ bench-speed:
 
 bench-accuracy:
 	./benchmarks/accuracy.sh
+
+bench-daemon:
+	$(PY) benchmarks/daemon.py --json benchmarks/out/daemon.json

@@ -234,5 +234,24 @@ def replay_cmd(
     console.print(f"sent {sent} ticks to {topic}")
 
 
+@app.command("demo")
+def demo_cmd(
+    learner: Annotated[str, typer.Option(help="sgd, ekf, dekf or pf")] = "sgd",
+    rows: Annotated[int, typer.Option(help="rows replayed from each dataset")] = 3000,
+    rate: Annotated[float | None, typer.Option(help="ticks/s offered (default: as fast as possible)")] = None,
+    out: Annotated[Path, typer.Option(help="PNG of predictions against actuals")] = Path("demo-predictions.png"),
+) -> None:
+    """Broker, data, daemon and a live table: the whole product in one command."""
+    import asyncio
+
+    from streamer.demo import run_demo, summary
+
+    if learner not in LEARNERS:
+        raise typer.BadParameter(f"learner must be one of {', '.join(LEARNERS)}")
+    views = asyncio.run(run_demo(learner, rows, rate, out, console))
+    summary(views, console)
+    console.print(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app()

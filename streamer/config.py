@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     learner_options: dict[str, Any] = Field(
         default_factory=dict, description='JSON of learner config fields, e.g. {"lr": 0.05}')
     seed: int = Field(0, description="seed of every key's random stream")
-    warm_start: str | None = Field(None, description="warm-start file for new keys")
+    warm_start: str | None = Field(
+        None, description="warm-start file for new keys (comes with the offline package; refused for now)")
     max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
 
     # service

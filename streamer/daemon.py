@@ -64,6 +64,7 @@ class Daemon:
         self.broker_ok = False
         self._stop = asyncio.Event()
         self._next_offset: dict[TopicPartition, int] = {}
+        self.dead_letters = 0  # published dead letters, for embedders such as the demo
         self._partition_of: dict[str, dict[bytes | None, int]] = {}
         self._partition_count: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -223,6 +224,7 @@ class Daemon:
         m.batch.observe(len(records))
         for d in result.dead:
             m.dead.labels(d.reason).inc()
+        self.dead_letters += len(result.dead)
         if result.resets:
             m.resets.labels(s.learner).inc(result.resets)
         m.scored(result.errors, result.hits)
