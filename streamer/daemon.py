@@ -65,6 +65,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._next_offset: dict[TopicPartition, int] = {}
         self.dead_letters = 0  # published dead letters, for embedders such as the demo
+        self.consumed = 0  # messages whose batch is published and committed
         self._partition_of: dict[str, dict[bytes | None, int]] = {}
         self._partition_count: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -225,6 +226,7 @@ class Daemon:
         for d in result.dead:
             m.dead.labels(d.reason).inc()
         self.dead_letters += len(result.dead)
+        self.consumed += len(records)
         if result.resets:
             m.resets.labels(s.learner).inc(result.resets)
         m.scored(result.errors, result.hits)

@@ -178,8 +178,11 @@ async def run_demo(learner: str, rows: int, rate: float | None, out: Path, conso
                             _update(views, m.value)
                             received += 1
                     live.update(_table(views, time.monotonic() - start, daemon.dead_letters, False))
+                await replay_task
+                deadline = time.monotonic() + 10  # the dead letters may trail the last prediction
+                while daemon.consumed < total + len(BAD_MESSAGES) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
                 live.update(_table(views, time.monotonic() - start, daemon.dead_letters, True))
-            await replay_task
         finally:
             await producer.stop()
             await consumer.stop()
