@@ -3,7 +3,18 @@
     getmany (<= batch_max records)            consumer in a group, manual commits
       -> pipeline.process in a worker thread  the event loop stays free: heartbeats, /metrics
       -> send predictions and dead letters    await every acknowledgement (acks=all)
-      -> commit offsets of the batch          only now: at-least-once, nothing lost
+      -> checkpoint due partitions            changed keys' state to the changelog, acknowledged
+      -> commit those partitions' offsets     only now: predictions sent and state durable
+
+State (the Kafka Streams pattern): every key's state goes to a compacted changelog topic
+co-partitioned with the input, keyed by the series key. A partition is checkpointed every
+`checkpoint_ticks` ticks or `checkpoint_interval_s` seconds, on revoke and on shutdown; its
+input offset is committed only after its checkpoint is acknowledged. On assignment the daemon
+writes a fence record to the changelog partition and reads up to it, keeping the latest record
+per key (Tansu never compacts, and its end offsets cannot be trusted), so it resumes from the
+committed offset with the state that offset reflects. Each key's state records the input
+offset it has applied, so a tick re-delivered after a crash is never applied twice; its
+prediction, re-published, carries the same per-key `seq` (at-least-once, duplicates marked).
 
 One batch is in flight at a time, so offsets are committed in order and a crash re-delivers at
 most the uncommitted batch. (Overlapping the next batch's model step with this one's
@@ -26,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import OffsetAndMetadata
 
 from streamer import __version__
 from streamer.config import Settings
@@ -34,6 +46,7 @@ from streamer.pipeline import Pipeline, Record
 
 log = structlog.get_logger("streamer")
 _PARTITIONER = DefaultPartitioner()
+FENCE_KEY = b"__streamer_fence__"
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -41,17 +54,28 @@ class _Rebalance(ConsumerRebalanceListener):
         self.daemon = daemon
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # batches are committed before the next fetch, so nothing is pending here
-        self.daemon.joined = False
+        """Checkpoint and commit what we are giving away, then forget it (batches are not in flight here)."""
+        d = self.daemon
+        d.joined = False
+        d._rebalance_started = time.monotonic()
         if revoked:
-            log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+            parts = {tp.partition for tp in revoked if tp.topic == d.settings.input_topic}
+            await d.checkpoint(parts)
+            d.pipeline.drop_partitions(parts)
+            log.info("partitions revoked", partitions=sorted(parts))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         d = self.daemon
+        parts = {tp.partition for tp in assigned if tp.topic == d.settings.input_topic}
+        restored = await d.restore(parts)
         d.joined = True
         d.metrics.rebalances.inc()
         d.metrics.assigned.set(len(assigned))
-        log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+        seconds = time.monotonic() - (d._rebalance_started or time.monotonic())
+        d.metrics.rebalance_seconds.observe(seconds)
+        d.metrics.restored_keys.inc(restored)
+        log.info("partitions assigned", partitions=sorted(parts), restored_keys=restored,
+                 rebalance_s=round(seconds, 3))
 
 
 class Daemon:
@@ -65,6 +89,12 @@ class Daemon:
         self._stop = asyncio.Event()
         self._next_offset: dict[TopicPartition, int] = {}
         self.dead_letters = 0  # published dead letters, for embedders such as the demo
+        self.changelog = settings.changelog_topic or f"{settings.input_topic}-changelog"
+        self._since_checkpoint: dict[int, int] = {}  # partition -> ticks since its last checkpoint
+        self._last_checkpoint: dict[int, float] = {}
+        self._pending_commit: dict[int, int] = {}  # partition -> next offset, once durable
+        self._rebalance_started: float | None = time.monotonic()
+        self.restore_consumer: AIOKafkaConsumer | None = None
         self.consumed = 0  # messages whose batch is published and committed
         self._partition_of: dict[str, dict[bytes | None, int]] = {}
         self._partition_count: dict[str, int] = {}
@@ -104,6 +134,9 @@ class Daemon:
                     fetch_max_wait_ms=s.fetch_max_wait_ms,
                     fetch_max_bytes=max(52_428_800, 4 * s.max_message_bytes),
                     max_partition_fetch_bytes=max(1 << 20, 2 * s.max_message_bytes))
+                self.restore_consumer = AIOKafkaConsumer(**self._kafka_args(), group_id=None,
+                                                         enable_auto_commit=False, auto_offset_reset="earliest")
+                await self.restore_consumer.start()
                 self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
                 await self.consumer.start()
                 self.broker_ok = True
@@ -126,23 +159,25 @@ class Daemon:
         if s.input_topic in existing:
             desc = await admin.describe_topics([s.input_topic])
             partitions = max(1, len(desc[0].get("partitions", [])))
-        missing = [t for t in (s.input_topic, s.output_topic, s.dlq_topic) if t not in existing]
+        missing = [t for t in (s.input_topic, s.output_topic, s.dlq_topic, self.changelog) if t not in existing]
         if missing:
+            compact = {"cleanup.policy": "compact"}
             try:
-                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                await admin.create_topics([
+                    NewTopic(t, partitions, 1, topic_configs=compact if t == self.changelog else {}) for t in missing])
                 log.info("created topics", topics=missing, partitions=partitions)
             except TopicAlreadyExistsError:
                 pass
 
     async def _close_clients(self) -> None:
-        for client in (self.consumer, self.producer, self.admin):
+        for client in (self.consumer, self.restore_consumer, self.producer, self.admin):
             if client is None:
                 continue
             try:
                 await client.stop() if not isinstance(client, AIOKafkaAdminClient) else await client.close()
             except (KafkaError, OSError) as exc:
                 log.warning("error while closing a Kafka client", error=str(exc))
-        self.consumer = self.producer = self.admin = None
+        self.consumer = self.restore_consumer = self.producer = self.admin = None
 
     async def _probe(self) -> None:
         """Readiness: does the broker answer a metadata request right now?"""
@@ -171,7 +206,11 @@ class Daemon:
         finally:
             self._stop.set()
             probe.cancel()
-            if self.producer is not None:
+            if self.producer is not None and self.consumer is not None:
+                try:  # the state of everything we own becomes durable, then its offsets are committed
+                    await self.checkpoint({tp.partition for tp in self.consumer.assignment()})
+                except KafkaError as exc:
+                    log.error("final checkpoint failed; the next owner replays from the last one", error=str(exc))
                 await self.producer.flush()
             await self._close_clients()
             await self.health.stop()
@@ -218,8 +257,19 @@ class Daemon:
             for msg in msgs:
                 m.latency.observe(max(0.0, now - msg.timestamp / 1000))
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-        await self.consumer.commit(offsets)
         self._next_offset.update(offsets)
+        now_m = time.monotonic()
+        for tp, msgs in batch.items():
+            self._pending_commit[tp.partition] = msgs[-1].offset + 1
+            self._since_checkpoint[tp.partition] = self._since_checkpoint.get(tp.partition, 0) + len(msgs)
+            self._last_checkpoint.setdefault(tp.partition, now_m)
+        if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
+            await asyncio.gather(*[await self.producer.send(self.changelog, value=blob, key=k.encode(), partition=p)
+                                   for k, p, blob in result.evicted])
+        due = {p for p, n in self._since_checkpoint.items()
+               if n >= s.checkpoint_ticks or now_m - self._last_checkpoint.get(p, now_m) >= s.checkpoint_interval_s}
+        if due:
+            await self.checkpoint(due)
         m.ticks.inc(len(records))
         m.predictions.inc(len(result.predictions))
         m.batch.observe(len(records))
@@ -235,6 +285,66 @@ class Daemon:
             high = self.consumer.highwater(tp)
             if high is not None:
                 m.lag.labels(str(tp.partition)).set(max(0, high - nxt))
+
+    async def checkpoint(self, partitions: set[int]) -> None:
+        """Write the changed keys of these partitions to the changelog, await it, then commit their offsets."""
+        if not partitions or self.producer is None or self.consumer is None:
+            return
+        t0 = time.perf_counter()
+        keys = self.pipeline.dirty(partitions)
+        blobs = [(k, self.pipeline.keys[k].partition, self.pipeline.snapshot_key(k)) for k in keys]
+        futures = [await self.producer.send(self.changelog, value=blob, key=k.encode(), partition=p)
+                   for k, p, blob in blobs]
+        await asyncio.gather(*futures)  # durable before the offsets that rely on it are committed
+        self.pipeline.mark_clean(keys)
+        offsets = {TopicPartition(self.settings.input_topic, p): OffsetAndMetadata(self._pending_commit[p], "")
+                   for p in partitions if p in self._pending_commit}
+        if offsets:
+            await self.consumer.commit(offsets)
+        now = time.monotonic()
+        for p in partitions:
+            self._since_checkpoint[p] = 0
+            self._last_checkpoint[p] = now
+            self._pending_commit.pop(p, None)
+        self.metrics.checkpoints.inc(len(partitions))
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+
+    async def restore(self, partitions: set[int]) -> int:
+        """Rebuild the keys of these partitions from the changelog; returns how many were restored.
+
+        A fence record is written to each changelog partition and the partition is read up to it, so
+        every checkpoint written before the assignment is seen without asking for end offsets."""
+        if not partitions or self.restore_consumer is None or self.producer is None:
+            return 0
+        import uuid
+
+        fences = {}
+        for p in partitions:
+            nonce = uuid.uuid4().hex.encode()
+            await (await self.producer.send(self.changelog, value=nonce, key=FENCE_KEY, partition=p))
+            fences[p] = nonce
+        tps = [TopicPartition(self.changelog, p) for p in partitions]
+        rc = self.restore_consumer
+        rc.assign(tps)
+        await rc.seek_to_beginning(*tps)
+        latest: dict[bytes, bytes] = {}
+        open_parts = set(partitions)
+        deadline = time.monotonic() + 120
+        while open_parts and time.monotonic() < deadline:
+            batch = await rc.getmany(timeout_ms=200, max_records=10_000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.key == FENCE_KEY:
+                        if m.value == fences.get(tp.partition):
+                            open_parts.discard(tp.partition)
+                    elif m.key is not None and m.value is not None:
+                        latest[m.key] = m.value  # the newest record of a key wins (no compaction needed)
+        if open_parts:
+            raise KafkaError(f"changelog partitions {sorted(open_parts)} did not reach their fence in 120 s")
+        rc.unsubscribe()
+        for blob in latest.values():  # co-partitioned: changelog partition p holds input partition p's keys
+            self.pipeline.restore_key(blob)
+        return len(latest)
 
     async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes, Any]]) -> list[Any]:
         """Send many messages as per-partition record batches (one future per batch, not per message).

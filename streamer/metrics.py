@@ -46,6 +46,12 @@ class Metrics:
         self.rebalances = Counter("streamer_rebalances", "partition assignments received", registry=r)
         self.assigned = Gauge("streamer_assigned_partitions", "partitions this replica owns", registry=r)
         self.ready = Gauge("streamer_ready", "1 when joined to the group and the broker answers", registry=r)
+        self.rebalance_seconds = Histogram("streamer_rebalance_seconds", "from revoke (or start) to restored state",
+                                           buckets=LATENCY_BUCKETS + (30.0, 60.0), registry=r)
+        self.restored_keys = Counter("streamer_restored_keys", "keys rebuilt from the changelog", registry=r)
+        self.checkpoints = Counter("streamer_checkpoints", "partition checkpoints written", registry=r)
+        self.checkpoint_seconds = Histogram("streamer_checkpoint_seconds", "time to write and commit a checkpoint",
+                                            buckets=UPDATE_BUCKETS, registry=r)
         self._mse: float | None = None
         self._cov: float | None = None
 

@@ -15,7 +15,10 @@ tick of every key in wave j), each wave one batched step and one batched predict
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +58,12 @@ class DeadLetter:
 @dataclass
 class BatchResult:
     predictions: list[Outgoing] = field(default_factory=list)
+    evicted: list[tuple[str, int, bytes]] = field(default_factory=list)  # (key, partition, state) to checkpoint
     dead: list[DeadLetter] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)  # v_t - previous prediction, for scored ticks
     hits: int = 0  # scored ticks inside the previous 90% interval
     resets: int = 0
+    skipped: int = 0  # re-delivered ticks whose effect the key's state already holds
 
 
 @dataclass(slots=True)
@@ -73,6 +78,39 @@ class KeyState:
     last_lower: float = math.nan
     last_upper: float = math.nan
     last_seen: int = 0  # batch number, for idle eviction
+    partition: int = -1  # input partition the key's ticks arrive on
+    applied: int = 0  # next input offset not yet applied to this key's state
+    dirty: bool = False  # changed since its last checkpoint
+
+
+STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
+STATE_VERSION = 1
+
+
+class SpillStore:
+    """Evicted keys' state on local disk (SQLite, bytes only), so memory stays bounded."""
+
+    def __init__(self, path: str = ":memory:"):
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS spill (key TEXT PRIMARY KEY, state BLOB)")
+
+    def put(self, key: str, state: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO spill VALUES (?, ?)", (key, state))
+
+    def pop(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT state FROM spill WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self._db.execute("DELETE FROM spill WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    def __contains__(self, key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM spill WHERE key = ?", (key,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM spill").fetchone()[0])
+
+    def drop_partition(self, keys: list[str]) -> None:
+        self._db.executemany("DELETE FROM spill WHERE key = ?", [(k,) for k in keys])
 
 
 class Pipeline:
@@ -81,7 +119,8 @@ class Pipeline:
         self.model = settings.model_name()
         self.banks: dict[tuple[str, ...], ModelBank] = {}
         self.keys: dict[str, KeyState] = {}
-        self.evicted: dict[str, tuple[KeyState, bytes]] = {}  # idle keys: bookkeeping + bank snapshot
+        self.spill = SpillStore(settings.spill_path)  # evicted idle keys (their state is also checkpointed)
+        self.spilled_partition: dict[str, int] = {}
         self.batches = 0
         self.resets_total = 0
         self._learner_options = settings.learner_config()
@@ -118,8 +157,11 @@ class Pipeline:
         count: dict[str, int] = {}
         for r, tick in ticks:
             ks = self.keys.get(tick.key)
-            if ks is None and tick.key in self.evicted:
+            if ks is None and tick.key in self.spilled_partition:
                 ks = self._readmit(tick.key)
+            if ks is not None and r.offset < ks.applied and r.partition == ks.partition:
+                out.skipped += 1  # re-delivered after a restore: this key's state already holds it
+                continue
             if ks is not None and ks.signature != tick.feature_names:
                 self._dead(out, r, "feature_set_changed",
                            f"key has features {list(ks.signature)}, tick has {list(tick.feature_names)}")
@@ -127,6 +169,7 @@ class Pipeline:
             if ks is None:  # a new key: its lags start filled with its first value
                 ks = KeyState(tick.feature_names, [tick.value] * self.settings.lags)
                 self.keys[tick.key] = ks
+            ks.partition, ks.applied, ks.dirty = r.partition, r.offset + 1, True
             j = count.get(tick.key, 0)
             count[tick.key] = j + 1
             if j == len(waves):
@@ -138,7 +181,7 @@ class Pipeline:
                 by_bank.setdefault(tick.feature_names, []).append((r, tick))
             for signature, items in by_bank.items():
                 self._step(self._bank(signature), items, out)
-        self._evict_idle()
+        self._evict_idle(out)
         return out
 
     def _dead(self, out: BatchResult, r: Record, reason: str, detail: str) -> None:
@@ -183,23 +226,78 @@ class Pipeline:
             out.predictions.append(Outgoing(tick.key.encode(), value))
 
     # ------------------------------------------------------------ eviction
-    def _evict_idle(self) -> None:
-        """Beyond max_keys, move the idlest tenth of keys out of the banks (their state kept as bytes)."""
+    def _evict_idle(self, out: BatchResult) -> None:
+        """Beyond max_keys, checkpoint the idlest tenth of keys and move them out of memory."""
         limit = self.settings.max_keys
         if len(self.keys) <= limit:
             return
         n = len(self.keys) - limit + max(1, limit // 10)
         idlest = sorted(self.keys, key=lambda k: self.keys[k].last_seen)[:n]
-        for signature, bank in self.banks.items():
-            gone = [k for k in idlest if self.keys[k].signature == signature]
-            for k in gone:
-                self.evicted[k] = (self.keys[k], bank.snapshot(k))
-            bank.drop(gone)
         for k in idlest:
-            del self.keys[k]
+            blob = self.snapshot_key(k)
+            out.evicted.append((k, self.keys[k].partition, blob))
+            self.spill.put(k, blob)
+            self.spilled_partition[k] = self.keys[k].partition
+        self._forget(idlest)
 
     def _readmit(self, key: str) -> KeyState:
-        ks, blob = self.evicted.pop(key)
-        self._bank(ks.signature).restore(blob, key)
+        blob = self.spill.pop(key)
+        del self.spilled_partition[key]
+        assert blob is not None
+        return self.restore_key(blob)
+
+    def _forget(self, keys: list[str]) -> None:
+        """Drop keys from memory (banks and bookkeeping)."""
+        for signature, bank in self.banks.items():
+            bank.drop([k for k in keys if self.keys[k].signature == signature])
+        for k in keys:
+            del self.keys[k]
+
+    # --------------------------------------------------------- checkpoints
+    def snapshot_key(self, key: str) -> bytes:
+        """A key's whole state as bytes: header, JSON of its bookkeeping, then its bank row. No pickle."""
+        ks = self.keys[key]
+        meta = json.dumps({
+            "key": key, "signature": list(ks.signature), "lags": ks.lags, "pending": ks.pending, "seq": ks.seq,
+            "last": [ks.last_mean, ks.last_lower, ks.last_upper], "partition": ks.partition, "applied": ks.applied,
+            "model": self.model,
+        }).encode()
+        bank_blob = self.banks[ks.signature].snapshot(key)
+        return STATE_MAGIC + struct.pack("<HI", STATE_VERSION, len(meta)) + meta + bank_blob
+
+    def restore_key(self, blob: bytes) -> KeyState:
+        """Load a key from `snapshot_key` bytes (replacing any state it had here)."""
+        if blob[:4] != STATE_MAGIC:
+            raise ValueError("not a key checkpoint (bad magic)")
+        version, n = struct.unpack_from("<HI", blob, 4)
+        if version != STATE_VERSION:
+            raise ValueError(f"checkpoint format {version}, this build reads {STATE_VERSION}")
+        meta = json.loads(blob[10 : 10 + n])
+        if meta["model"] != self.model:
+            raise ValueError(f"checkpoint of a {meta['model']} model, this daemon runs {self.model}")
+        key = meta["key"]
+        if key in self.keys:
+            self._forget([key])
+        signature = tuple(meta["signature"])
+        self._bank(signature).restore(blob[10 + n :], key)
+        last = [math.nan if v is None else float(v) for v in meta["last"]]
+        ks = KeyState(signature, [float(v) for v in meta["lags"]], meta["pending"], int(meta["seq"]),
+                      last[0], last[1], last[2], self.batches, int(meta["partition"]), int(meta["applied"]), False)
         self.keys[key] = ks
         return ks
+
+    def dirty(self, partitions: set[int]) -> list[str]:
+        """Keys of these partitions changed since their last checkpoint."""
+        return [k for k, ks in self.keys.items() if ks.dirty and ks.partition in partitions]
+
+    def mark_clean(self, keys: list[str]) -> None:
+        for k in keys:
+            self.keys[k].dirty = False
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget every key of these partitions (after they were checkpointed and revoked)."""
+        self._forget([k for k, ks in self.keys.items() if ks.partition in partitions])
+        gone = [k for k, p in self.spilled_partition.items() if p in partitions]
+        self.spill.drop_partition(gone)
+        for k in gone:
+            del self.spilled_partition[k]
