@@ -35,7 +35,13 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
@@ -60,14 +66,18 @@ class _Rebalance(ConsumerRebalanceListener):
         d._rebalance_started = time.monotonic()
         if revoked:
             parts = {tp.partition for tp in revoked if tp.topic == d.settings.input_topic}
-            await d.checkpoint(parts)
-            d.pipeline.drop_partitions(parts)
+            async with d.model_lock:  # no batch is inside the models while we hand them over
+                await d.checkpoint(parts, locked=True)
+                d.pipeline.drop_partitions(parts)
+                for p in parts:
+                    d._pending_commit.pop(p, None)
             log.info("partitions revoked", partitions=sorted(parts))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         d = self.daemon
         parts = {tp.partition for tp in assigned if tp.topic == d.settings.input_topic}
-        restored = await d.restore(parts)
+        async with d.model_lock:
+            restored = await d.restore(parts)
         d.joined = True
         d.metrics.rebalances.inc()
         d.metrics.assigned.set(len(assigned))
@@ -95,6 +105,9 @@ class Daemon:
         self._pending_commit: dict[int, int] = {}  # partition -> next offset, once durable
         self._rebalance_started: float | None = time.monotonic()
         self.restore_consumer: AIOKafkaConsumer | None = None
+        # The rebalance callbacks run on aiokafka's coordinator task while a batch may be inside the
+        # models in the worker thread: every access to the pipeline's state holds this lock.
+        self.model_lock = asyncio.Lock()
         self.consumed = 0  # messages whose batch is published and committed
         self._partition_of: dict[str, dict[bytes | None, int]] = {}
         self._partition_count: dict[str, int] = {}
@@ -240,7 +253,8 @@ class Daemon:
                    for tp, msgs in batch.items() for msg in msgs]
         t0 = time.perf_counter()
         # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
-        result = await asyncio.to_thread(self.pipeline.process, records)
+        async with self.model_lock:
+            result = await asyncio.to_thread(self.pipeline.process, records)
         self.metrics.update.labels(s.learner).observe(time.perf_counter() - t0)
         await self._publish(batch, records, result)
 
@@ -286,21 +300,32 @@ class Daemon:
             if high is not None:
                 m.lag.labels(str(tp.partition)).set(max(0, high - nxt))
 
-    async def checkpoint(self, partitions: set[int]) -> None:
-        """Write the changed keys of these partitions to the changelog, await it, then commit their offsets."""
+    async def checkpoint(self, partitions: set[int], locked: bool = False) -> None:
+        """Write the changed keys of these partitions to the changelog, await it, then commit their offsets.
+
+        `locked`: the caller already holds `model_lock`."""
         if not partitions or self.producer is None or self.consumer is None:
             return
         t0 = time.perf_counter()
-        keys = self.pipeline.dirty(partitions)
-        blobs = [(k, self.pipeline.keys[k].partition, self.pipeline.snapshot_key(k)) for k in keys]
+        if not locked:
+            await self.model_lock.acquire()
+        try:
+            keys = self.pipeline.dirty(partitions)
+            blobs = [(k, self.pipeline.keys[k].partition, self.pipeline.snapshot_key(k)) for k in keys]
+            self.pipeline.mark_clean(keys)
+            offsets = {TopicPartition(self.settings.input_topic, p): OffsetAndMetadata(self._pending_commit[p], "")
+                       for p in partitions if p in self._pending_commit}
+        finally:
+            if not locked:
+                self.model_lock.release()
         futures = [await self.producer.send(self.changelog, value=blob, key=k.encode(), partition=p)
                    for k, p, blob in blobs]
         await asyncio.gather(*futures)  # durable before the offsets that rely on it are committed
-        self.pipeline.mark_clean(keys)
-        offsets = {TopicPartition(self.settings.input_topic, p): OffsetAndMetadata(self._pending_commit[p], "")
-                   for p in partitions if p in self._pending_commit}
         if offsets:
-            await self.consumer.commit(offsets)
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partition: re-delivered
+                log.warning("commit refused during a rebalance; those ticks will be re-delivered", error=str(exc))
         now = time.monotonic()
         for p in partitions:
             self._since_checkpoint[p] = 0

@@ -292,7 +292,8 @@ class Pipeline:
 
     def mark_clean(self, keys: list[str]) -> None:
         for k in keys:
-            self.keys[k].dirty = False
+            if k in self.keys:
+                self.keys[k].dirty = False
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget every key of these partitions (after they were checkpointed and revoked)."""
