@@ -71,6 +71,11 @@ class _Rebalance(ConsumerRebalanceListener):
                 d.pipeline.drop_partitions(parts)
                 for p in parts:
                     d._pending_commit.pop(p, None)
+                    d._next_offset.pop(TopicPartition(d.settings.input_topic, p), None)
+                    try:
+                        d.metrics.lag.remove(str(p))
+                    except KeyError:
+                        pass
             log.info("partitions revoked", partitions=sorted(parts))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -295,9 +300,9 @@ class Daemon:
             m.resets.labels(s.learner).inc(result.resets)
         m.scored(result.errors, result.hits)
         m.live_keys.set(self.pipeline.live_keys)
-        for tp, nxt in self._next_offset.items():
-            high = self.consumer.highwater(tp)
-            if high is not None:
+        for tp in self.consumer.assignment():  # only partitions still ours: a rebalance may have moved some
+            nxt, high = self._next_offset.get(tp), self.consumer.highwater(tp)
+            if nxt is not None and high is not None:
                 m.lag.labels(str(tp.partition)).set(max(0, high - nxt))
 
     async def checkpoint(self, partitions: set[int], locked: bool = False) -> None:

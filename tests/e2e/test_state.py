@@ -130,3 +130,70 @@ def test_crash_loses_no_prediction_and_marks_bounded_duplicates(broker):
     assert sum(len(ps) - 1 for ps in dups.values()) <= 2 * (interval + 50)
     seqs = {k: sorted(p["seq"] for (kk, _), ps in got.items() if kk == k for p in ps[:1]) for k in ("s0", "s7")}
     assert all(v == list(range(1, TICKS + 1)) for v in seqs.values())
+
+
+@pytest.mark.slow
+def test_scale_out_failover_keeps_learned_state(broker, capsys):
+    """3 replicas, 12 partitions, 300 keys; one replica is killed mid-stream (kill -9)."""
+    import json
+    import time
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from tests.kafka_helpers import scrape
+
+    bs = broker.bootstrap_servers
+    keys, ticks, partitions = 300, 30, 12
+    items = stream(0, ticks, keys)
+    half = len(items) // 2
+    base = env_for(bs, checkpoint_interval_s="1", checkpoint_ticks="500")
+    topic_in, topic_out = base["STREAMER_INPUT_TOPIC"], base["STREAMER_OUTPUT_TOPIC"]
+    asyncio.run(create_topics(bs, [topic_in], partitions))
+    ports = [free_port() for _ in range(3)]
+    procs = [start_daemon({**base, "STREAMER_METRICS_PORT": str(port)}) for port in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_ready(port, proc)
+        deadline = time.monotonic() + 60  # all three hold partitions before the stream starts
+        while time.monotonic() < deadline and any(scrape(p)["streamer_assigned_partitions"] == 0 for p in ports):
+            time.sleep(0.3)
+        asyncio.run(produce(bs, topic_in, items[:half]))
+        asyncio.run(consume(bs, topic_out, half, settle=2.5))  # and let a checkpoint interval pass
+        victim = max(range(3), key=lambda i: scrape(ports[i])["streamer_assigned_partitions"])
+        procs[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        procs[victim].wait(10)
+        owned: set[int] = set()
+        for line in procs[victim].stdout.read().splitlines():  # type: ignore[union-attr]
+            if line.startswith("{") and json.loads(line).get("event") == "partitions assigned":
+                owned = set(json.loads(line)["partitions"])
+        asyncio.run(produce(bs, topic_in, items[half:]))
+        msgs = asyncio.run(consume(bs, topic_out, len(items), timeout=120, settle=2.0))
+        survivors = [i for i in range(3) if i != victim]
+        rebalance = [scrape(ports[i])["streamer_rebalance_seconds_sum"] for i in survivors]
+        restored = sum(scrape(ports[i])["streamer_restored_keys_total"] for i in survivors)
+        for i in survivors:
+            procs[i].send_signal(signal.SIGTERM)
+        assert all(procs[i].wait(30) == 0 for i in survivors)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    got = predictions(msgs)
+    assert set(got) == {(f"s{k}", t) for t in range(ticks) for k in range(keys)}, "a tick lost its prediction"
+    part = DefaultPartitioner()
+    moved = {f"s{k}" for k in range(keys)
+             if part(f"s{k}".encode(), list(range(partitions)), list(range(partitions))) in owned}
+    assert owned and moved and restored >= len(moved)
+    first_after = min(m.timestamp / 1000 for m in msgs if orjson.loads(m.value)["key"] in moved
+                      and orjson.loads(m.value)["ts"] >= ticks // 2)
+    ref = run_uninterrupted(bs, items)
+    late = [(k, t) for (k, t) in got if k in moved and t >= ticks // 2 + 1]
+    mse = float(np.mean([got[x][0]["prev_error"] ** 2 for x in late]))
+    mse_ref = float(np.mean([ref[x][0]["prev_error"] ** 2 for x in late]))
+    assert abs(mse - mse_ref) <= 0.10 * mse_ref, (mse, mse_ref)
+    with capsys.disabled():
+        print(f"\nfailover: replica {victim} owned partitions {sorted(owned)} ({len(moved)} keys); survivors'"
+              f" rebalance time {max(rebalance):.2f}s in total; {restored:.0f} keys restored; first prediction of a"
+              f" moved key {first_after - time.time() + time.monotonic() - killed_at:.1f}s after the kill;"
+              f" MSE after failover {mse:.5f} vs {mse_ref:.5f} without failure")

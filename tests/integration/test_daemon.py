@@ -113,3 +113,28 @@ def test_metrics_change_between_scrapes_and_health_answers(broker):
     assert after["streamer_prequential_mse{learner=sgd}"] > 0
     assert after["streamer_rebalances_total"] >= 1 and after["streamer_assigned_partitions"] == 2
     assert not any("sensor" in name or "key=" in name for name in after)  # no series key as a label
+
+
+def test_max_keys_bounds_memory_and_evicted_state_goes_to_the_changelog(broker):
+    s = settings_for(broker, burst=False, max_keys=10)
+    keys, rounds = 30, 6
+
+    async def scenario():
+        await create_topics(broker.bootstrap_servers, [s.input_topic], partitions=2)
+        daemon = Daemon(s)
+        task = asyncio.create_task(daemon.run())
+        for r in range(rounds):  # every key comes back each round: evicted, then reloaded on its next tick
+            await produce(broker.bootstrap_servers, s.input_topic, [(f"k{k}".encode(), tick(f"k{k}", r))
+                                                                    for k in range(keys)])
+            await consume(broker.bootstrap_servers, s.output_topic, keys * (r + 1), settle=0.2)
+        metrics = await asyncio.to_thread(scrape, daemon.health.port)
+        changelog = await consume(broker.bootstrap_servers, f"{s.input_topic}-changelog", 20, settle=0.5)
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+        return metrics, changelog
+
+    metrics, changelog = asyncio.run(scenario())
+    assert metrics["streamer_live_keys"] <= 10
+    assert metrics["streamer_predictions_published_total"] == keys * rounds
+    state_keys = {m.key for m in changelog if not m.key.startswith(b"__")}
+    assert len(state_keys) >= keys - 10  # the evicted keys' state is durable before it leaves memory
