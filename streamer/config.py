@@ -56,8 +56,9 @@ class Settings(BaseSettings):
         None, description="warm-start file for new keys (comes with the offline package; refused for now)")
     max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
     changelog_topic: str | None = Field(None, description="compacted state topic (default: INPUT_TOPIC-changelog)")
-    checkpoint_ticks: int = Field(20_000, ge=1, description="checkpoint a partition after this many ticks")
-    checkpoint_interval_s: float = Field(10.0, gt=0, description="or after this many seconds")
+    checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")
+    checkpoint_interval_s: float = Field(
+        30.0, gt=0, description="or after this many seconds (Kafka Streams' default commit interval)")
     spill_path: str = Field(":memory:", description="SQLite file for evicted keys' state (default: in memory)")
 
     # service

@@ -281,14 +281,18 @@ class Daemon:
         for tp, msgs in batch.items():
             self._pending_commit[tp.partition] = msgs[-1].offset + 1
             self._since_checkpoint[tp.partition] = self._since_checkpoint.get(tp.partition, 0) + len(msgs)
-            self._last_checkpoint.setdefault(tp.partition, now_m)
+            # partitions start at staggered phases of the interval, so their checkpoints do not coincide
+            phase = (tp.partition * 0.6180339887) % 1.0 * s.checkpoint_interval_s
+            self._last_checkpoint.setdefault(tp.partition, now_m - phase)
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
-            await asyncio.gather(*[await self.producer.send(self.changelog, value=blob, key=k.encode(), partition=p)
-                                   for k, p, blob in result.evicted])
-        due = {p for p, n in self._since_checkpoint.items()
-               if n >= s.checkpoint_ticks or now_m - self._last_checkpoint.get(p, now_m) >= s.checkpoint_interval_s}
-        if due:
-            await self.checkpoint(due)
+            await asyncio.gather(*await self._send_batches(self.changelog,
+                                                           [(k.encode(), blob, p) for k, p, blob in result.evicted]))
+        since = {p: now_m - self._last_checkpoint.get(p, now_m) for p in self._since_checkpoint}
+        overdue = {p: max(n / s.checkpoint_ticks, since[p] / s.checkpoint_interval_s)
+                   for p, n in self._since_checkpoint.items()}
+        due = [p for p, ratio in overdue.items() if ratio >= 1.0]
+        if due:  # one partition per batch keeps each pause short (revoke and shutdown still do all they need)
+            await self.checkpoint({max(due, key=lambda p: overdue[p])})
         m.ticks.inc(len(records))
         m.predictions.inc(len(result.predictions))
         m.batch.observe(len(records))
@@ -312,19 +316,23 @@ class Daemon:
         if not partitions or self.producer is None or self.consumer is None:
             return
         t0 = time.perf_counter()
+        def collect() -> list[tuple[str, int, bytes]]:
+            keys = self.pipeline.dirty(partitions)
+            blobs = list(zip(keys, [self.pipeline.keys[k].partition for k in keys], self.pipeline.snapshot_keys(keys),
+                             strict=True))
+            self.pipeline.mark_clean(keys)
+            return blobs
+
         if not locked:
             await self.model_lock.acquire()
-        try:
-            keys = self.pipeline.dirty(partitions)
-            blobs = [(k, self.pipeline.keys[k].partition, self.pipeline.snapshot_key(k)) for k in keys]
-            self.pipeline.mark_clean(keys)
+        try:  # snapshots are taken in the worker thread: the event loop keeps serving meanwhile
+            blobs = await asyncio.to_thread(collect)
             offsets = {TopicPartition(self.settings.input_topic, p): OffsetAndMetadata(self._pending_commit[p], "")
                        for p in partitions if p in self._pending_commit}
         finally:
             if not locked:
                 self.model_lock.release()
-        futures = [await self.producer.send(self.changelog, value=blob, key=k.encode(), partition=p)
-                   for k, p, blob in blobs]
+        futures = await self._send_batches(self.changelog, [(k.encode(), blob, p) for k, p, blob in blobs])
         await asyncio.gather(*futures)  # durable before the offsets that rely on it are committed
         if offsets:
             try:
@@ -376,11 +384,12 @@ class Daemon:
             self.pipeline.restore_key(blob)
         return len(latest)
 
-    async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes, Any]]) -> list[Any]:
-        """Send many messages as per-partition record batches (one future per batch, not per message).
+    async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes, int | None]]) -> list[Any]:
+        """Send many (key, value, partition) messages as per-partition record batches (one future per batch).
 
-        Partitions come from the producer's default partitioner (murmur2 of the key, as in the Java
-        client), so a key's predictions land where a per-message send would put them."""
+        A None partition comes from the producer's default partitioner (murmur2 of the key, as in the
+        Java client), so a key's predictions land where a per-message send would put them; changelog
+        records name their partition, so they sit beside their key's input partition."""
         producer = self.producer
         assert producer is not None
         partitions = sorted(await producer.partitions_for(topic))
@@ -390,7 +399,7 @@ class Daemon:
         cache = self._partition_of.setdefault(topic, {})  # murmur2 in Python costs more than a lookup
         by_partition: dict[int, list[tuple[bytes | None, bytes, Any]]] = {}
         for msg in messages:
-            p = cache.get(msg[0])
+            p = msg[2] if msg[2] is not None else cache.get(msg[0])
             if p is None:
                 p = cache[msg[0]] = _PARTITIONER(msg[0], partitions, partitions)
                 if len(cache) > 4 * self.settings.max_keys:  # bounded, like the key set itself

@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import torch
 
 from models.bank import BankConfig, ModelBank
@@ -233,8 +234,7 @@ class Pipeline:
             return
         n = len(self.keys) - limit + max(1, limit // 10)
         idlest = sorted(self.keys, key=lambda k: self.keys[k].last_seen)[:n]
-        for k in idlest:
-            blob = self.snapshot_key(k)
+        for k, blob in zip(idlest, self.snapshot_keys(idlest), strict=True):
             out.evicted.append((k, self.keys[k].partition, blob))
             self.spill.put(k, blob)
             self.spilled_partition[k] = self.keys[k].partition
@@ -256,14 +256,26 @@ class Pipeline:
     # --------------------------------------------------------- checkpoints
     def snapshot_key(self, key: str) -> bytes:
         """A key's whole state as bytes: header, JSON of its bookkeeping, then its bank row. No pickle."""
-        ks = self.keys[key]
-        meta = json.dumps({
-            "key": key, "signature": list(ks.signature), "lags": ks.lags, "pending": ks.pending, "seq": ks.seq,
-            "last": [ks.last_mean, ks.last_lower, ks.last_upper], "partition": ks.partition, "applied": ks.applied,
-            "model": self.model,
-        }).encode()
-        bank_blob = self.banks[ks.signature].snapshot(key)
-        return STATE_MAGIC + struct.pack("<HI", STATE_VERSION, len(meta)) + meta + bank_blob
+        return self.snapshot_keys([key])[0]
+
+    def snapshot_keys(self, keys: list[str]) -> list[bytes]:
+        """`snapshot_key` for many keys, each bank's rows serialised in one pass."""
+        by_bank: dict[tuple[str, ...], list[str]] = {}
+        for k in keys:
+            by_bank.setdefault(self.keys[k].signature, []).append(k)
+        bank_blobs: dict[str, bytes] = {}
+        for signature, names in by_bank.items():
+            bank_blobs.update(zip(names, self.banks[signature].snapshot_many(names), strict=True))
+        out = []
+        for key in keys:
+            ks = self.keys[key]
+            last = [None if math.isnan(v) else v for v in (ks.last_mean, ks.last_lower, ks.last_upper)]
+            meta = orjson.dumps({
+                "key": key, "signature": list(ks.signature), "lags": ks.lags, "pending": ks.pending,
+                "seq": ks.seq, "last": last, "partition": ks.partition, "applied": ks.applied, "model": self.model,
+            })
+            out.append(STATE_MAGIC + struct.pack("<HI", STATE_VERSION, len(meta)) + meta + bank_blobs[key])
+        return out
 
     def restore_key(self, blob: bytes) -> KeyState:
         """Load a key from `snapshot_key` bytes (replacing any state it had here)."""
