@@ -16,15 +16,13 @@ warm-start) state and counted in `resets`.
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 import torch
 
 from models import rng
+from models.checkpoint import frame, unframe
 from models.learners.base import Learner, State
 from models.normalize import NormConfig, norm_apply, norm_init, norm_update
 
@@ -236,26 +234,18 @@ class ModelBank:
             parts.append(np.ascontiguousarray(a).view(np.uint8).reshape(len(names), -1))
         payload = np.concatenate(parts, axis=1)  # [K, bytes per key]
         head = {"learner": self.learner.name, "spec": repr(self.learner.spec), "tensors": manifest}
-        out = []
-        for i, name in enumerate(names):
-            meta = orjson.dumps({"key": name, **head})
-            out.append(_MAGIC + struct.pack("<HI", FORMAT_VERSION, len(meta)) + meta + payload[i].tobytes())
-        return out
+        return [frame(_MAGIC, FORMAT_VERSION, {"key": name, **head}) + payload[i].tobytes()
+                for i, name in enumerate(names)]
 
     def restore(self, blob: bytes, name: str | None = None) -> str:
         """Load a snapshot into the bank (adding the key if new); returns the key."""
-        if blob[:4] != _MAGIC:
-            raise ValueError("not a key-state snapshot (bad magic)")
-        version, n = struct.unpack_from("<HI", blob, 4)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"snapshot format {version}, this build reads {FORMAT_VERSION}")
-        meta = json.loads(blob[10 : 10 + n])
+        meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot")
         if meta["learner"] != self.learner.name or meta["spec"] != repr(self.learner.spec):
             raise ValueError(f"snapshot is for {meta['learner']} {meta['spec']}, "
                              f"bank runs {self.learner.name} {self.learner.spec!r}")
         key = name or meta["key"]
         self.add([key])
-        row, off = self.index[key], 10 + n
+        row = self.index[key]
         if {t["name"] for t in meta["tensors"]} != set(self.state):
             raise ValueError("snapshot tensors do not match this bank's state layout")
         for t in meta["tensors"]:

@@ -15,18 +15,16 @@ tick of every key in wave j), each wave one batched step and one batched predict
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 import torch
 
 from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
+from models.checkpoint import frame, unframe
 from models.learners import make_learner
 from streamer.config import Settings
 from streamer.schema import Tick, TickError, decode_tick, encode_dead_letter, encode_prediction
@@ -270,28 +268,22 @@ class Pipeline:
         for key in keys:
             ks = self.keys[key]
             last = [None if math.isnan(v) else v for v in (ks.last_mean, ks.last_lower, ks.last_upper)]
-            meta = orjson.dumps({
+            out.append(frame(STATE_MAGIC, STATE_VERSION, {
                 "key": key, "signature": list(ks.signature), "lags": ks.lags, "pending": ks.pending,
                 "seq": ks.seq, "last": last, "partition": ks.partition, "applied": ks.applied, "model": self.model,
-            })
-            out.append(STATE_MAGIC + struct.pack("<HI", STATE_VERSION, len(meta)) + meta + bank_blobs[key])
+            }) + bank_blobs[key])
         return out
 
     def restore_key(self, blob: bytes) -> KeyState:
         """Load a key from `snapshot_key` bytes (replacing any state it had here)."""
-        if blob[:4] != STATE_MAGIC:
-            raise ValueError("not a key checkpoint (bad magic)")
-        version, n = struct.unpack_from("<HI", blob, 4)
-        if version != STATE_VERSION:
-            raise ValueError(f"checkpoint format {version}, this build reads {STATE_VERSION}")
-        meta = json.loads(blob[10 : 10 + n])
+        meta, off = unframe(blob, STATE_MAGIC, STATE_VERSION, "key checkpoint")
         if meta["model"] != self.model:
             raise ValueError(f"checkpoint of a {meta['model']} model, this daemon runs {self.model}")
         key = meta["key"]
         if key in self.keys:
             self._forget([key])
         signature = tuple(meta["signature"])
-        self._bank(signature).restore(blob[10 + n :], key)
+        self._bank(signature).restore(blob[off:], key)
         last = [math.nan if v is None else float(v) for v in meta["last"]]
         ks = KeyState(signature, [float(v) for v in meta["lags"]], meta["pending"], int(meta["seq"]),
                       last[0], last[1], last[2], self.batches, int(meta["partition"]), int(meta["applied"]), False)
