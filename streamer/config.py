@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")
     checkpoint_interval_s: float = Field(
         30.0, gt=0, description="or after this many seconds (Kafka Streams' default commit interval)")
-    spill_path: str = Field(":memory:", description="SQLite file for evicted keys' state (default: in memory)")
+    spill_path: str | None = Field(None, description="SQLite file for evicted keys' state (default: a temporary file)")
 
     # service
     metrics_host: str = Field("0.0.0.0", description="address of the /metrics, /healthz, /readyz server")

@@ -16,7 +16,10 @@ tick of every key in wave j), each wave one batched step and one batched predict
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
+import tempfile
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,8 +92,13 @@ STATE_VERSION = 1
 class SpillStore:
     """Evicted keys' state on local disk (SQLite, bytes only), so memory stays bounded."""
 
-    def __init__(self, path: str = ":memory:"):
+    def __init__(self, path: str | None = None):
+        if path is None:  # a temporary file on disk, removed with the store: memory stays bounded
+            fd, path = tempfile.mkstemp(prefix="streamer-spill-", suffix=".sqlite")
+            os.close(fd)
+            weakref.finalize(self, os.remove, path)
         self._db = sqlite3.connect(path, check_same_thread=False)
+        weakref.finalize(self, self._db.close)
         self._db.execute("CREATE TABLE IF NOT EXISTS spill (key TEXT PRIMARY KEY, state BLOB)")
 
     def put(self, key: str, state: bytes) -> None:
