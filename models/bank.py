@@ -118,6 +118,11 @@ class ModelBank:
     def _learner_part(st: State) -> State:
         return {k[2:]: v for k, v in st.items() if k.startswith("l.")}
 
+    def interval(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The published central interval: mean +- z sqrt(var)."""
+        half = self.config.z * var.sqrt()
+        return mean - half, mean + half
+
     # ------------------------------------------------------------------ predict
     def predict(self, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and calibrated variance [T] of the next target, original scale; state untouched.
@@ -181,8 +186,7 @@ class ModelBank:
         lam = st["b.lam"]
         var_n = lam * var_raw  # [B] calibrated
         mean, var = mu + sd * mean_n, var_n * sd * sd
-        half = c.z * var.sqrt()
-        lower, upper = mean - half, mean + half
+        lower, upper = self.interval(mean, var)
         e_n = dn - mean_n
         new: State = {f"l.{k}": v for k, v in lst.items()}
         new.update({f"n.{k}": v for k, v in norm_update(nst, x, d, c.norm).items()})
@@ -199,8 +203,7 @@ class ModelBank:
             # a non-finite prediction is never handed out: fall back to the key's running mean
             mean = torch.where(torch.isfinite(mean), mean, mu)
             var = torch.where(torch.isfinite(var), var, sd * sd)
-            half = c.z * var.sqrt()
-            lower, upper = mean - half, mean + half
+            lower, upper = self.interval(mean, var)
         self._put(rows, new)
         return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad}
 

@@ -34,11 +34,6 @@ def readout_features(
     return torch.cat([y, ones, alpha * x], dim=1)  # scalar alpha broadcasts over p
 
 
-def readout(spec: NetSpec, theta: torch.Tensor) -> torch.Tensor:
-    """r = [w; b0; v] as a view [B, n_readout]."""
-    return theta[:, spec.n_cell : spec.n_cell + spec.n_readout]
-
-
 def estimate(spec: NetSpec, params: Params, y: torch.Tensor, y_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """d_hat [B]."""
     phi = readout_features(spec, params, y, y_prev, x)  # [B, n_readout]

@@ -226,7 +226,7 @@ def replay_cmd(
             with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=console) as bar:
                 task = bar.add_task("", total=len(source))
-                return await replay(source, producer, topic, rate, on_sent=lambda n: bar.advance(task, n))
+                return await replay(source.ticks(), producer, topic, rate, on_sent=lambda n: bar.advance(task, n))
         finally:
             await producer.stop()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 from typing import Any
 
 import structlog
@@ -354,8 +355,6 @@ class Daemon:
         every checkpoint written before the assignment is seen without asking for end offsets."""
         if not partitions or self.restore_consumer is None or self.producer is None:
             return 0
-        import uuid
-
         fences = {}
         for p in partitions:
             nonce = uuid.uuid4().hex.encode()

@@ -13,6 +13,7 @@ import asyncio
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from streamer.broker import EmbeddedBroker, free_port
 from streamer.config import Settings
 from streamer.daemon import Daemon
 from streamer.logs import configure_logging
-from streamer.replay import TickSource
+from streamer.replay import TickSource, replay
 
 BAD_MESSAGES = [b"{oops", b'{"key": "FR", "ts": 0}', b'{"key": "BE", "ts": 0, "value": "high"}']
 
@@ -56,28 +57,20 @@ def sources(rows: int) -> list[TickSource]:
             TickSource(vic, series=("Demand", "Temperature"), time_column="Time")]
 
 
-async def _interleave(srcs: list[TickSource], producer: AIOKafkaProducer, topic: str, rate: float | None,
-                      sent: list[int]) -> None:  # sent[0]: ticks produced so far
-    """Replay the sources side by side (round robin), bad messages sprinkled in, at `rate` ticks/s."""
+def _interleaved(srcs: list[TickSource]) -> Iterator[tuple[bytes | None, bytes]]:
+    """The sources side by side (round robin), a bad message after every 500th tick."""
     iters = [s.ticks() for s in srcs]
-    start, n, futures = time.monotonic(), 0, []
-    bad = list(BAD_MESSAGES)
+    n, bad = 0, list(BAD_MESSAGES)
     while iters:
         for it in list(iters):
             item = next(it, None)
             if item is None:
                 iters.remove(it)
                 continue
-            futures.append(await producer.send(topic, key=item[0], value=item[1]))
+            yield item
             n += 1
             if bad and n % 500 == 0:
-                futures.append(await producer.send(topic, key=b"FR", value=bad.pop()))
-            if rate and n % 10 == 0:
-                ahead = n / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        sent[0] = n
-    await asyncio.gather(*futures)
+                yield b"FR", bad.pop()
 
 
 def _table(views: dict[str, KeyView], elapsed: float, dead: int, done: bool) -> Group:
@@ -168,7 +161,7 @@ async def run_demo(learner: str, rows: int, rate: float | None, out: Path, conso
         await producer.start()
         await consumer.start()
         try:
-            replay_task = asyncio.create_task(_interleave(srcs, producer, "ticks", rate, [0]))
+            replay_task = asyncio.create_task(replay(_interleaved(srcs), producer, "ticks", rate))
             start, received = time.monotonic(), 0
             with Live(_table(views, 0, 0, False), console=console, refresh_per_second=4) as live:
                 while received < total and not daemon_task.done():

@@ -110,9 +110,6 @@ class SpillStore:
             self._db.execute("DELETE FROM spill WHERE key = ?", (key,))
         return row[0] if row else None
 
-    def __contains__(self, key: str) -> bool:
-        return self._db.execute("SELECT 1 FROM spill WHERE key = ?", (key,)).fetchone() is not None
-
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM spill").fetchone()[0])
 
@@ -215,8 +212,8 @@ class Pipeline:
             out.resets += resets
             self.resets_total += resets
         mean, var = bank.predict(names, torch.from_numpy(np.array(xs)))
-        half = bank.config.z * var.sqrt()
-        mean_l, lo_l, hi_l = mean.tolist(), (mean - half).tolist(), (mean + half).tolist()
+        lower, upper = bank.interval(mean, var)
+        mean_l, lo_l, hi_l = mean.tolist(), lower.tolist(), upper.tolist()
         for i, (_, tick) in enumerate(items):
             ks = self.keys[tick.key]
             prev_error = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +68,13 @@ class TickSource:
 
 
 async def replay(
-    source: TickSource, producer: AIOKafkaProducer, topic: str, rate: float | None = None,
+    ticks: Iterable[tuple[bytes | None, bytes]], producer: AIOKafkaProducer, topic: str, rate: float | None = None,
     on_sent: Callable[[int], None] | None = None, stop: asyncio.Event | None = None,
 ) -> int:
-    """Send every tick; `rate` in ticks/s (None = as fast as possible). Returns ticks sent."""
+    """Send every (key, message), e.g. `TickSource.ticks()`; `rate` in messages/s (None = as fast as
+    possible). Returns how many were sent, all acknowledged."""
     start, sent, pending = time.monotonic(), 0, []
-    for key, value in source.ticks():
+    for key, value in ticks:
         if stop is not None and stop.is_set():
             break
         pending.append(await producer.send(topic, value=value, key=key))
