@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -19,6 +21,18 @@ from tests.kafka_helpers import consume, create_topics, http_status, produce, sc
 def start_daemon(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def daemon_process(env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A `streamer run` process, killed on the way out if the test left it running."""
+    proc = start_daemon(env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -49,8 +63,7 @@ def test_daemon_process_publishes_drains_on_sigterm_and_resumes_without_reemitti
            "STREAMER_LOG_FORMAT": "json"}
     asyncio.run(create_topics(bs, [topics["in"]], partitions=4))
 
-    first = start_daemon(env)
-    try:
+    with daemon_process(env) as first:
         wait_ready(port, first)
         asyncio.run(produce(bs, topics["in"], ticks(10, 0, 20) + [(b"k1", b"not json")]))
         preds = asyncio.run(consume(bs, topics["out"], 200, settle=0.5))
@@ -67,20 +80,13 @@ def test_daemon_process_publishes_drains_on_sigterm_and_resumes_without_reemitti
         lines = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert any(rec["event"] == "stopped" and rec["predictions"] == 200 for rec in lines)
         assert all("value" not in rec for rec in lines)  # no per-tick log lines
-    finally:
-        if first.poll() is None:
-            first.kill()
 
-    second = start_daemon(env)
-    try:
+    with daemon_process(env) as second:
         wait_ready(port, second)
         asyncio.run(produce(bs, topics["in"], ticks(10, 20, 5)))
         preds = asyncio.run(consume(bs, topics["out"], 250, settle=2.0))
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
-    finally:
-        if second.poll() is None:
-            second.kill()
     seen = [(orjson.loads(p.value)["key"], orjson.loads(p.value)["ts"]) for p in preds]
     assert len(seen) == 250 and len(set(seen)) == 250, "committed ticks were predicted again after the restart"
     assert sorted({ts for _, ts in seen}) == list(range(25))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from streamer.broker import free_port
-from tests.e2e.test_daemon_process import start_daemon, wait_ready
+from tests.e2e.test_daemon_process import daemon_process, start_daemon, wait_ready
 from tests.kafka_helpers import consume, create_topics, produce, unique
 
 KEYS, TICKS = 12, 80
@@ -68,16 +69,12 @@ def test_restart_resumes_learned_state_without_missing_or_doubled_ticks(broker):
     asyncio.run(create_topics(bs, [topic_in], 2))
     port = int(env["STREAMER_METRICS_PORT"])
     for half in (0, 1):
-        proc = start_daemon(env)
-        try:
+        with daemon_process(env) as proc:
             wait_ready(port, proc)
             asyncio.run(produce(bs, topic_in, stream(half * TICKS // 2, (half + 1) * TICKS // 2)))
             asyncio.run(consume(bs, topic_out, (half + 1) * KEYS * TICKS // 2, settle=0.5))
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
     got = predictions(asyncio.run(consume(bs, topic_out, KEYS * TICKS, settle=1.0)))
     assert len(got) == KEYS * TICKS and all(len(ps) == 1 for ps in got.values()), "a tick missing or doubled"
     assert sorted(p["seq"] for (k, _), ps in got.items() if k == "s3" for p in ps) == list(range(1, TICKS + 1))
@@ -103,25 +100,17 @@ def test_crash_loses_no_prediction_and_marks_bounded_duplicates(broker):
             await produce(bs, topic_in, items[i : min(i + 20, n1)])
             await asyncio.sleep(20 / rate)
 
-    proc = start_daemon(env)
-    try:
+    with daemon_process(env) as proc:
         wait_ready(port, proc)
         asyncio.run(feed(0, len(items) // 2, rate=400))
         proc.send_signal(signal.SIGKILL)  # mid-stream, mid-batch: no chance to checkpoint
         proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    proc = start_daemon(env)
-    try:
+    with daemon_process(env) as proc:
         wait_ready(port, proc)
         asyncio.run(feed(len(items) // 2, len(items), rate=2000))
         msgs = asyncio.run(consume(bs, topic_out, len(items), settle=2.0))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     got = predictions(msgs)
     assert set(got) == {(f"s{k}", t) for t in range(TICKS) for k in range(KEYS)}, "a tick lost its prediction"
     dups = {tick: ps for tick, ps in got.items() if len(ps) > 1}
@@ -152,8 +141,8 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
     topic_in, topic_out = base["STREAMER_INPUT_TOPIC"], base["STREAMER_OUTPUT_TOPIC"]
     asyncio.run(create_topics(bs, [topic_in], partitions))
     ports = [free_port() for _ in range(3)]
-    procs = [start_daemon({**base, "STREAMER_METRICS_PORT": str(port)}) for port in ports]
-    try:
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(daemon_process({**base, "STREAMER_METRICS_PORT": str(port)})) for port in ports]
         for port, proc in zip(ports, procs, strict=True):
             wait_ready(port, proc)
         deadline = time.monotonic() + 60  # all three hold partitions before the stream starts
@@ -177,10 +166,6 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
         for i in survivors:
             procs[i].send_signal(signal.SIGTERM)
         assert all(procs[i].wait(30) == 0 for i in survivors)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
     got = predictions(msgs)
     assert set(got) == {(f"s{k}", t) for t in range(ticks) for k in range(keys)}, "a tick lost its prediction"
     part = DefaultPartitioner()
