@@ -49,7 +49,7 @@ from aiokafka.structs import OffsetAndMetadata
 from streamer import __version__
 from streamer.config import Settings
 from streamer.metrics import HealthServer, Metrics
-from streamer.pipeline import Pipeline, Record
+from streamer.pipeline import Pipeline
 
 log = structlog.get_logger("streamer")
 _PARTITIONER = DefaultPartitioner()
@@ -255,8 +255,7 @@ class Daemon:
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         s = self.settings
-        records = [Record(tp.topic, tp.partition, msg.offset, msg.key, msg.value)
-                   for tp, msgs in batch.items() for msg in msgs]
+        records = [msg for msgs in batch.values() for msg in msgs]  # ConsumerRecords, read as they are
         t0 = time.perf_counter()
         # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
         async with self.model_lock:
@@ -264,7 +263,7 @@ class Daemon:
         self.metrics.update.labels(s.learner).observe(time.perf_counter() - t0)
         await self._publish(batch, records, result)
 
-    async def _publish(self, batch: dict[TopicPartition, list[Any]], records: list[Record], result: Any) -> None:
+    async def _publish(self, batch: dict[TopicPartition, list[Any]], records: list[Any], result: Any) -> None:
         """Send, await acknowledgements, then commit the batch's offsets; update the metrics."""
         s, m = self.settings, self.metrics
         assert self.producer is not None and self.consumer is not None

@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streamer.schema import REASONS
+
 # 10 us .. 100 ms and a little beyond: a batched model step sits in this range
 UPDATE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
 
 
 class Metrics:
@@ -54,6 +56,12 @@ class Metrics:
                                             buckets=UPDATE_BUCKETS, registry=r)
         self._mse: float | None = None
         self._cov: float | None = None
+        # Every bounded label value is exported from the start (at 0), so rate() and the alerts
+        # see a series before the first event instead of an absent one.
+        for reason in REASONS:
+            self.dead.labels(reason)
+        self.resets.labels(learner)
+        self.update.labels(learner)
 
     def scored(self, errors: list[float], hits: int, decay: float = 0.01) -> None:
         """Fold a batch's scored ticks into the rolling (exponentially weighted) MSE and coverage."""

@@ -20,7 +20,9 @@ import os
 import sqlite3
 import tempfile
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,9 +35,25 @@ from streamer.config import Settings
 from streamer.schema import Tick, TickError, decode_tick, encode_dead_letter, encode_prediction
 
 
+class RecordLike(Protocol):
+    """One Kafka message as the pipeline reads it; aiokafka's ConsumerRecord is one, so the
+    daemon hands its fetched records over without copying them."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What the consumer hands over: one Kafka message."""
+    """A Kafka message built by hand (tests, embedders)."""
 
     topic: str
     partition: int
@@ -146,10 +164,10 @@ class Pipeline:
         return len(self.keys)
 
     # ------------------------------------------------------------- process
-    def process(self, records: list[Record]) -> BatchResult:
+    def process(self, records: Sequence[RecordLike]) -> BatchResult:
         self.batches += 1
         out = BatchResult()
-        ticks: list[tuple[Record, Tick]] = []
+        ticks: list[tuple[RecordLike, Tick]] = []
         for r in records:
             try:
                 tick = decode_tick(r.value, r.key, self.settings.max_message_bytes)
@@ -157,7 +175,7 @@ class Pipeline:
                 self._dead(out, r, exc.reason, exc.detail)
                 continue
             ticks.append((r, tick))
-        waves: list[list[tuple[Record, Tick]]] = []
+        waves: list[list[tuple[RecordLike, Tick]]] = []
         count: dict[str, int] = {}
         for r, tick in ticks:
             ks = self.keys.get(tick.key)
@@ -180,7 +198,7 @@ class Pipeline:
                 waves.append([])
             waves[j].append((r, tick))
         for wave in waves:
-            by_bank: dict[tuple[str, ...], list[tuple[Record, Tick]]] = {}
+            by_bank: dict[tuple[str, ...], list[tuple[RecordLike, Tick]]] = {}
             for r, tick in wave:
                 by_bank.setdefault(tick.feature_names, []).append((r, tick))
             for signature, items in by_bank.items():
@@ -188,11 +206,11 @@ class Pipeline:
         self._evict_idle(out)
         return out
 
-    def _dead(self, out: BatchResult, r: Record, reason: str, detail: str) -> None:
+    def _dead(self, out: BatchResult, r: RecordLike, reason: str, detail: str) -> None:
         value = encode_dead_letter(r.value, reason, detail, r.topic, r.partition, r.offset)
         out.dead.append(DeadLetter(r.key, value, reason))
 
-    def _step(self, bank: ModelBank, items: list[tuple[Record, Tick]], out: BatchResult) -> None:
+    def _step(self, bank: ModelBank, items: list[tuple[RecordLike, Tick]], out: BatchResult) -> None:
         """One wave of one bank: distinct keys, learn from the pending regressors, predict the next values."""
         L = self.settings.lags
         names, xs, learn_names, learn_x, learn_d = [], [], [], [], []

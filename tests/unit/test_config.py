@@ -46,3 +46,14 @@ def test_unknown_learner_option_and_incomplete_sasl_are_refused():
                     sasl_password="s3cr3t-pw")
     assert sasl.kafka_security()["sasl_plain_password"] == "s3cr3t-pw"
     assert "s3cr3t-pw" not in repr(sasl)  # the secret is not in the settings' repr, so not in logs
+
+
+def test_tls_settings_build_a_verifying_client_context(tmp_path):
+    import ssl
+
+    ca = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    sec = Settings(security_protocol="SSL", ssl_cafile=str(ca)).kafka_security()
+    ctx = sec["ssl_context"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    with pytest.raises(FileNotFoundError):
+        Settings(security_protocol="SSL", ssl_cafile=str(tmp_path / "missing.pem")).kafka_security()
