@@ -1,11 +1,16 @@
 # The README's commands. `make install` once, then `make demo` and `make test`.
 PY ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
 .PHONY: install demo test lint bench-demo bench-speed bench-accuracy bench-daemon
 
 install:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
+	@# Debian's prometheus (prometheus + promtool) for tests/deploy; the daemon does not need it
+	command -v promtool > /dev/null 2>&1 || $(APT) install -y --no-install-recommends prometheus \
+	  || ($(APT) update && $(APT) install -y --no-install-recommends prometheus)
 
 demo:
 	streamer demo
