@@ -38,6 +38,12 @@ class BankConfig:
     norm: NormConfig = field(default_factory=NormConfig)
     calib_decay: float = 0.02  # weight of the newest e^2/var in the calibration factor
     z: float = Z90  # interval half-width in predictive standard deviations
+    # A new level (a frozen sensor coming back, a re-scaled or re-based series) leaves the target
+    # more than shift_z standard deviations from the key's running mean tick after tick, and the
+    # slowly forgetting normalisation would take thousands of ticks to catch up. shift_ticks such
+    # ticks in a row reset the key, which re-learns at the new level. One spike does not count.
+    shift_z: float = 8.0
+    shift_ticks: int = 3
 
 
 @dataclass
@@ -74,6 +80,7 @@ class ModelBank:
         st["b.ticks"] = torch.zeros(B, dtype=torch.int64)
         st["b.hits"] = torch.zeros(B, dtype=torch.int64)
         st["b.resets"] = torch.zeros(B, dtype=torch.int64)
+        st["b.shift"] = torch.zeros(B, dtype=torch.int64)  # consecutive ticks beyond shift_z
         return st
 
     def add(self, names: list[str]) -> None:
@@ -173,7 +180,7 @@ class ModelBank:
         c = self.config
         st = self._take(rows)
         nst = {k[2:]: v for k, v in st.items() if k.startswith("n.")}
-        first = st["b.ticks"] == 0  # [B]
+        first = st["n.n"] == 0  # [B] a new key, or one just reset: its next tick sets the level
         if c.norm.mode == "online" and bool(first.any()):
             # a key's first tick sets its level before it is standardised
             seeded = norm_update(nst, x, d, c.norm)
@@ -182,22 +189,40 @@ class ModelBank:
         xn = norm_apply(nst, x, c.norm)  # [B, p]
         sd, mu = nst["d_sd"], nst["d_mean"]  # [B]
         dn = (d - mu) / sd  # [B]
-        mean_n, var_raw, lst = self.learner.step(self._learner_part(st), xn, dn)
+        # A tick far from the running level is held out (statistics, model, calibration) until it
+        # proves to be a new level: shift_ticks in a row, then the key is reset below. One spike
+        # cannot inflate the variance or throw the weights, and a real shift stays "far" long
+        # enough to be recognised.
+        far = (dn.abs() > c.shift_z) & ~first if c.norm.mode == "online" else torch.zeros_like(first)  # [B]
+        # the ticks after a spike carry it in their lags: no learning from a regressor that far out either
+        hold = far | ((xn.abs() >= c.norm.clip).any(dim=1) & ~first) if c.norm.mode == "online" else far  # [B]
+        held = bool(hold.any())
+        learner_st = self._learner_part(st)
+        if held:  # learners update in place: keep the held rows' state aside
+            learner_st = {k: v.clone() for k, v in learner_st.items()}
+        mean_n, var_raw, lst = self.learner.step(learner_st, xn, dn)
+        if held:
+            before = self._learner_part(st)
+            lst = {k: torch.where(hold.view(-1, *([1] * (v.dim() - 1))), before[k], v) for k, v in lst.items()}
         lam = st["b.lam"]
         var_n = lam * var_raw  # [B] calibrated
         mean, var = mu + sd * mean_n, var_n * sd * sd
         lower, upper = self.interval(mean, var)
         e_n = dn - mean_n
         new: State = {f"l.{k}": v for k, v in lst.items()}
-        new.update({f"n.{k}": v for k, v in norm_update(nst, x, d, c.norm).items()})
+        updated = norm_update(nst, x, d, c.norm)
+        if held:
+            updated = {k: torch.where(far.view(-1, *([1] * (v.dim() - 1))), nst[k], v) for k, v in updated.items()}
+        new.update({f"n.{k}": v for k, v in updated.items()})
+        new["b.shift"] = torch.where(far, st["b.shift"] + 1, 0)
         ratio = torch.clamp(e_n * e_n / var_raw, max=1e6)
-        new["b.lam"] = torch.where(first, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
+        new["b.lam"] = torch.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
         new["b.ticks"] = st["b.ticks"] + 1
         new["b.hits"] = st["b.hits"] + ((d >= lower) & (d <= upper)).to(torch.int64)
         new["b.resets"] = st["b.resets"]
         finite = torch.isfinite(mean_n) & torch.isfinite(var_n) & torch.isfinite(new["b.lam"])
         bad = ~(self.learner.healthy(lst) & finite)
-        bad |= ~torch.isfinite(x).all(dim=1) | ~torch.isfinite(d)
+        bad |= ~torch.isfinite(x).all(dim=1) | ~torch.isfinite(d) | (new["b.shift"] >= c.shift_ticks)
         if bool(bad.any()):
             self._reset_rows(new, bad)
             # a non-finite prediction is never handed out: fall back to the key's running mean
@@ -207,6 +232,16 @@ class ModelBank:
         self._put(rows, new)
         return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad}
 
+    def reset(self, names: list[str]) -> None:
+        """Start these keys afresh (model and normalisation; their counters survive), e.g. after
+        their prediction came out non-finite although their state looked healthy."""
+        if not names:
+            return
+        rows = self.rows(names)
+        st = self._take(rows)
+        self._reset_rows(st, torch.ones(len(names), dtype=torch.bool))
+        self._put(rows, st)
+
     def _reset_rows(self, st: State, bad: torch.Tensor) -> None:
         idx = torch.nonzero(bad).squeeze(1)
         fresh = self._fresh(st["l.seed"][idx])
@@ -214,6 +249,7 @@ class ModelBank:
             if k.startswith("b.") and k != "b.lam":
                 continue  # counters survive a reset
             st[k][idx] = v
+        st["b.shift"][idx] = 0
         st["b.resets"][idx] += 1
         self.resets_total += int(idx.numel())
 

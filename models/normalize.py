@@ -4,8 +4,10 @@ Exponentially weighted Welford: alpha_n = 1 / min(n + 1, horizon), so the first 
 ticks give the exact running mean and variance and later ones forget slowly, letting a
 drifting series keep unit scale. The standard deviation has a floor relative to the level
 (sqrt(rel_floor * mean^2 + abs_floor)) so a flat start does not blow z-scores up, and
-standardised inputs are clipped to +-clip. mode="none" passes values through unchanged (for
-data already on a fixed scale, such as the benchmark streams).
+standardised inputs are clipped to +-clip; after a short warm-up each update's deviation is
+clipped too (winsorised), so a single absurd value cannot blow the scale up. mode="none"
+passes values through unchanged (for data already on a fixed scale, such as the benchmark
+streams).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class NormConfig:
     clip: float = 8.0
     rel_floor: float = 1e-4
     abs_floor: float = 1e-8
+    # after `robust_after` ticks each update's deviation is clipped to robust_z standard deviations
+    # (a winsorised Welford step): one absurd value, which also passes through every lag of x,
+    # cannot inflate the variance for thousands of ticks
+    robust_after: int = 20
+    robust_z: float = 8.0
 
 
 def norm_init(B: int, p: int, dtype: torch.dtype) -> State:
@@ -58,6 +65,9 @@ def norm_update(st: State, x: torch.Tensor, d: torch.Tensor, c: NormConfig) -> S
         mean, var = st[f"{name}_mean"], st[f"{name}_var"]
         a = alpha.view(-1, *([1] * (v.dim() - 1)))
         delta = torch.nan_to_num(v - mean, nan=0.0, posinf=0.0, neginf=0.0)
+        settled = (n > c.robust_after).view_as(a)
+        bound = c.robust_z * _sd(mean, var, c)
+        delta = torch.where(settled, torch.clamp(delta, -bound, bound), delta)
         out[f"{name}_mean"] = mean + a * delta
         # the first tick sets the level; its variance stays the prior 1 until a second one
         first = (n == 1).view_as(a)

@@ -378,9 +378,15 @@ class Daemon:
         if open_parts:
             raise KafkaError(f"changelog partitions {sorted(open_parts)} did not reach their fence in 120 s")
         rc.unsubscribe()
-        for blob in latest.values():  # co-partitioned: changelog partition p holds input partition p's keys
-            self.pipeline.restore_key(blob)
-        return len(latest)
+        restored = 0
+        for key, blob in latest.items():  # co-partitioned: changelog partition p holds input partition p's keys
+            try:
+                self.pipeline.restore_key(blob)
+                restored += 1
+            except ValueError as exc:  # a corrupt or foreign record: that key starts cold, the rest go on
+                log.error("unusable checkpoint skipped; the key starts cold", key=key[:80].decode(errors="replace"),
+                          error=str(exc))
+        return restored
 
     async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes, int | None]]) -> list[Any]:
         """Send many (key, value, partition) messages as per-partition record batches (one future per batch).

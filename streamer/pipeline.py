@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import sys
 import tempfile
 import weakref
 from collections.abc import Sequence
@@ -101,6 +102,15 @@ class KeyState:
     partition: int = -1  # input partition the key's ticks arrive on
     applied: int = 0  # next input offset not yet applied to this key's state
     dirty: bool = False  # changed since its last checkpoint
+
+
+def persistence_forecast(value: float, previous: float, z: float = 1.645) -> tuple[float, float, float]:
+    """The fallback when the model cannot give a finite prediction: the next value equals this one,
+    with a 90% interval as wide as z times the last change, all within the float range."""
+    top = sys.float_info.max
+    change = value - previous
+    half = z * abs(change) if math.isfinite(change) else top
+    return value, max(value - half, -top), min(value + half, top)
 
 
 STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
@@ -232,6 +242,16 @@ class Pipeline:
         mean, var = bank.predict(names, torch.from_numpy(np.array(xs)))
         lower, upper = bank.interval(mean, var)
         mean_l, lo_l, hi_l = mean.tolist(), lower.tolist(), upper.tolist()
+        models = [self.model] * len(items)
+        broken = torch.nonzero(~(torch.isfinite(lower) & torch.isfinite(upper))).squeeze(1).tolist()
+        if broken:  # a value beyond the model's float range: reset the key, publish persistence instead
+            bank.reset([names[i] for i in broken])
+            out.resets += len(broken)
+            self.resets_total += len(broken)
+            for i in broken:
+                lags = self.keys[names[i]].lags
+                mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[0], lags[1] if len(lags) > 1 else lags[0])
+                models[i] = "persistence"
         for i, (_, tick) in enumerate(items):
             ks = self.keys[tick.key]
             prev_error = None
@@ -243,7 +263,7 @@ class Pipeline:
             ks.pending = xs[i]
             ks.last_mean, ks.last_lower, ks.last_upper = mean_l[i], lo_l[i], hi_l[i]
             ks.last_seen = self.batches
-            value = encode_prediction(tick.key, tick.ts, ks.seq, mean_l[i], lo_l[i], hi_l[i], self.model,
+            value = encode_prediction(tick.key, tick.ts, ks.seq, mean_l[i], lo_l[i], hi_l[i], models[i],
                                       prev_error, self.version)
             out.predictions.append(Outgoing(tick.key.encode(), value))
 
@@ -300,16 +320,25 @@ class Pipeline:
     def restore_key(self, blob: bytes) -> KeyState:
         """Load a key from `snapshot_key` bytes (replacing any state it had here)."""
         meta, off = unframe(blob, STATE_MAGIC, STATE_VERSION, "key checkpoint")
-        if meta["model"] != self.model:
-            raise ValueError(f"checkpoint of a {meta['model']} model, this daemon runs {self.model}")
-        key = meta["key"]
+        try:  # everything is read and checked before anything here changes
+            if meta["model"] != self.model:
+                raise ValueError(f"checkpoint of a {meta['model']} model, this daemon runs {self.model}")
+            key, signature = str(meta["key"]), tuple(str(n) for n in meta["signature"])
+            last = [math.nan if v is None else float(v) for v in meta["last"]]
+            lags = [float(v) for v in meta["lags"]]
+            pending = None if meta["pending"] is None else [float(v) for v in meta["pending"]]
+            if len(lags) != self.settings.lags or len(last) != 3:
+                raise ValueError(f"checkpoint has {len(lags)} lags, this daemon uses {self.settings.lags}")
+            ks = KeyState(signature, lags, pending, int(meta["seq"]), last[0], last[1], last[2], self.batches,
+                          int(meta["partition"]), int(meta["applied"]), False)
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"key checkpoint is malformed ({type(exc).__name__}: {exc})") from None
         if key in self.keys:
             self._forget([key])
-        signature = tuple(meta["signature"])
-        self._bank(signature).restore(blob[off:], key)
-        last = [math.nan if v is None else float(v) for v in meta["last"]]
-        ks = KeyState(signature, [float(v) for v in meta["lags"]], meta["pending"], int(meta["seq"]),
-                      last[0], last[1], last[2], self.batches, int(meta["partition"]), int(meta["applied"]), False)
+        try:
+            self._bank(signature).restore(blob[off:], key)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+            raise ValueError(f"key checkpoint's model state is malformed ({type(exc).__name__}: {exc})") from None
         self.keys[key] = ks
         return ks
 
