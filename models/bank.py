@@ -184,7 +184,7 @@ class ModelBank:
         if c.norm.mode == "online" and bool(first.any()):
             # a key's first tick sets its level before it is standardised
             seeded = norm_update(nst, x, d, c.norm)
-            nst = {k: torch.where(first.view(-1, *([1] * (v.dim() - 1))), seeded[k], v) for k, v in nst.items()}
+            nst = _where_rows(first, seeded, nst)
             nst["n"] = torch.where(first, 0, nst["n"])
         xn = norm_apply(nst, x, c.norm)  # [B, p]
         sd, mu = nst["d_sd"], nst["d_mean"]  # [B]
@@ -193,17 +193,18 @@ class ModelBank:
         # proves to be a new level: shift_ticks in a row, then the key is reset below. One spike
         # cannot inflate the variance or throw the weights, and a real shift stays "far" long
         # enough to be recognised.
-        far = (dn.abs() > c.shift_z) & ~first if c.norm.mode == "online" else torch.zeros_like(first)  # [B]
-        # the ticks after a spike carry it in their lags: no learning from a regressor that far out either
-        hold = far | ((xn.abs() >= c.norm.clip).any(dim=1) & ~first) if c.norm.mode == "online" else far  # [B]
+        far = hold = torch.zeros_like(first)  # [B]; without normalisation there is no running level
+        if c.norm.mode == "online":
+            far = (dn.abs() > c.shift_z) & ~first
+            # the ticks after a spike carry it in their lags: no learning from a regressor that far out either
+            hold = far | ((xn.abs() >= c.norm.clip).any(dim=1) & ~first)
         held = bool(hold.any())
         learner_st = self._learner_part(st)
         if held:  # learners update in place: keep the held rows' state aside
             learner_st = {k: v.clone() for k, v in learner_st.items()}
         mean_n, var_raw, lst = self.learner.step(learner_st, xn, dn)
         if held:
-            before = self._learner_part(st)
-            lst = {k: torch.where(hold.view(-1, *([1] * (v.dim() - 1))), before[k], v) for k, v in lst.items()}
+            lst = _where_rows(hold, self._learner_part(st), lst)
         lam = st["b.lam"]
         var_n = lam * var_raw  # [B] calibrated
         mean, var = mu + sd * mean_n, var_n * sd * sd
@@ -212,7 +213,7 @@ class ModelBank:
         new: State = {f"l.{k}": v for k, v in lst.items()}
         updated = norm_update(nst, x, d, c.norm)
         if held:
-            updated = {k: torch.where(far.view(-1, *([1] * (v.dim() - 1))), nst[k], v) for k, v in updated.items()}
+            updated = _where_rows(far, nst, updated)
         new.update({f"n.{k}": v for k, v in updated.items()})
         new["b.shift"] = torch.where(far, st["b.shift"] + 1, 0)
         ratio = torch.clamp(e_n * e_n / var_raw, max=1e6)
@@ -246,10 +247,8 @@ class ModelBank:
         idx = torch.nonzero(bad).squeeze(1)
         fresh = self._fresh(st["l.seed"][idx])
         for k, v in fresh.items():
-            if k.startswith("b.") and k != "b.lam":
-                continue  # counters survive a reset
-            st[k][idx] = v
-        st["b.shift"][idx] = 0
+            if k not in _SURVIVE_RESET:
+                st[k][idx] = v
         st["b.resets"][idx] += 1
         self.resets_total += int(idx.numel())
 
@@ -304,6 +303,14 @@ class ModelBank:
     def coverage(self) -> float:
         ticks = int(self.state["b.ticks"].sum()) if self.state else 0
         return float(self.state["b.hits"].sum()) / ticks if ticks else float("nan")
+
+
+_SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets")  # a key's counters outlive its model
+
+
+def _where_rows(mask: torch.Tensor, if_true: State, if_false: State) -> State:
+    """Row-wise choice between two states: row b from `if_true` where mask[b], else from `if_false`."""
+    return {k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))), if_true[k], v) for k, v in if_false.items()}
 
 
 def _waves(rows: np.ndarray) -> list[np.ndarray]:

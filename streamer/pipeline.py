@@ -327,8 +327,10 @@ class Pipeline:
             last = [math.nan if v is None else float(v) for v in meta["last"]]
             lags = [float(v) for v in meta["lags"]]
             pending = None if meta["pending"] is None else [float(v) for v in meta["pending"]]
-            if len(lags) != self.settings.lags or len(last) != 3:
+            if len(lags) != self.settings.lags:
                 raise ValueError(f"checkpoint has {len(lags)} lags, this daemon uses {self.settings.lags}")
+            if len(last) != 3:
+                raise ValueError(f"checkpoint's last prediction has {len(last)} numbers, not 3")
             ks = KeyState(signature, lags, pending, int(meta["seq"]), last[0], last[1], last[2], self.batches,
                           int(meta["partition"]), int(meta["applied"]), False)
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
