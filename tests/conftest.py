@@ -19,3 +19,13 @@ def data_file(*parts: str) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"test data missing: {p} (the repository expects ../shared/data beside it)")
     return p
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """One embedded Kafka-protocol broker for the session (integration, e2e and deploy tests);
+    tests keep apart by unique topic and group names."""
+    from streamer.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b

@@ -3,10 +3,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
-from streamer.broker import EmbeddedBroker
-
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
@@ -16,9 +12,3 @@ def tool(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name} not found: `make install` installs Debian's prometheus package")
     return path
-
-
-@pytest.fixture(scope="session")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
