@@ -242,7 +242,7 @@ p50 {lat[p50_ms]:.0f} ms, p99 {lat[p99_ms]:.0f} ms, max {lat[max_ms]:.0f} ms
 (target p99 <= 100 ms: {v[lat]}). It is measured from the tick's producer timestamp to its
 prediction's producer timestamp, on the same clock.
 
-What moved the daemon from 16k (as measured then) to 22k ticks/s:
+What moved the daemon from 16k (as measured then) to the figure above:
 - predictions sent as per-partition record batches, with each key's partition cached;
 - the closed-form BPTT;
 - leaner tick decoding;
