@@ -3,7 +3,7 @@ PY ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: install demo test lint bench-demo bench-speed bench-accuracy bench-daemon
+.PHONY: install demo test lint bench-demo bench-speed bench-accuracy bench-daemon bench-soak
 
 install:
 	$(PY) -m pip install torch==2.13.0
@@ -34,3 +34,6 @@ bench-accuracy:
 
 bench-daemon:
 	$(PY) benchmarks/daemon.py --json benchmarks/out/daemon.json
+
+bench-soak:
+	$(PY) benchmarks/soak.py --json benchmarks/out/soak.json --plot benchmarks/out/soak.png

@@ -75,9 +75,16 @@ def _kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1:port. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None):
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None,
+                 advertised_port: int | None = None, storage: str = "memory://tansu/",
+                 env: dict[str, str] | None = None):
+        """`advertised_port`: the port named to clients in metadata (a proxy in front of the broker);
+        `storage`: Tansu's storage engine URL (`s3://bucket/` with AWS_* in `env` survives a restart)."""
         self.host = host
         self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
+        self.storage = storage
+        self.env = env or {}
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -91,14 +98,15 @@ class EmbeddedBroker:
             return self
         binary = find_tansu()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         if self.log_path is None:
             self._log = tempfile.TemporaryFile()
         else:
-            self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env}
         self._proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
+             "--storage-engine", self.storage],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout

@@ -26,12 +26,16 @@ class Settings(BaseSettings):
     client_id: str = Field("streamer", description="Kafka client id")
     session_timeout_ms: int = Field(10_000, description="consumer group session timeout")
     heartbeat_interval_ms: int = Field(1_000, description="consumer heartbeat interval")
+    request_timeout_ms: int = Field(
+        30_000, ge=1_000, description="a broker request unanswered this long fails and is retried")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="SASL mechanism")
     sasl_username: str | None = Field(None, description="SASL user")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
+    sasl_password_file: str | None = Field(
+        None, description="file holding the SASL password, e.g. a mounted secret (read at connect, never logged)")
     ssl_cafile: str | None = Field(None, description="CA bundle for TLS")
     ssl_certfile: str | None = Field(None, description="client certificate for mutual TLS")
     ssl_keyfile: str | None = Field(None, description="client key for mutual TLS")
@@ -100,11 +104,18 @@ class Settings(BaseSettings):
             out["ssl_context"] = create_ssl_context(
                 cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile)
         if self.security_protocol.startswith("SASL"):
-            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
-                need = "STREAMER_SASL_MECHANISM, STREAMER_SASL_USERNAME and STREAMER_SASL_PASSWORD"
+            password = self.sasl_password.get_secret_value() if self.sasl_password is not None else None
+            if password is None and self.sasl_password_file:
+                try:
+                    password = open(self.sasl_password_file, encoding="utf-8").read().rstrip("\r\n")
+                except OSError as exc:
+                    raise ValueError(f"STREAMER_SASL_PASSWORD_FILE unreadable: {exc.strerror}") from None
+            if not (self.sasl_mechanism and self.sasl_username and password):
+                need = "STREAMER_SASL_MECHANISM, STREAMER_SASL_USERNAME and STREAMER_SASL_PASSWORD (or _FILE)"
                 raise ValueError(f"SASL needs {need}")
+            # aiokafka takes the user and password under these names for PLAIN and SCRAM alike
             out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                       sasl_plain_password=self.sasl_password.get_secret_value())
+                       sasl_plain_password=password)
         return out
 
     def model_name(self) -> str:

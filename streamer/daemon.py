@@ -19,6 +19,9 @@ prediction, re-published, carries the same per-key `seq` (at-least-once, duplica
 One batch is in flight at a time, so offsets are committed in order and a crash re-delivers at
 most the uncommitted batch. (Overlapping the next batch's model step with this one's
 acknowledgements was measured slower on 2 cores: the two threads fight over the GIL.)
+A send that fails retriably (connection lost, request timed out) is repeated with backoff while
+the batch stays in hand and the daemon reports not-ready: nothing is committed past it, and a
+prediction sent twice carries the same `seq`.
 SIGTERM/SIGINT stop fetching; the batch in hand is finished, published and committed, then
 the consumer leaves the group and the process exits 0.
 Burst mode (arq's idea) exits once the input has been empty for `burst_idle_s`, so tests and
@@ -41,6 +44,7 @@ from aiokafka.errors import (
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     TopicAlreadyExistsError,
 )
 from aiokafka.partitioner import DefaultPartitioner
@@ -54,6 +58,12 @@ from streamer.pipeline import Pipeline
 log = structlog.get_logger("streamer")
 _PARTITIONER = DefaultPartitioner()
 FENCE_KEY = b"__streamer_fence__"
+
+
+def retriable(exc: BaseException) -> bool:
+    """Worth sending again: aiokafka marks network and leadership errors retriable; a batch that
+    expired in the producer's queue (KafkaTimeoutError) is too."""
+    return isinstance(exc, KafkaTimeoutError) or (isinstance(exc, KafkaError) and bool(exc.retriable))
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -132,7 +142,8 @@ class Daemon:
 
     def _kafka_args(self) -> dict[str, Any]:
         s = self.settings
-        return {"bootstrap_servers": s.bootstrap_servers, "client_id": s.client_id, **s.kafka_security()}
+        return {"bootstrap_servers": s.bootstrap_servers, "client_id": s.client_id,
+                "request_timeout_ms": s.request_timeout_ms, **s.kafka_security()}
 
     async def _start_clients(self) -> None:
         """Start admin, producer and consumer, retrying with backoff while the broker is unreachable."""
@@ -208,6 +219,7 @@ class Daemon:
             except Exception:  # any failure to answer means not ready
                 self.broker_ok = False
             self.metrics.ready.set(1 if self.is_ready() else 0)
+            self.metrics.tasks.set(len(asyncio.all_tasks()))
             try:
                 await asyncio.wait_for(self._stop.wait(), 2)
             except TimeoutError:
@@ -267,10 +279,14 @@ class Daemon:
         """Send, await acknowledgements, then commit the batch's offsets; update the metrics."""
         s, m = self.settings, self.metrics
         assert self.producer is not None and self.consumer is not None
-        sends = await self._send_batches(s.output_topic, [(o.key, o.value, None) for o in result.predictions])
-        sends += [await self.producer.send(s.dlq_topic, value=d.value, key=d.key,
-                                           headers=[("reason", d.reason.encode())]) for d in result.dead]
-        await asyncio.gather(*sends)  # every prediction acknowledged before its offset is committed
+        producer = self.producer
+
+        async def send() -> list[Any]:
+            sends = await self._send_batches(s.output_topic, [(o.key, o.value, None) for o in result.predictions])
+            return sends + [await producer.send(s.dlq_topic, value=d.value, key=d.key,
+                                                headers=[("reason", d.reason.encode())]) for d in result.dead]
+
+        await self._deliver("predictions", send)  # every prediction acknowledged before its offset is committed
         now = time.time()
         for msgs in batch.values():
             for msg in msgs:
@@ -285,8 +301,9 @@ class Daemon:
             phase = (tp.partition * 0.6180339887) % 1.0 * s.checkpoint_interval_s
             self._last_checkpoint.setdefault(tp.partition, now_m - phase)
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
-            await asyncio.gather(*await self._send_batches(self.changelog,
-                                                           [(k.encode(), blob, p) for k, p, blob in result.evicted]))
+            evicted: list[tuple[bytes | None, bytes, int | None]] = [
+                (k.encode(), blob, p) for k, p, blob in result.evicted]
+            await self._deliver("evicted state", lambda: self._send_batches(self.changelog, evicted))
         since = {p: now_m - self._last_checkpoint.get(p, now_m) for p in self._since_checkpoint}
         overdue = {p: max(n / s.checkpoint_ticks, since[p] / s.checkpoint_interval_s)
                    for p, n in self._since_checkpoint.items()}
@@ -332,18 +349,27 @@ class Daemon:
         finally:
             if not locked:
                 self.model_lock.release()
-        futures = await self._send_batches(self.changelog, [(k.encode(), blob, p) for k, p, blob in blobs])
-        await asyncio.gather(*futures)  # durable before the offsets that rely on it are committed
+        records: list[tuple[bytes | None, bytes, int | None]] = [(k.encode(), blob, p) for k, p, blob in blobs]
+        # durable before the offsets that rely on it are committed
+        await self._deliver("checkpoint", lambda: self._send_batches(self.changelog, records))
+        committed = bool(offsets)
         if offsets:
             try:
                 await self.consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partition: re-delivered
                 log.warning("commit refused during a rebalance; those ticks will be re-delivered", error=str(exc))
+            except KafkaError as exc:
+                if not retriable(exc):
+                    raise
+                # the state is durable; the offsets go with the partition's next checkpoint
+                log.warning("commit failed, kept for the next checkpoint", error=repr(exc))
+                committed = False
         now = time.monotonic()
         for p in partitions:
             self._since_checkpoint[p] = 0
             self._last_checkpoint[p] = now
-            self._pending_commit.pop(p, None)
+            if committed:
+                self._pending_commit.pop(p, None)
         self.metrics.checkpoints.inc(len(partitions))
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
 
@@ -387,6 +413,24 @@ class Daemon:
                 log.error("unusable checkpoint skipped; the key starts cold", key=key[:80].decode(errors="replace"),
                           error=str(exc))
         return restored
+
+    async def _deliver(self, what: str, send: Any) -> None:
+        """`await send()` gives send futures; await them, and on a retriable failure send everything again
+        with backoff (duplicates keep their `seq`). Not ready meanwhile. Gives up only when stopping."""
+        delay = 0.25
+        while True:
+            try:
+                await asyncio.gather(*await send())
+                return
+            except KafkaError as exc:
+                if not retriable(exc) or self._stop.is_set():
+                    raise
+                self.broker_ok = False
+                self.metrics.ready.set(0)
+                self.metrics.delivery_retries.inc()
+                log.warning("send failed, retrying", what=what, error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes, int | None]]) -> list[Any]:
         """Send many (key, value, partition) messages as per-partition record batches (one future per batch).

@@ -1,4 +1,7 @@
-"""structlog configuration: JSON lines for machines, a console renderer on a TTY."""
+"""structlog configuration: JSON lines for machines, a console renderer on a TTY.
+
+The libraries' standard-library log records (aiokafka's connection errors, for one) go through
+the same renderer, so a JSON log stays one JSON object per line whoever wrote the line."""
 
 from __future__ import annotations
 
@@ -23,4 +26,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # aiokafka's own warnings
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)  # the libraries' warnings and errors; their debug chatter stays out

@@ -10,7 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from streamer.schema import REASONS
 
@@ -23,6 +31,7 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20
 class Metrics:
     def __init__(self, learner: str, cell: str, version: str):
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...: what a soak watches
         self.learner = learner
         Gauge("streamer_info", "daemon build and model", ["version", "learner", "cell"], registry=r).labels(
             version, learner, cell).set(1)
@@ -52,6 +61,9 @@ class Metrics:
                                            buckets=LATENCY_BUCKETS + (30.0, 60.0), registry=r)
         self.restored_keys = Counter("streamer_restored_keys", "keys rebuilt from the changelog", registry=r)
         self.checkpoints = Counter("streamer_checkpoints", "partition checkpoints written", registry=r)
+        self.tasks = Gauge("streamer_event_loop_tasks", "asyncio tasks alive (a leak shows as growth)", registry=r)
+        self.delivery_retries = Counter("streamer_delivery_retries", "sends retried after a retriable broker error",
+                                        registry=r)
         self.checkpoint_seconds = Histogram("streamer_checkpoint_seconds", "time to write and commit a checkpoint",
                                             buckets=UPDATE_BUCKETS, registry=r)
         self._mse: float | None = None

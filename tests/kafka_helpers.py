@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,8 +18,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def create_topics(bootstrap: str, names: list[str], partitions: int, **client: Any) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
@@ -26,8 +27,8 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+async def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]], **client: Any) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **client)
     await producer.start()
     try:
         futures = [await producer.send(topic, value=v, key=k) for k, v in items]
@@ -36,9 +37,12 @@ async def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, by
         await producer.stop()
 
 
-async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
-    """Read a topic from the start until `expected` messages arrived (then `settle` s more, to catch extras)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0,
+                  **client: Any) -> list:
+    """Read a topic from the start until `expected` messages arrived (then `settle` s more, to catch extras).
+    `client`: more client arguments (security settings)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                **client)
     await consumer.start()
     out: list = []
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -57,3 +58,77 @@ def test_tls_settings_build_a_verifying_client_context(tmp_path):
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     with pytest.raises(FileNotFoundError):
         Settings(security_protocol="SSL", ssl_cafile=str(tmp_path / "missing.pem")).kafka_security()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+async def test_sasl_over_tls_reaches_the_kafka_client(mechanism, tmp_path):
+    """Tansu speaks neither SASL/SCRAM nor TLS, so the client configuration is checked where aiokafka keeps it:
+    the mechanism, the credentials, and a verifying TLS context (TLS itself is tested end to end through a
+    TLS-terminating proxy in tests/e2e/test_broker_faults.py)."""
+    import ssl
+
+    import trustme
+    from aiokafka import AIOKafkaConsumer
+
+    from streamer.daemon import Daemon
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "pw").write_text("from-a-file\n")
+    s = Settings(security_protocol="SASL_SSL", sasl_mechanism=mechanism, sasl_username="svc",
+                 sasl_password_file=str(tmp_path / "pw"), ssl_cafile=str(tmp_path / "ca.pem"), metrics_port=0)
+    consumer = AIOKafkaConsumer(**Daemon(s)._kafka_args())
+    client = consumer._client
+    assert client._security_protocol == "SASL_SSL" and client._sasl_mechanism == mechanism
+    assert (client._sasl_plain_username, client._sasl_plain_password) == ("svc", "from-a-file")
+    ctx = client._ssl_context
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert any(c["subject"] for c in ctx.get_ca_certs()), "the CA file was not loaded"
+    assert "from-a-file" not in repr(s)
+    with pytest.raises(ValueError, match="PASSWORD_FILE unreadable"):
+        Settings(security_protocol="SASL_SSL", sasl_mechanism=mechanism, sasl_username="svc",
+                 sasl_password_file=str(tmp_path / "missing")).kafka_security()
+
+
+def test_library_log_lines_are_json_like_ours(capsys):
+    """aiokafka logs through the standard library; in JSON mode its lines must be JSON too, or log shippers
+    choke on the one line that matters (a TLS failure, a lost broker)."""
+    import json
+    import logging
+
+    import structlog
+
+    from streamer.logs import configure_logging
+
+    root_handlers = logging.getLogger().handlers[:]
+    configure_logging("info", "json")
+    try:
+        logging.getLogger("aiokafka").error('Unable connect to "%s": %s', "127.0.0.1:9", "refused")
+        structlog.get_logger("streamer").warning("broker unreachable, retrying", retry_in_s=0.5)
+    finally:  # later tests must not write into this test's captured stream
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = root_handlers
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["logger"] == "aiokafka" and lines[0]["level"] == "error"
+    assert lines[0]["event"] == 'Unable connect to "127.0.0.1:9": refused'
+    assert lines[1]["event"] == "broker unreachable, retrying"
+
+
+async def test_metrics_server_binds_only_the_configured_address():
+    """STREAMER_METRICS_HOST decides who can scrape: bound to 127.0.0.2, nothing answers on 127.0.0.1."""
+    import urllib.request
+
+    from streamer.metrics import HealthServer, Metrics
+
+    server = HealthServer(Metrics("sgd", "lstm", "test"), lambda: True, "127.0.0.2", 0)
+    port = await server.start()
+    try:
+        def get(host: str) -> int:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=3) as resp:
+                return int(resp.status)
+
+        assert await asyncio.to_thread(get, "127.0.0.2") == 200
+        with pytest.raises(OSError):
+            await asyncio.to_thread(get, "127.0.0.1")
+    finally:
+        await server.stop()
