@@ -23,8 +23,8 @@ test:
 	$(PY) -m pytest -q
 
 lint:
-	$(PY) -m ruff check models streamer tests benchmarks
-	$(PY) -m mypy models streamer benchmarks
+	$(PY) -m ruff check models streamer offline tests benchmarks
+	$(PY) -m mypy models streamer offline benchmarks
 
 bench-speed:
 	$(PY) benchmarks/speed.py --json benchmarks/out/speed.json

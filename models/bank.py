@@ -16,6 +16,7 @@ warm-start) state and counted in `resets`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,9 +59,15 @@ class StepResult:
 
 
 class ModelBank:
-    def __init__(self, learner: Learner, config: BankConfig = BankConfig(), theta0: torch.Tensor | None = None):
+    def __init__(self, learner: Learner, config: BankConfig = BankConfig(),
+                 theta0: torch.Tensor | Mapping[str, torch.Tensor] | None = None):
+        """`theta0`: the warm start of every new key, [n_theta] for all of them or one per key name
+        (a model trained offline per series); None starts keys cold."""
         self.learner, self.config = learner, config
-        self.theta0 = theta0  # warm start for every new key (None = cold)
+        self.theta0 = theta0 if not isinstance(theta0, Mapping) else None
+        # per-key warm starts are looked up by the key's seed, which is all a reset knows of a row
+        self._theta0_by_seed = ({rng.key_seed(k, config.seed): t for k, t in theta0.items()}
+                                if isinstance(theta0, Mapping) else None)
         self.index: dict[str, int] = {}
         self.names: list[str] = []
         self.state: State = {}
@@ -73,7 +80,13 @@ class ModelBank:
 
     def _fresh(self, seeds: torch.Tensor) -> State:
         p = self.learner.spec.n_in
-        st = {f"l.{k}": v for k, v in self.learner.init_state(seeds, self.theta0).items()}
+        theta0 = self.theta0
+        if self._theta0_by_seed is not None:
+            missing = [int(s) for s in seeds.tolist() if int(s) not in self._theta0_by_seed]
+            if missing:
+                raise ValueError(f"the per-key warm start has no model for {len(missing)} new key(s)")
+            theta0 = torch.stack([self._theta0_by_seed[int(s)] for s in seeds.tolist()])  # [B, n_theta]
+        st = {f"l.{k}": v for k, v in self.learner.init_state(seeds, theta0).items()}
         st.update({f"n.{k}": v for k, v in norm_init(len(seeds), p, self._dtype).items()})
         B = len(seeds)
         st["b.lam"] = torch.ones(B, dtype=self._dtype)

@@ -7,8 +7,9 @@ Two kinds of stream:
 * multi-series: each listed column is one key. Values are z-scored with the mean and standard
   deviation of the first `warmup` rows; the regressor of key k at row t is the current value
   of every listed column plus `lags` past values of its own; the target is its value at t+1.
-  The learners see every row from the start; rows whose target lies in [start, end) are
-  scored (the FSNet / OneNet online protocol on ETT).
+  The learners see every row from `feed_from` (default 0, the FSNet / OneNet online protocol on
+  ETT); rows whose target lies in [start, end) are scored. A warm-start run feeds from `start`:
+  the learners meet the stream there with only what they were trained on offline.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Stream:
     d: np.ndarray
     score_from: int = 0
     score_to: int | None = None
+    scale: tuple[list[float], list[float]] | None = None  # multi-series: the z-scale's (mean, sd) per key
 
     @property
     def scored(self) -> slice:
@@ -72,7 +74,8 @@ def regression_stream(df: pd.DataFrame, target: str, name: str = "") -> Stream:
 
 
 def series_stream(
-    df: pd.DataFrame, series: Sequence[str], warmup: int, lags: int, start: int, end: int | None, name: str = ""
+    df: pd.DataFrame, series: Sequence[str], warmup: int, lags: int, start: int, end: int | None, name: str = "",
+    feed_from: int = 0,
 ) -> Stream:
     missing = [s for s in series if s not in df.columns]
     if missing:
@@ -80,15 +83,38 @@ def series_stream(
     v = df[list(series)].to_numpy(np.float64)  # [R, K]
     if not 1 < warmup <= len(v):
         raise ValueError(f"warmup must be in 2..{len(v)} rows, got {warmup}")
-    z = (v - v[:warmup].mean(0)) / v[:warmup].std(0)  # protocol: z-scale from the warm-up rows
+    mu, sd = v[:warmup].mean(0), v[:warmup].std(0)
+    z = (v - mu) / sd  # protocol: z-scale from the warm-up rows
     R, K = z.shape
     end = R if end is None else min(end, R)
-    t = np.arange(lags, end - 1)  # rows with a full lag window and a next value inside [.., end)
+    if not 0 <= feed_from <= start:
+        raise ValueError(f"feed_from must be in 0..start ({start}), got {feed_from}")
+    # rows the learners see: from feed_from (with a full lag window inside it) to the last with a next value
+    t = np.arange(feed_from + lags, end - 1)
     own = np.stack([z[t - j] for j in range(1, lags + 1)], axis=2) if lags else np.zeros((len(t), K, 0))
     x = np.concatenate([np.repeat(z[t][:, None, :], K, axis=1), own], axis=2)  # [T, K, K + lags]
     d = z[t + 1]  # [T, K]
     score_from = int(np.searchsorted(t + 1, start))
-    return Stream(name or ",".join(series), list(series), x.astype(np.float32), d.astype(np.float32), score_from)
+    return Stream(name or ",".join(series), list(series), x.astype(np.float32), d.astype(np.float32), score_from,
+                  scale=(mu.tolist(), sd.tolist()))
+
+
+def series_layout(stream: Stream, lags: int) -> dict[str, Any]:
+    """How a multi-series stream lays out its regressors, in the words of `models.warmstart`."""
+    return {"kind": "series", "columns": list(stream.keys), "lags": lags}
+
+
+def check_warm_start(ws: Any, stream: Stream, spec: NetSpec, lags: int, source: str) -> None:
+    """ValueError unless the warm start fits this stream: model, regressor layout and z-scale."""
+    ws.check(spec, series_layout(stream, lags), source)
+    norm = ws.manifest.get("norm") or {}
+    if stream.scale is not None and norm:
+        if norm.get("columns") != list(stream.keys) or not (
+                np.allclose(norm["mean"], stream.scale[0], rtol=1e-6, atol=1e-9)
+                and np.allclose(norm["std"], stream.scale[1], rtol=1e-6, atol=1e-9)):
+            rows = (ws.manifest.get("data") or {}).get("train_rows")
+            raise ValueError(f"{source} was trained on values scaled with other statistics (train rows {rows}); "
+                             f"run with --warmup equal to its last train row")
 
 
 @dataclass
@@ -98,6 +124,7 @@ class RunResult:
     seed: int
     nmse: float
     mse: float
+    mse_head: float  # over the first `head_steps` scored rows
     mae: float
     coverage90: float
     ticks_per_s: float
@@ -113,10 +140,16 @@ def run(
     options: dict[str, Any] | None = None,
     normalize: str = "none",
     on_rows: Callable[[int], None] | None = None,
+    theta0: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    head_steps: int = 500,
 ) -> RunResult:
-    """Replay the stream through a ModelBank of `learner`; score the prediction made before each update."""
-    model = make_learner(learner, spec, **(options or {}))
-    bank = ModelBank(model, BankConfig(seed=seed, norm=NormConfig(mode=normalize)))  # type: ignore[arg-type]
+    """Replay the stream through a ModelBank of `learner`; score the prediction made before each update.
+
+    `theta0`: warm start for every key (learners only; baselines ignore it). `head_steps`: the early
+    part of the scored rows whose MSE is reported apart (`mse_head`), where a warm start shows."""
+    warm = theta0 if learner not in BASELINES else None
+    model = make_learner(learner, spec, warm=warm is not None, **(options or {}))
+    bank = ModelBank(model, BankConfig(seed=seed, norm=NormConfig(mode=normalize)), warm)  # type: ignore[arg-type]
     keys = stream.keys
     T = len(stream.d)
     means = np.empty_like(stream.d)
@@ -138,6 +171,7 @@ def run(
     e = (stream.d - means)[sl]
     d = stream.d[sl]
     mse = float(np.mean(e**2))
+    mse_head = float(np.mean(e[:head_steps] ** 2))
     inside = (d >= lows[sl]) & (d <= highs[sl])
     return RunResult(
         learner=learner,
@@ -145,6 +179,7 @@ def run(
         seed=seed,
         nmse=mse / float(np.var(d)),
         mse=mse,
+        mse_head=mse_head,
         mae=float(np.mean(np.abs(e))),
         coverage90=float(inside.mean()),
         ticks_per_s=T * len(keys) / tick,
@@ -193,6 +228,7 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
             "nmse": float(np.mean([r.nmse for r in rs])),
             "nmse_sd": float(np.std([r.nmse for r in rs])),
             "mse": float(np.mean([r.mse for r in rs])),
+            "mse_head": float(np.mean([r.mse_head for r in rs])),
             "mae": float(np.mean([r.mae for r in rs])),
             "coverage90": float(np.mean([r.coverage90 for r in rs])),
             "ticks_per_s": float(np.mean([r.ticks_per_s for r in rs])),

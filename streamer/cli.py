@@ -32,6 +32,8 @@ def bench_cmd(
     warmup: Annotated[int, typer.Option(help="series: rows whose mean/sd define the z-scale")] = 2880,
     start: Annotated[int, typer.Option(help="series: first scored target row")] = 3600,
     end: Annotated[int | None, typer.Option(help="series: end (exclusive) of the scored rows")] = None,
+    feed_from: Annotated[int, typer.Option(help="series: first row the learners see (0: all rows before --start too)")
+                         ] = 0,
     lags: Annotated[int, typer.Option(help="series: past values of its own in each key's regressor")] = 3,
     learners: Annotated[str, typer.Option(help="comma-separated: " + ",".join(LEARNERS))] = ",".join(LEARNERS),
     cell: Annotated[str, typer.Option(help="lstm or gru")] = "lstm",
@@ -44,6 +46,9 @@ def bench_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="learner option, e.g. --set ekf.p0=25")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the table as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of cumulative MSE per learner here")] = None,
+    warm_start: Annotated[Path | None, typer.Option(
+        help="series: start every key from this offline-trained regressor (`offline train warm-start`)")] = None,
+    head_steps: Annotated[int, typer.Option(help="MSE of the first N scored steps is reported apart")] = 500,
 ) -> None:
     """Prequential (test-then-train) evaluation of learners and baselines on one stream."""
     from models.cells import NetSpec
@@ -62,8 +67,17 @@ def bench_cmd(
             stream = B.regression_stream(df, target, Path(file).stem)
         else:
             stream = B.series_stream(df, [s.strip() for s in series.split(",")], warmup, lags, start, end,  # type: ignore[union-attr]
-                                     Path(file).stem)
+                                     Path(file).stem, feed_from)
         spec = NetSpec(n_in=stream.x.shape[2], hidden=hidden, cell=cell, head=head, gate=gate)  # type: ignore[arg-type]
+        theta0 = None
+        if warm_start is not None:
+            from models import warmstart
+
+            if series is None:
+                raise ValueError("--warm-start works with --series streams (the layout warm starts are trained on)")
+            ws = warmstart.load(warm_start)
+            B.check_warm_start(ws, stream, spec, lags, f"warm-start file {warm_start}")
+            theta0 = ws.for_bank(stream.keys)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     if particles != 64 or "pf" in options:
@@ -79,18 +93,21 @@ def bench_cmd(
         for learner, seed in plan:
             bar.update(task, description=f"{learner} seed {seed}")
             results.append(B.run(stream, learner, spec, seed, options.get(learner), normalize,
-                                 on_rows=lambda k: bar.advance(task, k)))
+                                 on_rows=lambda k: bar.advance(task, k), theta0=theta0, head_steps=head_steps))
     rows = B.summarise(results)
     table = Table(title=f"prequential scores on {stream.name} (mean of {seeds} seed(s) for learners)")
-    for col in ("learner", "cell", "NMSE", "MSE", "MAE", "coverage90", "ticks/s", "resets"):
+    for col in ("learner", "cell", "NMSE", "MSE", f"MSE first {head_steps}", "MAE", "coverage90", "ticks/s", "resets"):
         table.add_column(col, justify="left" if col in ("learner", "cell") else "right")
     for r in rows:
-        table.add_row(r["learner"], r["cell"], f"{r['nmse']:.4f}", f"{r['mse']:.4f}", f"{r['mae']:.4f}",
+        table.add_row(r["learner"], r["cell"], f"{r['nmse']:.4f}", f"{r['mse']:.4f}", f"{r['mse_head']:.4f}",
+                      f"{r['mae']:.4f}",
                       f"{r['coverage90']:.3f}", f"{r['ticks_per_s']:,.0f}", str(r["resets"]))
     console.print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"stream": stream.name, "spec": spec.describe(), "rows": rows}, indent=2))
+        json_path.write_text(json.dumps({"stream": stream.name, "spec": spec.describe(), "rows": rows,
+                                         "warm_start": str(warm_start) if warm_start else None,
+                                         "head_steps": head_steps, "feed_from": feed_from}, indent=2))
         console.print(f"wrote {json_path}")
     if plot is not None:
         _plot(results, plot, stream.name)
@@ -155,6 +172,9 @@ def run_cmd(
     configure_logging(settings.log_level, settings.log_format)
     try:
         settings.learner_config()
+        from streamer.pipeline import Pipeline
+
+        Pipeline._load_warm_start(settings)  # a warm start that does not fit stops the daemon here, not later
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     raise typer.Exit(run_daemon(settings))

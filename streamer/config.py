@@ -60,7 +60,8 @@ class Settings(BaseSettings):
         default_factory=dict, description='JSON of learner config fields, e.g. {"lr": 0.05}')
     seed: int = Field(0, description="seed of every key's random stream")
     warm_start: str | None = Field(
-        None, description="warm-start file for new keys (comes with the offline package; refused for now)")
+        None, description="warm-start file (`offline train warm-start --layout ticks`): every new key starts "
+                          "from its weights; a file that does not fit the model settings is refused at start")
     max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
     changelog_topic: str | None = Field(None, description="compacted state topic (default: INPUT_TOPIC-changelog)")
     checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")

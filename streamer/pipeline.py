@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from models import warmstart
 from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
 from models.checkpoint import frame, unframe
@@ -156,8 +157,23 @@ class Pipeline:
         self.batches = 0
         self.resets_total = 0
         self._learner_options = settings.learner_config()
-        if settings.warm_start:
-            raise ValueError("STREAMER_WARM_START: warm-start files come with the offline package, not built yet")
+        self.warm = self._load_warm_start(settings)
+        self.warm_banks = 0  # banks whose keys start from the warm start
+
+    @staticmethod
+    def _load_warm_start(s: Settings) -> warmstart.WarmStart | None:
+        """The warm start, checked against these settings, or ValueError saying what does not fit."""
+        if not s.warm_start:
+            return None
+        ws = warmstart.load(s.warm_start)
+        source = f"STREAMER_WARM_START {s.warm_start}"
+        if ws.keys is not None:
+            raise ValueError(f"{source} holds one model per series (layout {ws.layout.get('kind')}); the daemon "
+                             "needs one for every new key: train it with `offline train warm-start --layout ticks`")
+        features = list(ws.layout.get("features") or [])
+        ws.check(NetSpec(n_in=s.lags + len(features), hidden=s.hidden, cell=s.cell, head=s.head),
+                 {"kind": "ticks", "lags": s.lags, "features": features}, source)
+        return ws
 
     # --------------------------------------------------------------- banks
     def _bank(self, signature: tuple[str, ...]) -> ModelBank:
@@ -165,7 +181,13 @@ class Pipeline:
         if bank is None:
             s = self.settings
             spec = NetSpec(n_in=s.lags + len(signature), hidden=s.hidden, cell=s.cell, head=s.head)
-            bank = ModelBank(make_learner(s.learner, spec, **self._learner_options), BankConfig(seed=s.seed))
+            # keys with the feature set the warm start was trained on start from it; others start cold
+            theta0 = None
+            if self.warm is not None and list(signature) == list(self.warm.layout.get("features") or []):
+                theta0 = self.warm.theta
+            bank = ModelBank(make_learner(s.learner, spec, warm=theta0 is not None, **self._learner_options),
+                             BankConfig(seed=s.seed), theta0)
+            self.warm_banks += int(theta0 is not None)
             self.banks[signature] = bank
         return bank
 
@@ -251,6 +273,13 @@ class Pipeline:
             for i in broken:
                 lags = self.keys[names[i]].lags
                 mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[0], lags[1] if len(lags) > 1 else lags[0])
+                models[i] = "persistence"
+        for i, (_, tick) in enumerate(items):
+            if self.keys[tick.key].seq == 0 and models[i] == self.model:
+                # a key's first tick: its normaliser has no level until the second, so the model's
+                # output would be on no scale at all; publish persistence, as wide as the value itself
+                v = tick.value
+                mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(v, v - abs(v) if v else 1.0)
                 models[i] = "persistence"
         for i, (_, tick) in enumerate(items):
             ks = self.keys[tick.key]

@@ -18,8 +18,13 @@ BASELINES = ("mean", "persistence", "linear")
 CONFIGS: dict[str, type] = {"sgd": SGDConfig, "ekf": EKFConfig, "dekf": EKFConfig, "pf": PFConfig, "linear": RLSConfig}
 
 
-def make_learner(name: str, spec: NetSpec, dtype: torch.dtype = torch.float32, **overrides: Any) -> Learner:
-    """Build a learner by name; `overrides` are fields of its config dataclass."""
+def make_learner(name: str, spec: NetSpec, dtype: torch.dtype = torch.float32, warm: bool = False,
+                 **overrides: Any) -> Learner:
+    """Build a learner by name; `overrides` are fields of its config dataclass.
+
+    `warm`: its keys start from an offline-trained theta, so it fine-tunes rather than learns from
+    nothing: the config's `*_warm` settings replace their cold counterparts (SGD a smaller step,
+    PF a slower random walk of the read-out; EKF's smaller P_0 is applied by init_state)."""
     if name not in LEARNERS + BASELINES:
         raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS + BASELINES)}")
     if name in ("mean", "persistence"):
@@ -27,6 +32,8 @@ def make_learner(name: str, spec: NetSpec, dtype: torch.dtype = torch.float32, *
             raise ValueError(f"{name} takes no options, got {sorted(overrides)}")
         return (MeanLearner if name == "mean" else PersistenceLearner)(spec, dtype)
     config = CONFIGS[name](**overrides)
+    if warm and hasattr(config, "for_warm_start"):
+        config = config.for_warm_start()
     cls = {"sgd": SGDLearner, "ekf": EKFLearner, "dekf": DEKFLearner, "pf": PFLearner, "linear": RLSLearner}[name]
     return cls(spec, config, dtype)
 

@@ -32,7 +32,7 @@ class Learner(Protocol):
     spec: NetSpec
 
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
-        """Cold (theta0 None) or warm-started state for len(seeds) series."""
+        """Cold (theta0 None) or warm-started state for len(seeds) series: theta0 [n_theta] for all, or [B, n_theta]."""
         ...
 
     def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...

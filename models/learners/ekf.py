@@ -44,7 +44,7 @@ from models.learners.window import has_closed_form, lstm_bptt, window_advance, w
 @dataclass(frozen=True)
 class EKFConfig:
     p0: float = 100.0  # initial covariance P_0 = p0 I (cold start)
-    p0_warm: float = 1.0  # initial covariance around warm-started weights
+    p0_warm: float = 0.1  # initial covariance around warm-started weights: trust what history taught
     r_init: float = 10.0
     r_last: float = 3.0
     r_steps: int = 2000

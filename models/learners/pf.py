@@ -37,6 +37,7 @@ var = sum w (phi^T Sigma phi + R + d_hat_i^2) - mean^2 (weighted particle spread
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -69,9 +70,14 @@ class PFConfig:
     grad_step: float = 0.1  # gradient-informed move (0 = plain bootstrap proposal)
     readout_p0: float = 1.0  # prior variance of the read-out r (cold start)
     readout_q: float = 1e-5  # random walk on r, added to Sigma each tick
+    readout_q_warm: float = 1e-6  # from a warm start: the read-out it brings wanders 10x slower
     init_scale: float = 0.1
     init_spread: float = 0.02  # particle spread around warm-started weights
     gate_bias: float = 0.5
+
+
+    def for_warm_start(self) -> PFConfig:
+        return dataclasses.replace(self, readout_q=self.readout_q_warm)
 
 
 class PFLearner:
@@ -90,7 +96,7 @@ class PFLearner:
         else:
             mask = torch.ones(s.n_theta, dtype=self.dtype)
             mask[s.n_cell : s.n_cell + s.n_readout] = 0  # the read-out's spread is Sigma's job
-            theta = theta0.to(self.dtype).view(1, 1, -1) + c.init_spread * z * mask
+            theta = theta0.to(self.dtype).view(-1, 1, s.n_theta) + c.init_spread * z * mask  # theta0 [n] or [B, n]
             p0 = c.init_spread**2
         return {
             "cell": theta[:, :, : s.n_cell].contiguous(),  # [B, N, n_cell]  the particles' cell weights

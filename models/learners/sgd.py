@@ -12,6 +12,7 @@ mean of past squared errors (the only uncertainty SGD has).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,6 +33,7 @@ from models.learners.window import (
 @dataclass(frozen=True)
 class SGDConfig:
     lr: float = 0.02  # 0.2 in Vural et al. is for the plain head; the skip head diverges there
+    lr_warm: float = 0.002  # from a warm start: fine-tuning, a step 10x smaller keeps what history taught
     window: int = 10
     schedule: Literal["constant", "inverse"] = "constant"
     tau: float = 1000.0  # inverse schedule: mu_t = lr / (1 + t / tau)
@@ -42,6 +44,10 @@ class SGDConfig:
     var_decay: float = 0.02  # weight of the newest squared error in the running variance
     init_scale: float = 0.1
     gate_bias: float = 0.5
+
+
+    def for_warm_start(self) -> SGDConfig:
+        return dataclasses.replace(self, lr=self.lr_warm)
 
 
 class SGDLearner:

@@ -1,0 +1,101 @@
+"""Warm starts: a regressor trained offline on history, from which every new key starts.
+
+The file is a model file (`models.modelfile`) of kind "warm_start" holding theta in the exact
+layout of `models.cells` (so SGD starts from it, EKF/DEKF put a small covariance around it, PF
+draws its particles around it): [n_theta], one global model for every new key, or [K, n_theta]
+with the K key names (`keys`), one model per series the history holds. It also names the NetSpec
+it fits and the regressor layout it was trained on:
+
+    {"kind": "series", "columns": [...], "lags": L}   streamer bench's multi-series stream: x_k,t =
+                                                      [every column at t, L past values of column k]
+    {"kind": "ticks", "lags": L, "features": [...]}   the daemon's regressor: [value_t .. value_t-L+1,
+                                                      the tick's features in this order]
+
+A file that does not fit the run (cell, size, head, regressor) is refused with both sides named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.cells import NetSpec
+from models.modelfile import decode, encode
+
+KIND = "warm_start"
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    spec: NetSpec
+    theta: torch.Tensor  # [n_theta] global, or [K, n_theta] per key
+    layout: dict[str, Any]
+    manifest: dict[str, Any]  # everything else the file says: norm, data, training figures
+    keys: list[str] | None = None  # names of theta's rows when per key
+
+    def for_bank(self, keys: list[str] | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What `ModelBank(theta0=...)` takes: the global theta, or {key: theta} (all of `keys` covered)."""
+        if self.keys is None:
+            return self.theta
+        missing = [k for k in (keys or []) if k not in self.keys]
+        if missing:
+            raise ValueError(f"the per-key warm start has no model for {missing} (it has {self.keys})")
+        return {k: self.theta[i] for i, k in enumerate(self.keys)}
+
+    def check(self, spec: NetSpec, layout: dict[str, Any], source: str = "warm-start file") -> None:
+        """ValueError unless this warm start fits a run of `spec` over regressors laid out as `layout`."""
+        problems = []
+        if (self.spec.cell, self.spec.hidden, self.spec.head, self.spec.gate) != (spec.cell, spec.hidden, spec.head,
+                                                                                  spec.gate):
+            problems.append(f"it holds {self.spec.describe()}, this run builds {spec.describe()}")
+        elif self.spec.n_in != spec.n_in:
+            problems.append(f"its regressor has {self.spec.n_in} inputs, this run's has {spec.n_in}")
+        if self.layout != layout:
+            problems.append(f"it was trained on regressors {self.layout}, this run makes {layout}")
+        if problems:
+            raise ValueError(f"{source} does not fit: " + "; ".join(problems))
+
+
+def _theta_ok(theta: torch.Tensor, spec: NetSpec, keys: list[str] | None) -> bool:
+    want = (spec.n_theta,) if keys is None else (len(keys), spec.n_theta)
+    return tuple(theta.shape) == want
+
+
+def to_bytes(spec: NetSpec, theta: torch.Tensor, layout: dict[str, Any], keys: list[str] | None = None,
+             **manifest: Any) -> bytes:
+    if not _theta_ok(theta, spec, keys):
+        raise ValueError(f"theta has shape {tuple(theta.shape)}; {spec.describe()} needs ({spec.n_theta},), or "
+                         f"(K, {spec.n_theta}) with K key names")
+    spec_d = {"n_in": spec.n_in, "hidden": spec.hidden, "cell": spec.cell, "head": spec.head, "gate": spec.gate}
+    return encode({"kind": KIND, "spec": spec_d, "layout": layout, "keys": keys, **manifest},
+                  {"theta": theta.detach().to(torch.float64)})
+
+
+def from_bytes(blob: bytes, source: str = "warm-start file") -> WarmStart:
+    manifest, tensors = decode(blob, source)
+    if manifest.get("kind") != KIND:
+        raise ValueError(f"{source} is a model file of kind {manifest.get('kind')!r}, not a warm start")
+    try:
+        spec = NetSpec(**manifest.pop("spec"))
+        layout = dict(manifest.pop("layout"))
+        keys = manifest.pop("keys", None)
+        if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise ValueError("keys must be a list of names")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: bad spec, layout or keys: {exc}") from None
+    theta = tensors.get("theta")
+    if theta is None or not _theta_ok(theta, spec, keys) or not bool(torch.isfinite(theta).all()):
+        raise ValueError(f"{source}: theta missing, of the wrong size for {spec.describe()}, or not finite")
+    return WarmStart(spec, theta, layout, manifest, keys)
+
+
+def load(path: str | Path) -> WarmStart:
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"warm-start file {p}: {exc.strerror}") from None
+    return from_bytes(blob, f"warm-start file {p}")

@@ -1,0 +1,212 @@
+"""`offline`: batch-train baselines on history and export them as model files.
+
+    offline train forecast ../shared/data/ett/ETTh1.csv --target OT --horizon 24 --out runs/etth1
+    offline train warm-start ../shared/data/ett/ETTh1.csv --series HUFL,...,OT --train-rows 2880 \\
+        --val-rows 3600 --lags 24 --out runs/etth1-warm.tsmf
+
+Each command shows a progress bar, prints a table, writes a loss-curve PNG and a JSON summary
+next to the model files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+train_app = typer.Typer(no_args_is_help=True, help="train models on history and export them")
+app.add_typer(train_app, name="train")
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def _splits(spec: str, n: int):
+    from offline.data import Splits
+
+    parts = [p.strip() for p in spec.split(",")]
+    try:
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            return Splits.rows(*(int(p) for p in parts))
+        if len(parts) == 2:
+            return Splits.fractions(n, float(parts[0]), float(parts[1]))
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"--splits wants TRAIN_END,VAL_END,END rows or TRAIN,VAL fractions, got {spec!r}")
+
+
+def plot_losses(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> None:
+    """Train (dashed) and validation (solid) loss per epoch for each model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, (train, val)) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        ax.plot(range(1, len(val) + 1), val, color=colour, label=name)
+        ax.plot(range(1, len(train) + 1), train, color=colour, linestyle="--", alpha=0.6)
+    ax.set(xlabel="epoch", ylabel="MSE (normalised; dashed: train)", title=title, yscale="log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@train_app.command("forecast")
+def forecast_cmd(
+    file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv for packaged data")],
+    target: Annotated[str, typer.Option(help="the column to forecast")],
+    columns: Annotated[str | None, typer.Option(help="input columns, comma-separated (default: all numeric)")
+                       ] = None,
+    splits: Annotated[str, typer.Option(help="TRAIN_END,VAL_END,END rows, or TRAIN,VAL fractions")] = "0.7,0.1",
+    lookback: Annotated[int, typer.Option(help="rows in each input window")] = 96,
+    horizon: Annotated[int, typer.Option(help="forecast the target this many rows after the window")] = 1,
+    step: Annotated[int, typer.Option(help="take every STEP-th row of the window")] = 1,
+    kinds: Annotated[str, typer.Option(help="comma-separated model kinds, or all")] = "all",
+    epochs: Annotated[int, typer.Option(help="at most this many epochs (early stopping on validation)")] = 30,
+    patience: Annotated[int, typer.Option(help="epochs without a better validation loss before stopping")] = 4,
+    hidden: Annotated[int, typer.Option(help="units of the recurrent / dense layers")] = 32,
+    dropout: Annotated[float, typer.Option(help="input/recurrent dropout (lstm), between layers, dense")] = 0.2,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    batch: Annotated[int, typer.Option(help="windows per batch")] = 64,
+    max_batches: Annotated[int | None, typer.Option(help="cap batches per epoch (quick runs)")] = None,
+    residual: Annotated[bool, typer.Option(help="models learn the change from the last value")] = True,
+    loss: Annotated[str, typer.Option(help="mse or mae (training and early-stopping loss)")] = "mse",
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="folder for model files, loss PNG and JSON")] = Path("runs/forecast"),
+) -> None:
+    """Forecasting baselines against persistence: test MAE and MSE, loss curves, one model file each."""
+    import torch
+
+    from offline import forecast as F
+    from offline.data import SeriesData, load_frame
+    from offline.modelio import forecast_bytes
+
+    torch.manual_seed(seed)
+    names = list(F.KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = [k for k in names if k not in F.KINDS]
+    if unknown:
+        raise typer.BadParameter(f"unknown kinds {unknown}; choose from {', '.join(F.KINDS)}")
+    if loss not in ("mse", "mae"):
+        raise typer.BadParameter(f"--loss is mse or mae, got {loss!r}")
+    if "persistence" not in names:
+        names.insert(0, "persistence")  # the yardstick every row is compared with
+    try:
+        frame = load_frame(file)
+        cols = [c.strip() for c in columns.split(",")] if columns else None
+        data = SeriesData.from_frame(frame, cols, target, _splits(splits, len(frame)), source=file)
+        train, val, test = (data.windows(p, lookback, horizon, step) for p in ("train", "val", "test"))  # type: ignore[arg-type]
+        if min(len(train), len(val), len(test)) == 0:
+            raise ValueError(f"a split holds no window of lookback {lookback} + horizon {horizon}: "
+                             f"train {len(train)}, validation {len(val)}, test {len(test)}")
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    cfg = F.TrainConfig(epochs=epochs, batch=batch, lr=lr, patience=patience, hidden=hidden, dropout=dropout,
+                        max_batches=max_batches, residual=residual, loss=loss, seed=seed)
+    console.print(f"[bold]{Path(file).stem}[/]: target {target}, {len(data.columns)} columns, "
+                  f"windows train {len(train):,} / val {len(val):,} / test {len(test):,}, "
+                  f"lookback {lookback} step {step}, horizon {horizon}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with _progress() as bar:
+        task = bar.add_task("", total=None)
+        for kind in names:
+            bar.update(task, description=kind, completed=0, total=None)
+            model = F.build(kind, train.window_length, len(data.columns), cfg, data.target_index)
+            fit = F.fit(kind, model, train, val, cfg, progress=lambda k, i, n: bar.update(task, completed=i, total=n))
+            fit.test_mse, fit.test_mae = F.evaluate(model, test)
+            if model is not None:
+                (out / f"{stem(file, horizon)}-{kind}.tsmf").write_bytes(
+                    forecast_bytes(kind, model, data, lookback, horizon, step, cfg, fit))
+            results.append(fit)
+    base = results[0]
+    table = Table(title=f"test scores, {Path(file).stem} {target} horizon {horizon} (normalised scale)")
+    for col in ("model", "parameters", "epochs", "seconds", "MSE", "MAE", "MAE vs persistence"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        table.add_row(r.kind, f"{r.parameters:,}", str(len(r.val_loss) if r.kind != "persistence" else "-"),
+                      f"{r.seconds:.1f}", f"{r.test_mse:.4f}", f"{r.test_mae:.4f}",
+                      f"{r.test_mae / base.test_mae:.3f}")
+    console.print(table)
+    plot_losses({r.kind: (r.train_loss, r.val_loss) for r in results if r.kind != "persistence"},
+                out / f"{stem(file, horizon)}-loss.png", f"{Path(file).stem} {target}, horizon {horizon}")
+    summary = {"file": file, "target": target, "columns": data.columns, "splits": list(data.splits.__dict__.values()),
+               "lookback": lookback, "horizon": horizon, "step": step, "config": cfg.__dict__,
+               "windows": {"train": len(train), "val": len(val), "test": len(test)},
+               "results": [r.summary() for r in results]}
+    (out / f"{stem(file, horizon)}.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"wrote {len(results) - 1} model files, {stem(file, horizon)}-loss.png and .json under {out}")
+
+
+def stem(file: str, horizon: int) -> str:
+    return f"{Path(file).stem}-h{horizon}"
+
+
+@train_app.command("warm-start")
+def warm_start_cmd(
+    file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv")],
+    series: Annotated[str, typer.Option(help="columns, one key each (as `streamer bench --series`, or the history of "
+                                             "the daemon's keys)")],
+    train_rows: Annotated[int, typer.Option(help="train on rows [0, N); also the z-scale's rows")] = 2880,
+    val_rows: Annotated[int, typer.Option(help="stop early on rows [train-rows, N)")] = 3600,
+    lags: Annotated[int, typer.Option(help="past values of its own in each key's regressor")] = 3,
+    hidden: Annotated[int, typer.Option(help="cell size m (must match the online run)")] = 8,
+    cell: Annotated[str, typer.Option(help="lstm or gru")] = "lstm",
+    head: Annotated[str, typer.Option(help="plain, skip or gated")] = "skip",
+    layout: Annotated[str, typer.Option(help="series: streamer bench's --series regressors, one model per series; "
+                                         "ticks: the daemon's (STREAMER_WARM_START), one model for every key")
+                      ] = "series",
+    epochs: Annotated[int, typer.Option()] = 60,
+    dropout: Annotated[float, typer.Option(help="variational input and recurrent dropout")] = 0.5,
+    seq_len: Annotated[int, typer.Option(help="ticks per training sequence")] = 48,
+    lr: Annotated[float, typer.Option()] = 3e-3,
+    weight_decay: Annotated[float, typer.Option(help="L2 pull of the weights towards 0 (AdamW)")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="the warm-start model file to write")] = Path("runs/warm-start.tsmf"),
+) -> None:
+    """Train the online regressor itself on history: the file `streamer bench --warm-start` starts keys from."""
+    from offline import warmstart as W
+    from offline.data import SeriesData, Splits, load_frame
+
+    cols = [c.strip() for c in series.split(",") if c.strip()]
+    if layout not in ("series", "ticks"):
+        raise typer.BadParameter(f"--layout is series or ticks, got {layout!r}")
+    per_key = layout == "series"
+    try:
+        frame = load_frame(file)
+        data = SeriesData.from_frame(frame, cols, cols[-1], Splits.rows(train_rows, val_rows, val_rows), source=file)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    cfg = W.WarmConfig(hidden=hidden, cell=cell, head=head, lags=lags, epochs=epochs, seq_len=seq_len, lr=lr,
+                       weight_decay=weight_decay, dropout=dropout, per_key=layout == "series",
+                       layout=layout, seed=seed)
+    with _progress() as bar:
+        task = bar.add_task("warm start", total=None)
+        model, fit, regressors = W.train(data, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(W.export(model, regressors, data, fit, cfg))
+    plot_losses({"warm start": (fit.train_loss, fit.val_loss)}, out.with_suffix(".png"),
+                f"warm start, {Path(file).stem} rows 0-{train_rows}")
+    console.print(f"{model.spec.describe()}, {'one per key' if per_key else 'shared'}: best validation MSE "
+                  f"{min(fit.val_loss):.4f} at epoch {fit.best_epoch + 1} of {len(fit.val_loss)} "
+                  f"({fit.seconds:.1f} s); wrote {out} and {out.with_suffix('.png').name}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

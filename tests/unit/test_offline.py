@@ -1,0 +1,323 @@
+"""Offline training on real data (ETTh1): windows, every forecasting kind, model files, warm starts."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import warmstart
+from models.bank import BankConfig, ModelBank
+from models.cells import NetSpec
+from models.learners import make_learner
+from models.normalize import NormConfig
+from offline import forecast as F
+from offline import warmstart as W
+from offline.data import SeriesData, Splits, Windows, load_frame
+from offline.modelio import forecast_bytes, forecast_from_bytes
+from streamer import bench as B
+from tests.conftest import data_file
+
+COLS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+
+
+@pytest.fixture(scope="module")
+def ett() -> pd.DataFrame:
+    return load_frame(str(data_file("ett", "ETTh1.csv")))
+
+
+@pytest.fixture(scope="module")
+def small(ett) -> SeriesData:
+    return SeriesData.from_frame(ett, COLS, "OT", Splits.rows(600, 800, 1000), source="ETTh1.csv")
+
+
+# ------------------------------------------------------------------ data
+def test_normaliser_is_fitted_on_train_rows_only(ett, small):
+    raw = ett[COLS].to_numpy(np.float64)
+    assert np.allclose(small.norm.mean, raw[:600].mean(0))
+    assert np.allclose(small.norm.std, raw[:600].std(0))
+    assert not np.allclose(small.norm.mean, raw[:1000].mean(0))  # the later rows would have moved it
+    assert np.allclose(small.z[:, 6], (raw[:1000, 6] - raw[:600, 6].mean()) / raw[:600, 6].std())
+
+
+def test_windows_are_lazy_chronological_views(small):
+    w = small.windows("val", lookback=24, horizon=6, step=4)
+    lo, hi = small.splits.bounds("val")
+    assert w.window_length == 6 and len(w) == (hi - lo) - 24 + 1 - 6
+    x, y = w[0]
+    t = lo + 23  # the first window ends 24 rows into the validation part
+    assert torch.equal(x, torch.from_numpy(small.z[[t - 20, t - 16, t - 12, t - 8, t - 4, t], :].astype(np.float32)))
+    assert float(y) == pytest.approx(small.z[t + 6, 6])
+    x_last, y_last = w[len(w) - 1]
+    assert lo + 23 + len(w) - 1 + 6 == hi - 1  # the last target is the last validation row, no later
+    assert w.z.data_ptr() == small.windows("train", 24).z.data_ptr() or w.z.numel() == small.z.size  # one array
+    with pytest.raises(IndexError):
+        w[len(w)]
+    with pytest.raises(ValueError, match="lookback"):
+        Windows(small.z, 0, 10, 0, 1, 1, 0)
+
+
+def test_splits_are_checked_and_data_must_be_finite(ett):
+    with pytest.raises(ValueError, match="splits must satisfy"):
+        SeriesData.from_frame(ett, COLS, "OT", Splits.rows(800, 600, 1000))
+    bad = ett.head(100).copy()
+    bad.loc[5, "OT"] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        SeriesData.from_frame(bad, COLS, "OT", Splits.rows(50, 70, 100))
+    with pytest.raises(ValueError, match="not in the data"):
+        SeriesData.from_frame(ett, ["nope"], "OT", Splits.rows(50, 70, 100))
+
+
+# ------------------------------------------------------------------ forecasting
+@pytest.mark.parametrize("kind", [k for k in F.KINDS if k != "persistence"])
+def test_every_kind_learns_and_round_trips_through_its_file(kind, small):
+    train, val = small.windows("train", 24), small.windows("val", 24)
+    cfg = F.TrainConfig(epochs=3, batch=32, lr=3e-3, hidden=8, max_batches=8, residual=False, seed=1)
+    model = F.build(kind, train.window_length, len(small.columns), cfg, small.target_index)
+    before = F.evaluate(model, train)[0]
+    fit = F.fit(kind, model, train, val, cfg)
+    after = F.evaluate(model, train)[0]
+    assert after < 0.8 * before, f"{kind}: train MSE {before:.3f} -> {after:.3f}"
+    assert len(fit.val_loss) == len(fit.train_loss) >= 1 and fit.parameters > 0
+
+    blob = forecast_bytes(kind, model, small, 24, 1, 1, cfg, fit)
+    loaded = forecast_from_bytes(blob)
+    assert loaded.kind == kind and loaded.norm == small.norm and loaded.manifest["data"]["source"] == "ETTh1.csv"
+    test = small.windows("test", 24)
+    assert torch.equal(F.predict(model, test), F.predict(loaded.model, test))
+
+
+def test_residual_models_start_from_persistence(small):
+    """The residual wrapper adds the last target value: a model whose inner part says 0 is persistence."""
+    test = small.windows("test", 24)
+    model = F.build("linear", 24, len(small.columns), F.TrainConfig(), small.target_index)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    assert torch.equal(F.predict(model, test), F.predict(None, test))
+    assert F.evaluate(model, test) == F.evaluate(None, test)
+
+
+def test_a_forecast_file_that_does_not_fit_is_refused(small):
+    cfg = F.TrainConfig(hidden=8)
+    model = F.build("gru", 24, len(small.columns), cfg, small.target_index)
+    blob = forecast_bytes("gru", model, small, 24, 1, 1, cfg, F.FitResult("gru"))
+    other = forecast_bytes("gru", F.build("gru", 24, len(small.columns), F.TrainConfig(hidden=16), 6), small, 24, 1,
+                           1, cfg, F.FitResult("gru"))  # claims hidden 8, holds hidden-16 weights
+    with pytest.raises(ValueError, match="do not fit"):
+        forecast_from_bytes(other)
+    with pytest.raises(ValueError, match="bad magic|not a"):
+        forecast_from_bytes(pickle.dumps(model.state_dict()))
+    with pytest.raises(ValueError):
+        forecast_from_bytes(blob[:-40])  # truncated payload
+    ws = warmstart.to_bytes(NetSpec(n_in=3, hidden=2), torch.zeros(NetSpec(n_in=3, hidden=2).n_theta), {"kind": "x"})
+    with pytest.raises(ValueError, match="not a forecasting model"):
+        forecast_from_bytes(ws)
+
+
+# ------------------------------------------------------------------ warm start
+@pytest.fixture(scope="module")
+def warm(ett):
+    data = SeriesData.from_frame(ett, COLS, "OT", Splits.rows(400, 500, 500), source="ETTh1.csv")
+    cfg = W.WarmConfig(hidden=4, lags=2, epochs=4, seq_len=24, burn_in=4, lr=1e-2)
+    model, fit, layout = W.train(data, cfg)
+    return data, cfg, model, fit, layout
+
+
+def test_warm_start_training_lowers_the_loss(warm):
+    _, _, _, fit, _ = warm
+    assert fit.val_loss[fit.best_epoch] < fit.val_loss[0] or fit.best_epoch == 0 and fit.train_loss[-1] < 1.0
+    assert fit.train_loss[-1] < 0.7 * fit.train_loss[0]
+
+
+def test_warm_start_is_the_online_models_parameterisation(warm, ett):
+    """An SGD learner with learning rate 0 started from the file predicts exactly what the offline
+    model computes over the same stream: same theta layout, same cell, same head."""
+    data, cfg, model, fit, layout = warm
+    ws = warmstart.from_bytes(W.export(model, layout, data, fit, cfg))
+    assert ws.keys == COLS and ws.theta.shape == (len(COLS), ws.spec.n_theta)
+    stream = B.series_stream(ett, COLS, 400, cfg.lags, 600, 700, "ETTh1", feed_from=600)
+    spec = NetSpec(n_in=stream.x.shape[2], hidden=cfg.hidden, cell="lstm", head="skip")
+    B.check_warm_start(ws, stream, spec, cfg.lags, "test file")
+    bank = ModelBank(make_learner("sgd", spec, lr=0.0), BankConfig(norm=NormConfig(mode="none")),
+                     ws.for_bank(stream.keys))  # streamer bench's setting: the stream is z-scaled already
+    online = np.stack([bank.step(stream.keys, torch.from_numpy(stream.x[t]), torch.from_numpy(stream.d[t])
+                                 ).mean.numpy() for t in range(len(stream.d))])  # [T, K]
+    window = make_learner("sgd", spec).config.window  # type: ignore[attr-defined]
+    x = torch.from_numpy(stream.x).transpose(0, 1)  # [K, T, p]
+    padded = torch.cat([x.new_zeros(len(COLS), window - 1, x.shape[2]), x], dim=1)  # online: a window of zeros first
+    with torch.no_grad():
+        offline = model.run(padded, torch.arange(len(COLS)))[:, window - 1 :].T.numpy()  # [T, K]
+    assert np.allclose(online, offline, atol=1e-4), np.abs(online - offline).max()
+
+
+def test_every_learner_starts_from_the_warm_theta(warm):
+    data, cfg, model, fit, layout = warm
+    ws = warmstart.from_bytes(W.export(model, layout, data, fit, cfg))
+    theta = ws.for_bank(COLS)
+    seeds = torch.arange(len(COLS))
+    stacked = torch.stack([theta[k] for k in COLS])  # [K, n]
+    for name in ("sgd", "ekf"):
+        st = make_learner(name, ws.spec).init_state(seeds, stacked)
+        assert torch.allclose(st["theta"].double(), stacked)
+    ekf = make_learner("ekf", ws.spec)
+    assert float(ekf.init_state(seeds, stacked)["P"][0, 0, 0]) < float(ekf.init_state(seeds)["P"][0, 0, 0])
+    pf = make_learner("pf", ws.spec).init_state(seeds, stacked)
+    mean_cell = pf["cell"].mean(dim=1).double()  # [K, n_cell] particles drawn around each key's theta
+    assert torch.allclose(mean_cell, stacked[:, : ws.spec.n_cell], atol=0.02)
+    assert float((mean_cell[0] - stacked[1, : ws.spec.n_cell]).abs().max()) > 0.05  # each key around its own
+
+
+def test_a_mismatched_warm_start_is_refused(warm, ett):
+    data, cfg, model, fit, layout = warm
+    ws = warmstart.from_bytes(W.export(model, layout, data, fit, cfg))
+    stream = B.series_stream(ett, COLS, 400, cfg.lags, 600, 700, "ETTh1", feed_from=600)
+    spec = NetSpec(n_in=stream.x.shape[2], hidden=cfg.hidden, cell="lstm", head="skip")
+    with pytest.raises(ValueError, match="this run builds lstm"):
+        ws.check(NetSpec(n_in=spec.n_in, hidden=8, cell="lstm", head="skip"), B.series_layout(stream, cfg.lags))
+    with pytest.raises(ValueError, match="gru"):
+        ws.check(NetSpec(n_in=spec.n_in, hidden=4, cell="gru", head="skip"), B.series_layout(stream, cfg.lags))
+    lags3 = B.series_stream(ett, COLS, 400, 3, 600, 700, "ETTh1")
+    with pytest.raises(ValueError, match="inputs"):
+        B.check_warm_start(ws, lags3, NetSpec(n_in=lags3.x.shape[2], hidden=4, cell="lstm", head="skip"), 3, "f")
+    other_scale = B.series_stream(ett, COLS, 300, cfg.lags, 600, 700, "ETTh1")
+    with pytest.raises(ValueError, match="scaled with other statistics"):
+        B.check_warm_start(ws, other_scale, spec, cfg.lags, "f")
+    with pytest.raises(ValueError, match="no model for"):
+        ws.for_bank(["HUFL", "unknown-series"])
+    with pytest.raises(ValueError, match="no model for"):
+        ModelBank(make_learner("sgd", spec), theta0=ws.for_bank(COLS)).add(["unknown-series"])
+
+
+def test_a_crafted_warm_start_file_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    f = tmp_path / "evil.tsmf"
+    f.write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ValueError, match="bad magic"):
+        warmstart.load(f)
+    assert not marker.exists()
+    spec = NetSpec(n_in=3, hidden=2)
+    good = warmstart.to_bytes(spec, torch.zeros(spec.n_theta), {"kind": "ticks", "lags": 1, "features": []})
+    assert warmstart.from_bytes(good).theta.shape == (spec.n_theta,)
+    nan = warmstart.to_bytes(spec, torch.full((spec.n_theta,), float("nan")), {"kind": "ticks"})
+    with pytest.raises(ValueError, match="not finite"):
+        warmstart.from_bytes(nan)
+    with pytest.raises(ValueError, match="no such file|warm-start file"):
+        warmstart.load(tmp_path / "missing.tsmf")
+
+
+# ------------------------------------------------------------------ the daemon's warm start
+@pytest.fixture(scope="module")
+def tick_warm(ett, tmp_path_factory):
+    data = SeriesData.from_frame(ett, COLS, "OT", Splits.rows(400, 500, 500), source="ETTh1.csv")
+    cfg = W.WarmConfig(hidden=4, lags=4, epochs=3, seq_len=24, burn_in=4, lr=1e-2, per_key=False, layout="ticks")
+    model, fit, layout = W.train(data, cfg)
+    path = tmp_path_factory.mktemp("warm") / "ticks.tsmf"
+    path.write_bytes(W.export(model, layout, data, fit, cfg))
+    return model, path
+
+
+def test_the_daemon_starts_new_keys_from_the_warm_start(tick_warm, ett):
+    """Pipeline with STREAMER_WARM_START and a learning rate of 0 publishes exactly what the offline
+    model computes on the same ticks: the regressor, its online normalisation and the theta agree."""
+    import orjson
+
+    from streamer.config import Settings
+    from streamer.pipeline import Pipeline, Record
+
+    model, path = tick_warm
+    p = Pipeline(Settings(lags=4, hidden=4, learner="sgd", warm_start=str(path), learner_options={"lr_warm": 0.0}))
+    values = ett[["OT", "HUFL"]].to_numpy(np.float64)[600:680]  # [T, 2]: two keys the model never saw
+    published = []
+    for t in range(len(values)):
+        recs = [Record("ticks", 0, 2 * t + k, None, orjson.dumps({"key": name, "ts": t, "value": float(values[t, k])}))
+                for k, name in enumerate(("ot", "hufl"))]
+        published.append([orjson.loads(o.value)["prediction"] for o in p.process(recs).predictions])
+    assert p.warm_banks == 1
+    online = np.array(published)[:-1]  # [T-1, 2]: the last tick's forecast has no target in the data
+    assert np.allclose(online[0], values[0])  # a key's first forecast is persistence: no level to scale by yet
+    x, d, mu, sd = W.tick_regressors(values, 4)
+    xt = torch.from_numpy(x).transpose(0, 1)  # [2, T-1, 4]
+    padded = torch.cat([xt.new_zeros(2, 9, 4), xt], dim=1)  # the online window starts on zeros
+    with torch.no_grad():
+        out = model.run(padded)[:, 9:].T.double().numpy()  # [T-1, 2]
+    want = (mu + sd * out)[1:]  # from the second tick on, the model on the normalised regressor
+    assert np.allclose(online[1:], want, rtol=1e-4, atol=1e-4), np.abs(online[1:] - want).max()
+
+    cold = Pipeline(Settings(lags=4, hidden=4, learner="sgd"))
+    cold_means = [[orjson.loads(o.value)["prediction"] for o in cold.process(
+        [Record("ticks", 0, t, None, orjson.dumps({"key": "ot", "ts": t, "value": float(values[t, 0])}))]).predictions]
+        for t in range(3)]
+    assert abs(cold_means[2][0] - published[2][0]) > 1e-3  # a cold key's model is another
+    assert cold.warm_banks == 0
+
+
+def test_the_daemon_refuses_a_warm_start_that_does_not_fit(tick_warm, warm, tmp_path):
+    from streamer.config import Settings
+    from streamer.pipeline import Pipeline
+
+    _, path = tick_warm
+    with pytest.raises(ValueError, match="this run builds lstm"):
+        Pipeline(Settings(lags=4, hidden=8, warm_start=str(path)))
+    with pytest.raises(ValueError, match="inputs|regressors"):
+        Pipeline(Settings(lags=3, hidden=4, warm_start=str(path)))
+    data, cfg, model, fit, layout = warm  # per-series, streamer bench's layout
+    per_key = tmp_path / "series.tsmf"
+    per_key.write_bytes(W.export(model, layout, data, fit, cfg))
+    with pytest.raises(ValueError, match="one model per series"):
+        Pipeline(Settings(lags=2, hidden=4, warm_start=str(per_key)))
+    with pytest.raises(ValueError, match="warm-start file"):
+        Pipeline(Settings(lags=4, hidden=4, warm_start=str(tmp_path / "missing.tsmf")))
+
+
+# ------------------------------------------------------------------ the commands
+def test_offline_forecast_command_writes_models_plot_and_table(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+    from offline.modelio import load_forecast
+
+    out = tmp_path / "fc"
+    res = CliRunner().invoke(app, ["train", "forecast", str(data_file("ett", "ETTh1.csv")), "--target", "OT",
+                                   "--splits", "600,800,1000", "--lookback", "24", "--kinds", "linear,gru",
+                                   "--epochs", "2", "--max-batches", "3", "--hidden", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "persistence" in res.output and "gru" in res.output and "MAE" in res.output
+    summary = json.loads((out / "ETTh1-h1.json").read_text())
+    assert [r["kind"] for r in summary["results"]] == ["persistence", "linear", "gru"]
+    assert (out / "ETTh1-h1-loss.png").read_bytes()[:4] == b"\x89PNG"
+    loaded = load_forecast(out / "ETTh1-h1-gru.tsmf")
+    assert loaded.kind == "gru" and loaded.lookback == 24 and loaded.manifest["data"]["rows"]["test"] == [800, 1000]
+    bad = CliRunner().invoke(app, ["train", "forecast", str(data_file("ett", "ETTh1.csv")), "--target", "nope"])
+    assert bad.exit_code == 2 and "not in the data" in bad.output
+
+
+def test_offline_warm_start_command_and_the_daemon_refusing_its_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+    from streamer.cli import app as streamer_app
+
+    f = tmp_path / "w.tsmf"
+    res = CliRunner().invoke(app, ["train", "warm-start", str(data_file("ett", "ETTh1.csv")), "--series", "OT,HUFL",
+                                   "--train-rows", "300", "--val-rows", "400", "--lags", "4", "--hidden", "4",
+                                   "--layout", "ticks", "--epochs", "2", "--out", str(f)])
+    assert res.exit_code == 0, res.output
+    ws = warmstart.load(f)
+    assert ws.keys is None and ws.layout == {"kind": "ticks", "lags": 4, "features": []}
+    assert f.with_suffix(".png").exists()
+    refused = CliRunner().invoke(streamer_app, ["run", "--warm-start", str(f), "--bootstrap-servers", "127.0.0.1:1"],
+                                 env={"STREAMER_HIDDEN": "8", "STREAMER_LAGS": "4"})
+    flat = re.sub(r"[\s│╭╮╰╯─]+", " ", refused.output)  # the message as one line, out of rich's box
+    assert refused.exit_code == 2 and "does not fit" in flat and "this run builds lstm(m=8" in flat, flat
