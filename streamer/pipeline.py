@@ -23,7 +23,7 @@ import tempfile
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
 from models.checkpoint import frame, unframe
 from models.learners import make_learner
+from models.seqae import window_scores
 from streamer.config import Settings
 from streamer.schema import Tick, TickError, decode_tick, encode_dead_letter, encode_prediction
 
@@ -103,6 +104,7 @@ class KeyState:
     partition: int = -1  # input partition the key's ticks arrive on
     applied: int = 0  # next input offset not yet applied to this key's state
     dirty: bool = False  # changed since its last checkpoint
+    recent: list[float] | None = None  # the anomaly model's window of values (refills after a restore)
 
 
 def persistence_forecast(value: float, previous: float, z: float = 1.645) -> tuple[float, float, float]:
@@ -113,6 +115,8 @@ def persistence_forecast(value: float, previous: float, z: float = 1.645) -> tup
     half = z * abs(change) if math.isfinite(change) else top
     return value, max(value - half, -top), min(value + half, top)
 
+
+TEXT_FEATURE, TEXT_PRIOR = "text_p", 0.5
 
 STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
 STATE_VERSION = 1
@@ -159,6 +163,78 @@ class Pipeline:
         self._learner_options = settings.learner_config()
         self.warm = self._load_warm_start(settings)
         self.warm_banks = 0  # banks whose keys start from the warm start
+        self.text_scorer = self._load_text_model(settings)
+        self.anomaly = self._load_anomaly_model(settings)  # (model, lookback, threshold) or None
+
+    @staticmethod
+    def _load_anomaly_model(s: Settings) -> tuple[Any, int, float] | None:
+        if not s.anomaly_model:
+            return None
+        from models.seqae import autoencoder_from_bytes
+
+        source = f"STREAMER_ANOMALY_MODEL {s.anomaly_model}"
+        try:
+            blob = open(s.anomaly_model, "rb").read()
+        except OSError as exc:
+            raise ValueError(f"{source}: {exc.strerror}") from None
+        model, manifest = autoencoder_from_bytes(blob, source)
+        if len(manifest.get("columns", [])) != 1:
+            raise ValueError(f"{source} reads windows of {len(manifest.get('columns', []))} columns; the daemon "
+                             "scores each key's own series: train it on one column (offline train autoencoder "
+                             "--columns COL)")
+        threshold = float(manifest.get("threshold") or 0.0)
+        if not threshold > 0:
+            raise ValueError(f"{source} has no threshold (the 99th percentile of normal windows' scores)")
+        return model, int(manifest["window"]["lookback"]), threshold
+
+    def _anomalies(self, bank: ModelBank, names: list[str], values: list[float]) -> list[float | None]:
+        """Score / threshold of each key's latest window (None until it has `lookback` values). The
+        window is put in units of the key's running standard deviation; the model removes its level."""
+        assert self.anomaly is not None
+        model, lookback, threshold = self.anomaly
+        full = []
+        for i, (name, v) in enumerate(zip(names, values, strict=True)):
+            ks = self.keys[name]
+            ks.recent = ([*(ks.recent or []), v])[-lookback:]
+            if len(ks.recent) == lookback:
+                full.append(i)
+        out: list[float | None] = [None] * len(names)
+        if full:
+            sd = bank.state["n.d_sd"][bank.rows([names[i] for i in full])].to(torch.float32)  # [n]
+            w = torch.tensor([self.keys[names[i]].recent for i in full], dtype=torch.float32)  # [n, L]
+            scores = window_scores(model, (w / sd.unsqueeze(1)).unsqueeze(2))  # [n]
+            for i, sc in zip(full, (scores / threshold).tolist(), strict=True):
+                out[i] = sc if math.isfinite(sc) else None
+        return out
+
+    @staticmethod
+    def _load_text_model(s: Settings) -> Any:
+        if not s.text_model:
+            return None
+        from models.textmodels import TextScorer
+
+        try:
+            blob = open(s.text_model, "rb").read()
+        except OSError as exc:
+            raise ValueError(f"STREAMER_TEXT_MODEL {s.text_model}: {exc.strerror}") from None
+        return TextScorer(blob, f"STREAMER_TEXT_MODEL {s.text_model}")
+
+    def _with_text_feature(self, ticks: list[tuple[RecordLike, Tick]]) -> list[tuple[RecordLike, Tick]]:
+        """Every tick gains the feature text_p: the text model's probability for its text, 0.5 (no
+        evidence either way) without one, so a key's feature set does not flip with its texts."""
+        has = [i for i, (_, t) in enumerate(ticks) if t.text]
+        p = [TEXT_PRIOR] * len(ticks)
+        if has:
+            scored = self.text_scorer([ticks[i][1].text for i in has])
+            for i, v in zip(has, scored, strict=True):
+                p[i] = float(v)
+        out = []
+        for (r, t), v in zip(ticks, p, strict=True):
+            feats = dict(t.features)
+            feats[TEXT_FEATURE] = v  # the derived feature takes the name over from a tick's own
+            names = tuple(sorted(feats))
+            out.append((r, Tick(t.key, t.ts, t.value, names, tuple(feats[n] for n in names), t.text)))
+        return out
 
     @staticmethod
     def _load_warm_start(s: Settings) -> warmstart.WarmStart | None:
@@ -207,6 +283,8 @@ class Pipeline:
                 self._dead(out, r, exc.reason, exc.detail)
                 continue
             ticks.append((r, tick))
+        if self.text_scorer is not None and ticks:
+            ticks = self._with_text_feature(ticks)
         waves: list[list[tuple[RecordLike, Tick]]] = []
         count: dict[str, int] = {}
         for r, tick in ticks:
@@ -281,6 +359,8 @@ class Pipeline:
                 v = tick.value
                 mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(v, v - abs(v) if v else 1.0)
                 models[i] = "persistence"
+        anomalies = (self._anomalies(bank, names, [t.value for _, t in items]) if self.anomaly is not None
+                     else [None] * len(items))
         for i, (_, tick) in enumerate(items):
             ks = self.keys[tick.key]
             prev_error = None
@@ -293,7 +373,7 @@ class Pipeline:
             ks.last_mean, ks.last_lower, ks.last_upper = mean_l[i], lo_l[i], hi_l[i]
             ks.last_seen = self.batches
             value = encode_prediction(tick.key, tick.ts, ks.seq, mean_l[i], lo_l[i], hi_l[i], models[i],
-                                      prev_error, self.version)
+                                      prev_error, self.version, anomalies[i])
             out.predictions.append(Outgoing(tick.key.encode(), value))
 
     # ------------------------------------------------------------ eviction

@@ -321,3 +321,184 @@ def test_offline_warm_start_command_and_the_daemon_refusing_its_file(tmp_path):
                                  env={"STREAMER_HIDDEN": "8", "STREAMER_LAGS": "4"})
     flat = re.sub(r"[\s│╭╮╰╯─]+", " ", refused.output)  # the message as one line, out of rich's box
     assert refused.exit_code == 2 and "does not fit" in flat and "this run builds lstm(m=8" in flat, flat
+
+
+# ------------------------------------------------------------------ autoencoders
+def test_roc_auc_is_the_mann_whitney_statistic():
+    from offline.autoencoder import roc_auc
+
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=300), rng.random(300) < 0.3
+    pairs = np.mean([(a > b) + 0.5 * (a == b) for a in s[y] for b in s[~y]])
+    assert roc_auc(s, y) == pytest.approx(pairs)
+    assert roc_auc(np.array([1.0, 1.0, 0.0]), np.array([True, False, False])) == pytest.approx(0.75)  # a tie: half
+    with pytest.raises(ValueError):
+        roc_auc(s, np.zeros(300, dtype=bool))
+
+
+def test_injected_faults_are_where_the_mask_says(small):
+    from offline.autoencoder import inject_faults
+
+    z = small.z
+    out, mask, faults = inject_faults(z, 800, 1000, every=50, seed=3)
+    assert [f[0] for f in faults] == ["spike", "level_shift", "frozen", "spike"]
+    assert np.array_equal(out[~mask], z[~mask])  # nothing else touched
+    kind, a, b = faults[2]
+    assert np.all(out[a:b] == z[a - 1]) and mask[a:b].all() and b - a == 24
+    kind, a, b = faults[1]
+    assert np.allclose(out[a:b], z[a:b] + 3.0)
+
+
+def test_autoencoders_learn_score_faults_and_round_trip(small):
+    from models.seqae import autoencoder_from_bytes
+    from offline import autoencoder as A
+    from offline.modelio import autoencoder_bytes
+
+    train, val = small.windows("train", 24), small.windows("val", 24)
+    for denoising in (False, True):
+        cfg = A.AEConfig(hidden=16, code=4, epochs=25, lr=1e-2, patience=25, batch=32, denoising=denoising)
+        model = A.SeqAutoencoder(len(small.columns), cfg.hidden, cfg.code)
+        before = float(A.step_errors(model, train).mean())
+        fit = A.fit(model, train, val, cfg, "ae")
+        after = float(A.step_errors(model, train).mean())
+        assert after < 0.7 * before, (denoising, before, after)
+        det = A.detection(model, small.z, 600, 1000, 24)
+        assert det["auc_spike"] > 0.8 and det["auc_level_shift"] > 0.8  # a few steps already see the big faults
+        loaded, manifest = autoencoder_from_bytes(autoencoder_bytes(model, small, 24, cfg, fit, det))
+        test = small.windows("test", 24)
+        assert torch.equal(A.anomaly_scores(model, test), A.anomaly_scores(loaded, test))
+        assert torch.equal(A.codes(model, test), A.codes(loaded, test)) and A.codes(model, test).shape[1] == 4
+        assert manifest["model"] == ("seq_denoising" if denoising else "seq")
+    with pytest.raises(ValueError, match="not an autoencoder"):
+        autoencoder_from_bytes(forecast_bytes("linear", F.build("linear", 24, 7, F.TrainConfig()), small, 24, 1, 1,
+                                              F.TrainConfig(), F.FitResult("linear")))
+
+
+def test_image_autoencoders_on_fashion_mnist(tmp_path):
+    """A few hundred steps: both image autoencoders learn, the denoising one cleans noisy images,
+    the command writes the PNG grid and the files round-trip (the data: Debian dataset-fashion-mnist)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from offline import autoencoder as A
+    from offline.cli import app
+    from offline.modelio import image_autoencoder_from_bytes
+
+    res = CliRunner().invoke(app, ["train", "image-autoencoder", "--train-images", "6000", "--epochs", "4",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = {r["model"]: r for r in json.loads((tmp_path / "fashion-mnist.json").read_text())["rows"]}
+    test = A.load_idx_images(part="test")
+    baseline = float(((test - test.mean(dim=0)) ** 2).mean())  # predicting the mean image
+    assert rows["dense"]["test_mse"] < 0.6 * baseline and rows["conv_denoising"]["test_mse"] < 0.6 * baseline
+    assert rows["conv_denoising"]["denoising_gain"] > 2.0  # reconstructed from noisy is far closer to clean
+    assert (tmp_path / "fashion-mnist-conv_denoising.png").read_bytes()[:4] == b"\x89PNG"
+    model, manifest = image_autoencoder_from_bytes((tmp_path / "fashion-mnist-dense.tsmf").read_bytes())
+    assert manifest["scores"]["test_mse"] == rows["dense"]["test_mse"]
+    with torch.no_grad():
+        assert float(((model(test[:1000]) - test[:1000]) ** 2).mean()) < 0.6 * baseline
+    assert next(m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 10)  # 10-unit code
+
+
+# ------------------------------------------------------------------ text
+def test_text_models_learn_and_their_files_score_like_the_trained_models():
+    from offline import text as T
+
+    corpus = T.rotten_tomatoes()
+    assert len(corpus) > 12_000 and set(corpus["label"]) == {0, 1}
+    corpus = corpus.sample(n=3000, random_state=0).reset_index(drop=True)
+    texts, y = corpus["text"].tolist(), corpus["label"].to_numpy()
+    split = T.TextSplits.stratified(y, 0)
+    assert not set(split.train) & set(split.test) and len(split.test) == pytest.approx(300, abs=2)
+    cfg = T.TextConfig(epochs=3)
+
+    vec, lr, fit = T.fit_tfidf(texts, y, split, cfg)
+    assert fit.test_accuracy > 0.6  # 2,400 snippets already carry the sentiment words
+    scorer = T.TextScorer(T.tfidf_bytes(vec, lr, cfg, fit, "test"))
+    held = [texts[i] for i in split.test]
+    want = lr.predict_proba(vec.transform(np.asarray(held, dtype=object)))[:, 1]
+    assert np.allclose(scorer(held), want, atol=1e-9)  # no sklearn on load, same probabilities
+    assert scorer(["a dull, lifeless mess"])[0] < 0.5 < scorer(["a moving, funny and wonderful film"])[0]
+
+    vocab = T.Vocab.build([texts[i] for i in split.train], cfg)
+    for kind in ("embed_lstm", "embed_conv"):
+        model, fit = T.fit_network(kind, vocab, texts, y, split, cfg)
+        assert fit.train_loss[-1] < fit.train_loss[0], (kind, fit.train_loss)
+        scorer = T.TextScorer(T.network_bytes(kind, model, vocab, cfg, fit, "test"))
+        assert np.allclose(scorer(held), T.probabilities(model, vocab.encode(held, cfg.max_len)).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="not a text model"):
+        T.TextScorer(warmstart.to_bytes(NetSpec(n_in=3, hidden=2), torch.zeros(NetSpec(n_in=3, hidden=2).n_theta),
+                                        {"kind": "ticks"}))
+
+
+def test_the_daemon_adds_the_text_feature(tmp_path):
+    import orjson
+
+    from offline import text as T
+    from streamer.config import Settings
+    from streamer.pipeline import Pipeline, Record
+
+    corpus = T.rotten_tomatoes().sample(n=3000, random_state=1).reset_index(drop=True)
+    texts, y = corpus["text"].tolist(), corpus["label"].to_numpy()
+    split = T.TextSplits.stratified(y, 0)
+    vec, lr, fit = T.fit_tfidf(texts, y, split, T.TextConfig())
+    f = tmp_path / "text.tsmf"
+    f.write_bytes(T.tfidf_bytes(vec, lr, T.TextConfig(), fit, "test"))
+    scorer = T.TextScorer(f.read_bytes())
+    p = Pipeline(Settings(lags=2, hidden=4, text_model=str(f)))
+    good, bad = "a moving, funny and wonderful film", "a dull, lifeless mess"
+    recs = [Record("ticks", 0, i, None, orjson.dumps({"key": "px", "ts": i, "value": 100.0 + i, **extra}))
+            for i, extra in enumerate([{"text": good}, {}, {"text": bad, "features": {"vol": 3.0}}])]
+    res = p.process(recs[:2])
+    assert len(res.predictions) == 2 and not res.dead
+    ks = p.keys["px"]
+    assert ks.signature == ("text_p",)  # with and without text: one feature set
+    assert ks.pending[-1] == pytest.approx(0.5)  # no text: no evidence either way
+    res = p.process(recs[2:])  # a new feature set for this key is refused as before, with its reason
+    assert [d.reason for d in res.dead] == ["feature_set_changed"]
+    res = p.process([Record("ticks", 0, 9, None, orjson.dumps({"key": "news", "ts": 0, "value": 1.0, "text": bad}))])
+    assert p.keys["news"].pending[-1] == pytest.approx(scorer([bad])[0]) and scorer([bad])[0] < 0.5
+    other = tmp_path / "warm.tsmf"
+    spec = NetSpec(n_in=3, hidden=2)
+    other.write_bytes(warmstart.to_bytes(spec, torch.zeros(spec.n_theta), {"kind": "ticks"}))
+    with pytest.raises(ValueError, match="not a text model"):
+        Pipeline(Settings(text_model=str(other)))
+    with pytest.raises(ValueError, match="STREAMER_TEXT_MODEL"):
+        Pipeline(Settings(text_model=str(tmp_path / "missing.tsmf")))
+
+
+def test_the_daemon_publishes_an_anomaly_score(ett, tmp_path):
+    import orjson
+
+    from offline import autoencoder as A
+    from offline.modelio import autoencoder_bytes
+    from streamer.config import Settings
+    from streamer.pipeline import Pipeline, Record
+
+    one = SeriesData.from_frame(ett, ["OT"], "OT", Splits.rows(600, 800, 1000), source="ETTh1.csv")
+    cfg = A.AEConfig(hidden=16, code=4, epochs=10, lr=1e-2, batch=32)
+    model = A.SeqAutoencoder(1, cfg.hidden, cfg.code)
+    fit = A.fit(model, one.windows("train", 24), one.windows("val", 24), cfg, "ae")
+    threshold = float(torch.quantile(A.anomaly_scores(model, one.windows("val", 24)), 0.99))
+    f = tmp_path / "ae.tsmf"
+    f.write_bytes(autoencoder_bytes(model, one, 24, cfg, fit, None, threshold))
+    p = Pipeline(Settings(lags=2, hidden=4, anomaly_model=str(f)))
+    values = ett["OT"].to_numpy(np.float64)[1000:1200].copy()
+    values[150] += 15.0  # a spike of many degrees
+    scores = []
+    for t, v in enumerate(values):
+        res = p.process([Record("ticks", 0, t, None, orjson.dumps({"key": "ot", "ts": t, "value": float(v)}))])
+        scores.append(orjson.loads(res.predictions[0].value).get("anomaly"))
+    assert all(s is None for s in scores[:23]) and all(isinstance(s, float) for s in scores[23:])
+    normal = [s for t, s in enumerate(scores[23:], start=23) if not 150 <= t < 174]
+    assert scores[150] > 3 * max(normal[:100]), (scores[150], max(normal[:100]))
+    worst = max(range(23, len(scores)), key=lambda t: scores[t])
+    assert 150 <= worst < 174  # the most anomalous windows are those holding the spike
+
+    seven = tmp_path / "seven.tsmf"
+    data7 = SeriesData.from_frame(ett, COLS, "OT", Splits.rows(600, 800, 1000))
+    seven.write_bytes(autoencoder_bytes(A.SeqAutoencoder(7, 8, 2), data7, 24, A.AEConfig(hidden=8, code=2), fit,
+                                        None, 1.0))
+    with pytest.raises(ValueError, match="one column"):
+        Pipeline(Settings(anomaly_model=str(seven)))
