@@ -8,6 +8,6 @@ DATA=${DATA:-../shared/data}
 OUT=benchmarks/out
 mkdir -p $OUT
 offline train autoencoder $DATA/ett/ETTh1.csv --columns HUFL,HULL,MUFL,MULL,LUFL,LULL,OT \
-  --splits 8640,11520,14400 --lookback 48 --epochs 15 --out $OUT/ae
+  --splits 8640,11520,14400 --lookback 48 --epochs 15 --seeds 5 --out $OUT/ae
 offline train image-autoencoder --epochs 10 --out $OUT/images
 offline train text --epochs 8 --out $OUT/text

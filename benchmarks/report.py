@@ -97,14 +97,18 @@ def offline_figures() -> dict:
     out["warm_head"] = "met" if ok_head else "**not met**"
     out["warm_all"] = "met" if ok_all else "**not met**"
     ae = load("anomaly")
+    def pm(r: dict, k: str) -> str:
+        return f"{r[k]:.3f} ± {r[k + '_sd']:.3f}"
+
     out["ae_table"] = "\n".join(
-        ["| model | validation MSE | ROC AUC, all faults | spikes | level shifts | frozen stretches | windows |",
+        ["| model | validation MSE | ROC AUC, all faults | lowest seed | spikes | level shifts | frozen stretches |",
          "|---|---|---|---|---|---|---|"]
-        + [f"| {r['model']} | {r['val_mse']:.4f} | {r['auc']:.3f} | {r['auc_spike']:.3f} | {r['auc_level_shift']:.3f} "
-           f"| {r['auc_frozen']:.3f} | {r['windows']:,} ({r['positive']:,} with a fault) |" for r in ae["rows"]])
-    best_auc = max(r["auc"] for r in ae["rows"])
-    out["ae_best"] = best_auc
-    out["ae_met"] = "met" if best_auc >= 0.9 else "**not met**"
+        + [f"| {r['model']} | {r['val_mse']:.4f} | {pm(r, 'auc')} | {min(x['auc'] for x in r['runs']):.3f} "
+           f"| {pm(r, 'auc_spike')} | {pm(r, 'auc_level_shift')} | {pm(r, 'auc_frozen')} |" for r in ae["rows"]])
+    best = max(ae["rows"], key=lambda r: r["auc"])
+    out["ae_best"], out["ae_best_name"], out["ae_seeds"] = best["auc"], best["model"], best["seeds"]
+    out["ae_windows"], out["ae_positive"] = best["windows"], best["positive"]
+    out["ae_met"] = "met on average" if best["auc"] >= 0.9 else "**not met**"
     im = load("fashion-mnist")
     out["img_table"] = "\n".join(
         ["| model | reconstruction MSE (clean in) | noisy vs clean MSE | reconstructed-from-noisy vs clean MSE | "
@@ -515,14 +519,19 @@ around its own mean (shape, not level). In the test months one fault is planted 
 96-row block, in turn: a spike (one value, ±6 sd), a level shift (+3 sd on all columns for 12
 rows), a frozen stretch (every column held for 24 rows). A window's score is its worst step's
 reconstruction error; windows that hold a whole fault are positive, windows with no faulty row
-negative, windows that cut a fault are left out.
+negative, windows that cut a fault are left out (about {of[ae_windows]:,} windows, {of[ae_positive]:,}
+with a fault). The denoising variant is trained on windows with salt-and-pepper spikes (2%,
+±4 sd), Gaussian noise (sd 0.1) and one 12-step stretch blanked to the window's mean (a masked
+autoencoder's corruption: it has to rebuild a stretch from its context). {of[ae_seeds]} seeds; a seed
+sets the initial weights, the batches and where the faults are planted.
 
 {of[ae_table]}
 
-ROC AUC >= 0.9: {of[ae_met]} (best {of[ae_best]:.3f}). Spikes and level shifts are found
-almost perfectly; frozen stretches are not: a flat stretch is as easy to rebuild as the windows
-around it, so its reconstruction error is not larger. Detecting them needs a score that also
-flags windows rebuilt too well (or a dedicated flat-line rule); left for later.
+ROC AUC >= 0.9: {of[ae_met]} ({of[ae_best_name]}, {of[ae_best]:.3f}); single seeds range as the
+"lowest seed" column shows. Spikes and level shifts are found perfectly. Frozen stretches are the
+weak part (AUC about 0.65): a flat stretch is nearly as easy to rebuild as the windows around it,
+so its reconstruction error is only sometimes larger. A dedicated flat-line rule, or a score that
+also flags windows rebuilt too well, would be the next step.
 
 ### Fashion-MNIST autoencoders
 

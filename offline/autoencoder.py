@@ -3,9 +3,10 @@
     SeqAutoencoder   LSTM encoder reads a window [L, C]; its last state, through a linear layer,
                      is the code [k]; an LSTM decoder fed the code at every step rebuilds the
                      window (the classic sequence-to-sequence autoencoder of Srivastava et al.)
-    denoising        the same model trained on corrupted windows (salt-and-pepper spikes and
-                     Gaussian noise) to rebuild the clean ones: it learns what a normal window
-                     looks like rather than to copy its input, so faults stand out more
+    denoising        the same model trained on corrupted windows (salt-and-pepper spikes, Gaussian
+                     noise, and one stretch blanked to the window's mean, as a masked autoencoder)
+                     to rebuild the clean ones: it learns what a normal window looks like rather
+                     than to copy its input, so faults stand out more
     DenseImageAE     784 -> 128 -> 10-unit code -> 128 -> 784, sigmoid output (Fashion-MNIST)
     ConvDenoisingAE  two stride-2 convolutions down, two transposed up, trained on noisy images
 
@@ -45,6 +46,7 @@ class AEConfig:
     spike_rate: float = 0.02  # salt and pepper: share of values replaced by +-spike_size
     spike_size: float = 4.0  # in train standard deviations
     noise_sd: float = 0.1  # Gaussian noise on every value
+    blank: int = 12  # denoising windows: one stretch this long replaced by the window's mean (0: none)
     images: bool = False  # values in [0, 1]: salt and pepper sets pixels to 0 or 1, noise is clipped
     seed: int = 0
 
@@ -78,7 +80,17 @@ def corrupt(x: torch.Tensor, cfg: AEConfig, g: torch.Generator) -> torch.Tensor:
     salt = torch.rand(x.shape, generator=g) < 0.5
     if cfg.images:
         return torch.where(hit, salt.to(x.dtype), noisy.clamp(0.0, 1.0))
-    return torch.where(hit, x + torch.where(salt, 1.0, -1.0) * cfg.spike_size, noisy)
+    out = torch.where(hit, x + torch.where(salt, 1.0, -1.0) * cfg.spike_size, noisy)
+    if cfg.blank > 0 and x.dim() == 3 and x.shape[1] > cfg.blank:
+        # a masked autoencoder's lesson: rebuild a stretch from its context, not copy it
+        B, L, _ = x.shape
+        start = torch.randint(0, L - cfg.blank + 1, (B, 1), generator=g)  # [B, 1]
+        steps = torch.arange(L).unsqueeze(0)  # [1, L]
+        gap = ((steps >= start) & (steps < start + cfg.blank)).unsqueeze(2)  # [B, L, 1]
+        rest = (~gap).to(x.dtype)
+        level = (x * rest).sum(1, keepdim=True) / rest.sum(1, keepdim=True)  # [B, 1, C]
+        out = torch.where(gap, level, out)
+    return out
 
 
 class _Inputs(Dataset):

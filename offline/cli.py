@@ -162,11 +162,13 @@ def autoencoder_cmd(
     epochs: Annotated[int, typer.Option()] = 15,
     lr: Annotated[float, typer.Option()] = 5e-3,
     max_batches: Annotated[int | None, typer.Option(help="cap batches per epoch (quick runs)")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="first seed")] = 0,
+    seeds: Annotated[int, typer.Option(help="runs per model (seeds SEED..), figures are means")] = 1,
     out: Annotated[Path, typer.Option(help="folder for the model files, loss PNG and JSON")] = Path("runs/ae"),
 ) -> None:
     """LSTM sequence autoencoder and its denoising variant; anomaly ROC AUC on faults planted in the test rows.
     Trained on one column, a file is what STREAMER_ANOMALY_MODEL takes."""
+    import numpy as np
     import torch
 
     from offline import autoencoder as A
@@ -184,28 +186,41 @@ def autoencoder_cmd(
     out.mkdir(parents=True, exist_ok=True)
     lo, hi = data.splits.bounds("test")
     rows, curves = [], {}
+    keys = ("auc", "auc_spike", "auc_level_shift", "auc_frozen")
     with _progress() as bar:
         task = bar.add_task("", total=None)
         for denoising in (False, True):
             name = "denoising" if denoising else "plain"
-            cfg = A.AEConfig(hidden=hidden, code=code, epochs=epochs, lr=lr, max_batches=max_batches,
-                             denoising=denoising, seed=seed)
-            model = A.SeqAutoencoder(len(data.columns), hidden, code)
-            bar.update(task, description=f"autoencoder {name}", completed=0, total=None)
-            fit = A.fit(model, train, val, cfg, name, progress=lambda i, n: bar.update(task, completed=i, total=n))
-            det = A.detection(model, data.z, lo, hi, lookback, seed)
-            threshold = float(torch.quantile(A.anomaly_scores(model, val), 0.99))
-            (out / f"{Path(file).stem}-ae-{name}.tsmf").write_bytes(
-                autoencoder_bytes(model, data, lookback, cfg, fit, det, threshold))
-            curves[name] = (fit.train_loss, fit.val_loss)
-            rows.append({"model": name, "val_mse": min(fit.val_loss), "epochs": len(fit.val_loss),
-                         "seconds": fit.seconds, **det})
-    table = Table(title=f"anomaly detection, faults planted in the test rows of {Path(file).stem}")
+            runs = []
+            for s in range(seed, seed + seeds):  # training and the planted faults both follow the seed
+                cfg = A.AEConfig(hidden=hidden, code=code, epochs=epochs, lr=lr, max_batches=max_batches,
+                                 denoising=denoising, seed=s)
+                torch.manual_seed(s)  # the same initial weights on every run
+                model = A.SeqAutoencoder(len(data.columns), hidden, code)
+                bar.update(task, description=f"autoencoder {name} seed {s}", completed=0, total=None)
+                fit = A.fit(model, train, val, cfg, name,
+                            progress=lambda i, n: bar.update(task, completed=i, total=n))
+                det = A.detection(model, data.z, lo, hi, lookback, s)
+                runs.append({"seed": s, "val_mse": min(fit.val_loss), "epochs": len(fit.val_loss),
+                             "seconds": fit.seconds, **det})
+                if s == seed:  # the first seed's model is the one exported
+                    threshold = float(torch.quantile(A.anomaly_scores(model, val), 0.99))
+                    (out / f"{Path(file).stem}-ae-{name}.tsmf").write_bytes(
+                        autoencoder_bytes(model, data, lookback, cfg, fit, det, threshold))
+                    curves[name] = (fit.train_loss, fit.val_loss)
+            row = {"model": name, "seeds": seeds, "runs": runs, "windows": runs[0]["windows"],
+                   "positive": runs[0]["positive"], "val_mse": float(np.mean([r["val_mse"] for r in runs]))}
+            for k in keys:
+                row[k] = float(np.mean([r[k] for r in runs]))
+                row[k + "_sd"] = float(np.std([r[k] for r in runs]))
+            rows.append(row)
+    table = Table(title=f"anomaly detection, faults planted in the test rows of {Path(file).stem} "
+                        f"(mean ± sd over {seeds} seed(s))")
     for col in ("model", "val MSE", "ROC AUC", "spike", "level shift", "frozen", "windows"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
-        table.add_row(r["model"], f"{r['val_mse']:.4f}", f"{r['auc']:.3f}", f"{r['auc_spike']:.3f}",
-                      f"{r['auc_level_shift']:.3f}", f"{r['auc_frozen']:.3f}", f"{r['windows']:,}")
+        table.add_row(r["model"], f"{r['val_mse']:.4f}", *(f"{r[k]:.3f} ± {r[k + '_sd']:.3f}" for k in keys),
+                      f"{r['windows']:,}")
     console.print(table)
     plot_losses(curves, out / f"{Path(file).stem}-ae-loss.png", f"sequence autoencoders, {Path(file).stem}")
     (out / f"{Path(file).stem}-ae.json").write_text(json.dumps(
@@ -236,6 +251,7 @@ def image_autoencoder_cmd(
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the same initial weights on every run
     order = torch.randperm(len(train_all), generator=g)
     n_val = min(5_000, len(train_all) // 6)
     val, train = train_all[order[:n_val]], train_all[order[n_val : n_val + train_images]]
