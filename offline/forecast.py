@@ -1,7 +1,8 @@
 """Forecasting baselines trained in batch on history, each scored against persistence.
 
     persistence   the next value equals the last one (the common-sense baseline; not trained)
-    linear        one linear map of the flattened window
+    linear        one linear map of the flattened window, fitted in closed form (ridge least
+                  squares over every train window): the exact optimum, no epochs to tune
     dense         flattened window -> ReLU layer -> value
     gru           torch GRU over the window, read-out of its last output
     lstm          the LSTM of `models.cells` (the daemon's parameterisation) with variational
@@ -222,6 +223,30 @@ def evaluate(model: nn.Module | None, data: Windows) -> tuple[float, float]:
     return float((e**2).mean()), float(e.abs().mean())
 
 
+def _fit_linear(model: nn.Module, train: Windows, val: Windows, cfg: TrainConfig, res: FitResult, t0: float,
+                ridge: float = 1e-3) -> FitResult:
+    """Ridge least squares of the target (or, residual, its change from the last value) on the
+    flattened window: w = (X^T X + ridge N I)^-1 X^T y, intercept unpenalised."""
+    inner = model.inner if isinstance(model, Residual) else model
+    x = torch.stack([train[i][0] for i in range(len(train))]).flatten(1).double()  # [N, L*C]
+    y = train.targets().double()  # [N]
+    if isinstance(model, Residual):
+        y = y - train.last_values().double()
+    X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # [N, L*C + 1]
+    pen = ridge * len(X) * torch.eye(X.shape[1], dtype=X.dtype)
+    pen[-1, -1] = 0.0
+    w = torch.linalg.solve(X.T @ X + pen, X.T @ y)  # [L*C + 1]
+    out = inner.out
+    assert isinstance(out, nn.Linear)
+    with torch.no_grad():
+        out.weight.copy_(w[:-1].view(1, -1))
+        out.bias.copy_(w[-1:])
+    res.train_loss = [evaluate(model, train)[0]]
+    res.val_loss = [evaluate(model, val)[0]]
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
 def fit(kind: str, model: nn.Module | None, train: Windows, val: Windows, cfg: TrainConfig,
         progress: Callable[[str, int, int], None] | None = None) -> FitResult:
     """Train with Adam and early stopping on validation MSE; the best epoch's weights are restored."""
@@ -232,6 +257,8 @@ def fit(kind: str, model: nn.Module | None, train: Windows, val: Windows, cfg: T
         res.seconds = time.perf_counter() - t0
         return res
     res.parameters = sum(p.numel() for p in model.parameters())
+    if kind == "linear":
+        return _fit_linear(model, train, val, cfg, res, t0)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     best, best_state, waited = math.inf, None, 0
     n_batches = len(_batches(train, cfg, True))
