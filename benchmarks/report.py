@@ -467,7 +467,9 @@ itself, so SASL_SSL with SCRAM-SHA-256/512 and PLAIN is a unit test of the clien
 Scores are on the scale normalised with the train rows' mean and standard deviation (the ETT
 literature's). The learned forecasting models predict the change from the window's last target
 value (`--residual`, the default), so persistence is where they start; early stopping on the
-validation rows keeps the best epoch. Loss curves: `benchmarks/plots/forecast-*-loss.png`.
+validation rows keeps the best epoch. Loss curves: `benchmarks/plots/forecast-*-loss.png`. The
+linear rows of all four tables were re-measured with the same commands and `--kinds linear` after
+the linear baseline became closed-form (no other row depends on it).
 
 ### Forecasting, ETTh1 OT, horizon 1 (univariate, 96-hour window every 2nd hour; 12/4/4 months)
 
@@ -491,9 +493,7 @@ setting.
 ### Forecasting, a packaged multi-series set: vic_elec (tsdata), Demand from Demand, Temperature, Holiday
 
 Half-hourly electricity demand of Victoria; one year to train, a quarter each to validate and
-test; horizon 24 is twelve hours ahead. Batches per epoch capped at 100. The linear rows were
-re-measured with the same command and `--kinds linear` after the linear baseline became
-closed-form (the other rows do not depend on it).
+test; horizon 24 is twelve hours ahead. Batches per epoch capped at 100.
 
 Horizon 1:
 
