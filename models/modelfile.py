@@ -11,6 +11,7 @@ writes these files; the daemon and `streamer bench` read warm starts from them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,14 @@ from models.checkpoint import frame, unframe
 MAGIC = b"TSMF"
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
+
+
+def read(path: str | Path, source: str) -> bytes:
+    """A model file's bytes, or ValueError that names `source` and why (missing, unreadable)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{source}: {exc.strerror}") from None
 
 
 def encode(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
@@ -41,6 +50,8 @@ def encode(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
 
 def decode(blob: bytes, what: str = "model file") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """bytes -> (manifest, tensors), or ValueError saying what is wrong."""
+    if blob[:4] != MAGIC:
+        raise ValueError(f"{what} is not a model file (bad magic): write one with `offline train ...`")
     manifest, start = unframe(blob, MAGIC, FORMAT_VERSION, what)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
         raise ValueError(f"{what} manifest has no tensor index")

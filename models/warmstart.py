@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from models.cells import NetSpec
-from models.modelfile import decode, encode
+from models.modelfile import decode, encode, read
 
 KIND = "warm_start"
 
@@ -92,10 +92,7 @@ def from_bytes(blob: bytes, source: str = "warm-start file") -> WarmStart:
     return WarmStart(spec, theta, layout, manifest, keys)
 
 
-def load(path: str | Path) -> WarmStart:
-    p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"warm-start file {p}: {exc.strerror}") from None
-    return from_bytes(blob, f"warm-start file {p}")
+def load(path: str | Path, source: str | None = None) -> WarmStart:
+    """The warm start in a file; `source` names it in errors (default: "warm-start file PATH")."""
+    source = source or f"warm-start file {Path(path)}"
+    return from_bytes(read(path, source), source)

@@ -13,12 +13,11 @@
 Anomaly score of a window: the largest per-step reconstruction error (mean over channels), so
 one spike in 48 steps is not averaged away. `inject_faults` plants the three faults a sensor
 fleet sees (spikes, level shifts, frozen stretches) for the detection benchmark; `roc_auc` is
-the Mann-Whitney statistic, ties counted half.
+scikit-learn's (the Mann-Whitney statistic, ties counted half).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from models.seqae import SeqAutoencoder
+from offline.training import EarlyStopping
 
 __all__ = ["SeqAutoencoder"]  # re-exported: trained here, defined with the numerics
 
@@ -147,7 +147,7 @@ def fit(model: nn.Module, train: Dataset | torch.Tensor, val: Dataset | torch.Te
     loader = DataLoader(tr, batch_size=cfg.batch, shuffle=True, generator=g)  # type: ignore[arg-type]
     n_batches = min(len(loader), cfg.max_batches or len(loader))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    res, best, best_state, waited = AEFit(kind), math.inf, None, 0
+    res, stop = AEFit(kind), EarlyStopping(model, cfg.patience, min_delta=1e-7)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
@@ -169,15 +169,10 @@ def fit(model: nn.Module, train: Dataset | torch.Tensor, val: Dataset | torch.Te
             v = float(np.mean([((model(x) - x) ** 2).mean().item() for x in val_batches]))
         res.train_loss.append(float(np.mean(losses)))
         res.val_loss.append(v)
-        if v < best - 1e-7:
-            best, waited, res.best_epoch = v, 0, epoch
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stop.step(v, epoch):
+            break
+    stop.restore()
+    res.best_epoch = stop.best_epoch
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -256,22 +251,12 @@ def inject_faults(z: np.ndarray, lo: int, hi: int, every: int = 96, seed: int = 
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve: the chance a random positive outscores a random negative."""
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
+    """Area under the ROC curve: the chance a random positive outscores a random negative (ties half)."""
+    from sklearn.metrics import roc_auc_score
+
+    if labels.all() or not labels.any():
         raise ValueError("ROC AUC needs both positive and negative windows")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks over ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float(roc_auc_score(labels, scores))
 
 
 def detection(model: nn.Module, z: np.ndarray, lo: int, hi: int, lookback: int, seed: int = 0) -> dict:

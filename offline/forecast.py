@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from models.cells import NetSpec, cell_step, init_theta, split_state, unpack
 from models.heads import estimate
 from offline.data import Windows
+from offline.training import EarlyStopping
 
 KINDS = ("persistence", "linear", "dense", "gru", "lstm", "stacked", "bidirectional", "conv_gru")
 
@@ -226,16 +227,20 @@ def evaluate(model: nn.Module | None, data: Windows) -> tuple[float, float]:
 def _fit_linear(model: nn.Module, train: Windows, val: Windows, cfg: TrainConfig, res: FitResult, t0: float,
                 ridge: float = 1e-3) -> FitResult:
     """Ridge least squares of the target (or, residual, its change from the last value) on the
-    flattened window: w = (X^T X + ridge N I)^-1 X^T y, intercept unpenalised."""
+    flattened window: w = (X^T X + ridge N I)^-1 X^T y, intercept unpenalised. X^T X and X^T y
+    are summed batch by batch, so the windows are never stacked into one array."""
     inner = model.inner if isinstance(model, Residual) else model
-    x = torch.stack([train[i][0] for i in range(len(train))]).flatten(1).double()  # [N, L*C]
-    y = train.targets().double()  # [N]
-    if isinstance(model, Residual):
-        y = y - train.last_values().double()
-    X = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # [N, L*C + 1]
-    pen = ridge * len(X) * torch.eye(X.shape[1], dtype=X.dtype)
+    k = train.window_length * train.z.shape[1] + 1  # weights and intercept
+    XtX = torch.zeros(k, k, dtype=torch.float64)  # [k, k]
+    Xty = torch.zeros(k, dtype=torch.float64)  # [k]
+    for x, y in DataLoader(train, batch_size=1024):  # x [B, L, C], y [B]
+        X = torch.cat([x.flatten(1).double(), x.new_ones(len(x), 1, dtype=torch.float64)], dim=1)  # [B, k]
+        yb = y.double() - (x[:, -1, model.target].double() if isinstance(model, Residual) else 0.0)  # [B]
+        XtX += X.T @ X
+        Xty += X.T @ yb
+    pen = ridge * len(train) * torch.eye(k, dtype=torch.float64)
     pen[-1, -1] = 0.0
-    w = torch.linalg.solve(X.T @ X + pen, X.T @ y)  # [L*C + 1]
+    w = torch.linalg.solve(XtX + pen, Xty)  # [k]
     out = inner.out
     assert isinstance(out, nn.Linear)
     with torch.no_grad():
@@ -260,7 +265,7 @@ def fit(kind: str, model: nn.Module | None, train: Windows, val: Windows, cfg: T
     if kind == "linear":
         return _fit_linear(model, train, val, cfg, res, t0)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    best, best_state, waited = math.inf, None, 0
+    stop = EarlyStopping(model, cfg.patience)
     n_batches = len(_batches(train, cfg, True))
     if cfg.max_batches is not None:
         n_batches = min(n_batches, cfg.max_batches)
@@ -282,15 +287,10 @@ def fit(kind: str, model: nn.Module | None, train: Windows, val: Windows, cfg: T
         res.train_loss.append(float(np.mean(losses)))
         v = evaluate(model, val)[0 if cfg.loss == "mse" else 1]
         res.val_loss.append(v)
-        if v < best - 1e-6:
-            best, waited, res.best_epoch = v, 0, epoch
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                res.stopped_early = epoch < cfg.epochs - 1
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stop.step(v, epoch):
+            res.stopped_early = epoch < cfg.epochs - 1
+            break
+    stop.restore()
+    res.best_epoch = stop.best_epoch
     res.seconds = time.perf_counter() - t0
     return res

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.modelfile import decode, encode, load_state
+from models.modelfile import decode, encode, load_state, read
 from offline.data import Normaliser, SeriesData
 from offline.forecast import FitResult, TrainConfig, build
 
@@ -83,12 +83,8 @@ def forecast_from_bytes(blob: bytes, source: str = "forecast model file") -> For
 
 
 def load_forecast(path: str | Path) -> ForecastFile:
-    p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"model file {p}: {exc.strerror}") from None
-    return forecast_from_bytes(blob, f"model file {p}")
+    source = f"model file {Path(path)}"
+    return forecast_from_bytes(read(path, source), source)
 
 
 def autoencoder_bytes(model: nn.Module, data: SeriesData, lookback: int, cfg: Any, fit: Any,

@@ -41,6 +41,7 @@ from models.textmodels import (
     probabilities,
     tokens,
 )
+from offline.training import EarlyStopping
 
 __all__ = ["KINDS", "EmbedConv", "EmbedLSTM", "TextConfig", "TextScorer", "Vocab", "build", "probabilities",
            "tokens", "rotten_tomatoes", "TextSplits", "fit_network", "fit_tfidf", "network_bytes", "tfidf_bytes"]
@@ -98,7 +99,7 @@ def fit_network(kind: str, vocab: Vocab, texts: Sequence[str], y: np.ndarray, sp
     res = TextFit(kind, parameters=sum(p.numel() for p in model.parameters()))
     g = torch.Generator().manual_seed(cfg.seed)
     n_batches = math.ceil(len(tr) / cfg.batch)
-    best, best_state, waited = math.inf, None, 0
+    stop = EarlyStopping(model, cfg.patience)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
@@ -118,15 +119,9 @@ def fit_network(kind: str, vocab: Vocab, texts: Sequence[str], y: np.ndarray, sp
         res.train_loss.append(float(np.mean(losses)))
         res.val_loss.append(v)
         res.val_accuracy.append(float(((p > 0.5).float() == target[va]).float().mean()))
-        if v < best - 1e-6:
-            best, waited = v, 0
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if stop.step(v, epoch):
+            break
+    stop.restore()
     res.test_accuracy = float(((probabilities(model, ids[te]) > 0.5).float() == target[te]).float().mean())
     res.seconds = time.perf_counter() - t0
     return model, res

@@ -28,6 +28,7 @@ from models.cells import NetSpec
 from models.normalize import NormConfig, norm_apply, norm_init, norm_update
 from offline.data import SeriesData
 from offline.forecast import CellRegressor, FitResult
+from offline.training import EarlyStopping
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def train(data: SeriesData, cfg: WarmConfig, progress: Callable[[int, int], None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     res = FitResult("warm_start", parameters=spec.n_theta)
-    best, best_theta, waited = math.inf, model.theta.detach().clone(), 0
+    stop = EarlyStopping(model, cfg.patience)
     n_batches = math.ceil(len(xt) / cfg.batch)
     t0 = time.perf_counter()
 
@@ -145,15 +146,11 @@ def train(data: SeriesData, cfg: WarmConfig, progress: Callable[[int, int], None
             v = float(loss_of(xv, dv, kv))
         res.train_loss.append(float(np.mean(losses)))
         res.val_loss.append(v)
-        if v < best - 1e-6:
-            best, best_theta, waited, res.best_epoch = v, model.theta.detach().clone(), 0, epoch
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                res.stopped_early = epoch < cfg.epochs - 1
-                break
-    with torch.no_grad():
-        model.theta.copy_(best_theta)
+        if stop.step(v, epoch):
+            res.stopped_early = epoch < cfg.epochs - 1
+            break
+    stop.restore()
+    res.best_epoch = stop.best_epoch
     res.seconds = time.perf_counter() - t0
     layout = ({"kind": "series", "columns": list(data.columns), "lags": cfg.lags} if cfg.layout == "series"
               else {"kind": "ticks", "lags": cfg.lags, "features": []})
