@@ -19,14 +19,14 @@ install:
 	  dataset-fashion-mnist || ($(APT) update && $(APT) install -y --no-install-recommends dataset-fashion-mnist)
 
 demo:
-	streamer demo
+	$(PY) -m streamer.cli demo
 
 bench-demo:
-	streamer bench pkg:tsdata/fpp3/vic_elec.csv --series Demand,Temperature --warmup 2000 --start 2000 --end 3000 \
+	$(PY) -m streamer.cli bench pkg:tsdata/fpp3/vic_elec.csv --series Demand,Temperature --warmup 2000 --start 2000 --end 3000 \
 	  --plot benchmarks/out/bench-demo.png --json benchmarks/out/bench-demo.json
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint:
 	$(PY) -m ruff check models streamer offline tests benchmarks
