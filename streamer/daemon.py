@@ -1,7 +1,8 @@
 """The daemon: consume ticks, step the models, publish predictions, commit, repeat.
 
     getmany (<= batch_max records)            consumer in a group, manual commits
-      -> pipeline.process in a worker thread  the event loop stays free: heartbeats, /metrics
+      -> pipeline.plan, then per chunk of about batch_budget_ms:
+      -> pipeline.run in a worker thread      the event loop stays free: heartbeats, /metrics
       -> send predictions and dead letters    await every acknowledgement (acks=all)
       -> checkpoint due partitions            changed keys' state to the changelog, acknowledged
       -> commit those partitions' offsets     only now: predictions sent and state durable
@@ -22,7 +23,7 @@ acknowledgements was measured slower on 2 cores: the two threads fight over the 
 A send that fails retriably (connection lost, request timed out) is repeated with backoff while
 the batch stays in hand and the daemon reports not-ready: nothing is committed past it, and a
 prediction sent twice carries the same `seq`.
-SIGTERM/SIGINT stop fetching; the batch in hand is finished, published and committed, then
+SIGTERM/SIGINT stop fetching; the chunk in hand is finished, published and committed, then
 the consumer leaves the group and the process exits 0.
 Burst mode (arq's idea) exits once the input has been empty for `burst_idle_s`, so tests and
 batch jobs run the real loop to its end.
@@ -74,6 +75,7 @@ class _Rebalance(ConsumerRebalanceListener):
         """Checkpoint and commit what we are giving away, then forget it (batches are not in flight here)."""
         d = self.daemon
         d.joined = False
+        d._generation += 1
         d._rebalance_started = time.monotonic()
         if revoked:
             parts = {tp.partition for tp in revoked if tp.topic == d.settings.input_topic}
@@ -92,6 +94,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: Any) -> None:
         d = self.daemon
         parts = {tp.partition for tp in assigned if tp.topic == d.settings.input_topic}
+        d._generation += 1
         async with d.model_lock:
             restored = await d.restore(parts)
         d.joined = True
@@ -120,6 +123,7 @@ class Daemon:
         self._last_checkpoint: dict[int, float] = {}
         self._pending_commit: dict[int, int] = {}  # partition -> next offset, once durable
         self._rebalance_started: float | None = time.monotonic()
+        self._generation = 0  # counts rebalance callbacks: a batch planned before one is not finished after it
         self.restore_consumer: AIOKafkaConsumer | None = None
         # The rebalance callbacks run on aiokafka's coordinator task while a batch may be inside the
         # models in the worker thread: every access to the pipeline's state holds this lock.
@@ -266,17 +270,35 @@ class Daemon:
             await self._handle(batch)
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Plan the fetched batch, then step, publish and commit it a chunk at a time: each chunk is
+        as many waves as fit in `batch_budget_ms`, so a backlog's predictions flow while it drains,
+        the lag gauge follows it, and a stop or a rebalance waits for one chunk, not the batch."""
         s = self.settings
         records = [msg for msgs in batch.values() for msg in msgs]  # ConsumerRecords, read as they are
-        t0 = time.perf_counter()
-        # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
+        generation = self._generation
+        budget = s.batch_budget_ms / 1000
         async with self.model_lock:
-            result = await asyncio.to_thread(self.pipeline.process, records)
-        self.metrics.update.labels(s.learner).observe(time.perf_counter() - t0)
-        await self._publish(batch, records, result)
+            plan = await asyncio.to_thread(self.pipeline.plan, records)
+        while True:
+            t0 = time.perf_counter()
+            # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
+            async with self.model_lock:
+                if self._generation != generation:
+                    # a rebalance checkpointed and committed what was handled; the rest comes back from
+                    # the committed offsets (a new assignment fetches from there), its handled ticks skipped
+                    log.info("rebalance during a batch: the rest of it is fetched again", left=plan.left)
+                    return
+                result = await asyncio.to_thread(self.pipeline.run, plan, budget)
+            self.metrics.update.labels(s.learner).observe(time.perf_counter() - t0)
+            await self._publish(result)
+            if plan.done:
+                return
+            if self._stop.is_set():  # the rest is not committed: whoever owns the partition next replays it
+                log.info("stopping in the middle of a batch", left=plan.left)
+                return
 
-    async def _publish(self, batch: dict[TopicPartition, list[Any]], records: list[Any], result: Any) -> None:
-        """Send, await acknowledgements, then commit the batch's offsets; update the metrics."""
+    async def _publish(self, result: Any) -> None:
+        """Send, await acknowledgements, then advance the offsets the result handled; update the metrics."""
         s, m = self.settings, self.metrics
         assert self.producer is not None and self.consumer is not None
         producer = self.producer
@@ -288,18 +310,18 @@ class Daemon:
 
         await self._deliver("predictions", send)  # every prediction acknowledged before its offset is committed
         now = time.time()
-        for msgs in batch.values():
-            for msg in msgs:
-                m.latency.observe(max(0.0, now - msg.timestamp / 1000))
-        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-        self._next_offset.update(offsets)
+        handled: dict[int, int] = {}
+        for msg in result.records:
+            m.latency.observe(max(0.0, now - msg.timestamp / 1000))
+            handled[msg.partition] = handled.get(msg.partition, 0) + 1
         now_m = time.monotonic()
-        for tp, msgs in batch.items():
-            self._pending_commit[tp.partition] = msgs[-1].offset + 1
-            self._since_checkpoint[tp.partition] = self._since_checkpoint.get(tp.partition, 0) + len(msgs)
+        for (topic, p), offset in result.commit.items():
+            self._next_offset[TopicPartition(topic, p)] = offset
+            self._pending_commit[p] = offset
+            self._since_checkpoint[p] = self._since_checkpoint.get(p, 0) + handled.get(p, 0)
             # partitions start at staggered phases of the interval, so their checkpoints do not coincide
-            phase = (tp.partition * 0.6180339887) % 1.0 * s.checkpoint_interval_s
-            self._last_checkpoint.setdefault(tp.partition, now_m - phase)
+            phase = (p * 0.6180339887) % 1.0 * s.checkpoint_interval_s
+            self._last_checkpoint.setdefault(p, now_m - phase)
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
             evicted: list[tuple[bytes | None, bytes, int | None]] = [
                 (k.encode(), blob, p) for k, p, blob in result.evicted]
@@ -310,13 +332,14 @@ class Daemon:
         due = [p for p, ratio in overdue.items() if ratio >= 1.0]
         if due:  # one partition per batch keeps each pause short (revoke and shutdown still do all they need)
             await self.checkpoint({max(due, key=lambda p: overdue[p])})
-        m.ticks.inc(len(records))
+        n = len(result.records)
+        m.ticks.inc(n)
         m.predictions.inc(len(result.predictions))
-        m.batch.observe(len(records))
+        m.batch.observe(n)
         for d in result.dead:
             m.dead.labels(d.reason).inc()
         self.dead_letters += len(result.dead)
-        self.consumed += len(records)
+        self.consumed += n
         if result.resets:
             m.resets.labels(s.learner).inc(result.resets)
         m.scored(result.errors, result.hits)

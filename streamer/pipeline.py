@@ -20,6 +20,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from models import warmstart
+from models import modelfile, warmstart
 from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
 from models.checkpoint import frame, unframe
@@ -79,6 +80,50 @@ class DeadLetter:
 
 
 @dataclass
+class Plan:
+    """One fetched batch, decoded and laid out in waves (the j-th tick of every key in wave j), which
+    `Pipeline.run` steps a chunk of waves at a time, so a backlog's predictions flow while it drains.
+
+    Within a partition the waves interleave keys, so the records handled after k waves are not a
+    prefix of the partition: the offset safe to commit is the smallest one not yet handled (the
+    ticks past it that were handled are skipped on re-delivery: each key's state records the
+    offset it has applied)."""
+
+    waves: list[list[tuple[RecordLike, Tick]]] = field(default_factory=list)
+    next_wave: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)  # not yet handed to a result
+    skipped: int = 0
+    handled: list[RecordLike] = field(default_factory=list)  # dead letters and re-delivered ticks
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset + 1
+    # [w]: (topic, partition) -> the smallest offset in waves w, w+1, ... (one more entry, empty, at the end)
+    suffix_min: list[dict[tuple[str, int], int]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.next_wave >= len(self.waves)
+
+    @property
+    def left(self) -> int:
+        """Ticks not yet stepped."""
+        return sum(len(w) for w in self.waves[self.next_wave:])
+
+    def index_offsets(self) -> None:
+        running: dict[tuple[str, int], int] = {}
+        self.suffix_min = [{}]
+        for wave in reversed(self.waves):
+            for r, _ in wave:
+                tp = (r.topic, r.partition)
+                running[tp] = min(running.get(tp, r.offset), r.offset)
+            self.suffix_min.append(dict(running))
+        self.suffix_min.reverse()
+
+    def commit_offsets(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset below which every record of the batch is handled."""
+        pending = self.suffix_min[self.next_wave]
+        return {tp: pending.get(tp, end) for tp, end in self.ends.items()}
+
+
+@dataclass
 class BatchResult:
     predictions: list[Outgoing] = field(default_factory=list)
     evicted: list[tuple[str, int, bytes]] = field(default_factory=list)  # (key, partition, state) to checkpoint
@@ -87,6 +132,8 @@ class BatchResult:
     hits: int = 0  # scored ticks inside the previous 90% interval
     resets: int = 0
     skipped: int = 0  # re-delivered ticks whose effect the key's state already holds
+    records: list[Any] = field(default_factory=list)  # the records this result handled (RecordLike)
+    commit: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset to commit
 
 
 @dataclass(slots=True)
@@ -173,11 +220,7 @@ class Pipeline:
         from models.seqae import autoencoder_from_bytes
 
         source = f"STREAMER_ANOMALY_MODEL {s.anomaly_model}"
-        try:
-            blob = open(s.anomaly_model, "rb").read()
-        except OSError as exc:
-            raise ValueError(f"{source}: {exc.strerror}") from None
-        model, manifest = autoencoder_from_bytes(blob, source)
+        model, manifest = autoencoder_from_bytes(modelfile.read(s.anomaly_model, source), source)
         if len(manifest.get("columns", [])) != 1:
             raise ValueError(f"{source} reads windows of {len(manifest.get('columns', []))} columns; the daemon "
                              "scores each key's own series: train it on one column (offline train autoencoder "
@@ -213,11 +256,8 @@ class Pipeline:
             return None
         from models.textmodels import TextScorer
 
-        try:
-            blob = open(s.text_model, "rb").read()
-        except OSError as exc:
-            raise ValueError(f"STREAMER_TEXT_MODEL {s.text_model}: {exc.strerror}") from None
-        return TextScorer(blob, f"STREAMER_TEXT_MODEL {s.text_model}")
+        source = f"STREAMER_TEXT_MODEL {s.text_model}"
+        return TextScorer(modelfile.read(s.text_model, source), source)
 
     def _with_text_feature(self, ticks: list[tuple[RecordLike, Tick]]) -> list[tuple[RecordLike, Tick]]:
         """Every tick gains the feature text_p: the text model's probability for its text, 0.5 (no
@@ -241,8 +281,8 @@ class Pipeline:
         """The warm start, checked against these settings, or ValueError saying what does not fit."""
         if not s.warm_start:
             return None
-        ws = warmstart.load(s.warm_start)
         source = f"STREAMER_WARM_START {s.warm_start}"
+        ws = warmstart.load(s.warm_start, source)
         if ws.keys is not None:
             raise ValueError(f"{source} holds one model per series (layout {ws.layout.get('kind')}); the daemon "
                              "needs one for every new key: train it with `offline train warm-start --layout ticks`")
@@ -273,59 +313,87 @@ class Pipeline:
 
     # ------------------------------------------------------------- process
     def process(self, records: Sequence[RecordLike]) -> BatchResult:
+        """A batch of records, every wave of it (tests, embedders; the daemon runs plans in chunks)."""
+        return self.run(self.plan(records))
+
+    def plan(self, records: Sequence[RecordLike]) -> Plan:
+        """Decode a fetched batch and lay it out in waves. Dead letters and re-delivered ticks are
+        handled here; no model state moves until `run`."""
         self.batches += 1
-        out = BatchResult()
+        plan = Plan()
         ticks: list[tuple[RecordLike, Tick]] = []
         for r in records:
+            tp = (r.topic, r.partition)
+            plan.ends[tp] = max(plan.ends.get(tp, 0), r.offset + 1)
             try:
                 tick = decode_tick(r.value, r.key, self.settings.max_message_bytes)
             except TickError as exc:
-                self._dead(out, r, exc.reason, exc.detail)
+                self._dead(plan, r, exc.reason, exc.detail)
                 continue
             ticks.append((r, tick))
         if self.text_scorer is not None and ticks:
             ticks = self._with_text_feature(ticks)
-        waves: list[list[tuple[RecordLike, Tick]]] = []
         count: dict[str, int] = {}
+        new_keys: dict[str, tuple[str, ...]] = {}  # keys first seen in this batch: their feature names
         for r, tick in ticks:
             ks = self.keys.get(tick.key)
             if ks is None and tick.key in self.spilled_partition:
                 ks = self._readmit(tick.key)
             if ks is not None and r.offset < ks.applied and r.partition == ks.partition:
-                out.skipped += 1  # re-delivered after a restore: this key's state already holds it
+                plan.skipped += 1  # re-delivered after a restore: this key's state already holds it
+                plan.handled.append(r)
                 continue
-            if ks is not None and ks.signature != tick.feature_names:
-                self._dead(out, r, "feature_set_changed",
-                           f"key has features {list(ks.signature)}, tick has {list(tick.feature_names)}")
+            signature = ks.signature if ks is not None else new_keys.setdefault(tick.key, tick.feature_names)
+            if signature != tick.feature_names:
+                self._dead(plan, r, "feature_set_changed",
+                           f"key has features {list(signature)}, tick has {list(tick.feature_names)}")
                 continue
-            if ks is None:  # a new key: its lags start filled with its first value
-                ks = KeyState(tick.feature_names, [tick.value] * self.settings.lags)
-                self.keys[tick.key] = ks
-            ks.partition, ks.applied, ks.dirty = r.partition, r.offset + 1, True
             j = count.get(tick.key, 0)
             count[tick.key] = j + 1
-            if j == len(waves):
-                waves.append([])
-            waves[j].append((r, tick))
-        for wave in waves:
+            if j == len(plan.waves):
+                plan.waves.append([])
+            plan.waves[j].append((r, tick))
+        plan.index_offsets()
+        return plan
+
+    def run(self, plan: Plan, budget_s: float | None = None) -> BatchResult:
+        """Step the plan's next waves: all of them, or (`budget_s`) as many as fit in that many
+        seconds, at least one. The result says which records it handled and, per partition, the
+        offset below which every record of the batch is handled (the one safe to commit)."""
+        out = BatchResult(dead=plan.dead, skipped=plan.skipped, records=plan.handled)
+        plan.dead, plan.skipped, plan.handled = [], 0, []
+        t0 = time.perf_counter()
+        while not plan.done:
+            wave = plan.waves[plan.next_wave]
+            plan.next_wave += 1
             by_bank: dict[tuple[str, ...], list[tuple[RecordLike, Tick]]] = {}
             for r, tick in wave:
                 by_bank.setdefault(tick.feature_names, []).append((r, tick))
+                out.records.append(r)
             for signature, items in by_bank.items():
                 self._step(self._bank(signature), items, out)
-        self._evict_idle(out)
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                break
+        out.commit = plan.commit_offsets()
+        if plan.done:  # never in the middle of a plan: a key with ticks still to step must stay in memory
+            self._evict_idle(out)
         return out
 
-    def _dead(self, out: BatchResult, r: RecordLike, reason: str, detail: str) -> None:
+    def _dead(self, plan: Plan, r: RecordLike, reason: str, detail: str) -> None:
         value = encode_dead_letter(r.value, reason, detail, r.topic, r.partition, r.offset)
-        out.dead.append(DeadLetter(r.key, value, reason))
+        plan.dead.append(DeadLetter(r.key, value, reason))
+        plan.handled.append(r)
 
     def _step(self, bank: ModelBank, items: list[tuple[RecordLike, Tick]], out: BatchResult) -> None:
         """One wave of one bank: distinct keys, learn from the pending regressors, predict the next values."""
         L = self.settings.lags
         names, xs, learn_names, learn_x, learn_d = [], [], [], [], []
-        for _, tick in items:
-            ks = self.keys[tick.key]
+        for r, tick in items:
+            ks = self.keys.get(tick.key)
+            if ks is None:  # a new key: its lags start filled with its first value
+                ks = self.keys[tick.key] = KeyState(tick.feature_names, [tick.value] * L)
+            # only now does the key's state hold this tick (a checkpoint taken mid-plan must not claim more)
+            ks.partition, ks.applied, ks.dirty = r.partition, r.offset + 1, True
             if ks.pending is not None:
                 learn_names.append(tick.key)
                 learn_x.append(ks.pending)
