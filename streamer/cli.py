@@ -1,10 +1,16 @@
-"""`streamer` command line: run (the daemon), broker, replay, demo, bench."""
+"""`streamer` command line: run (the daemon), broker, replay, tail, demo, bench."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,8 +21,78 @@ from rich.table import Table
 # `streamer broker` and `--help` start in a fraction of a second
 LEARNERS = ("sgd", "ekf", "dekf", "pf")
 
-app = typer.Typer(add_completion=False, help="Online LSTM/GRU prediction for tick streams.", no_args_is_help=True)
+app = typer.Typer(add_completion=False, help="Online LSTM/GRU prediction for tick streams.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(Exception):
+    """Something the user must fix (a setting, a file, a broker address): one line, no traceback."""
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one line a user reads for an error of theirs, or None for an error of ours (a bug)."""
+    from aiokafka.errors import KafkaConnectionError
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from streamer.broker import BrokerError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            name = f"STREAMER_{str(e['loc'][0]).upper()}" if e["loc"] else "settings"
+            parts.append(f"{name}={e['input']!r}: {e['msg']}" if e["loc"] else e["msg"])
+        return "bad setting: " + "; ".join(parts)
+    if isinstance(exc, SettingsError):  # a complex field (JSON) that does not parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"STREAMER_{field.group(1).upper()}" if field else "a setting"
+        return f"bad setting: {name} is not valid JSON ({exc.__cause__ or exc})"
+    if isinstance(exc, KafkaConnectionError):
+        return f"no Kafka broker answers ({exc}): start one (`streamer broker`) or set --bootstrap-servers"
+    if isinstance(exc, UserError | BrokerError | ValueError | OSError):
+        return str(exc)
+    return None
+
+
+async def start_client(client: Any, bootstrap_servers: str) -> None:
+    """`await client.start()` for a command-line tool's own aiokafka client: no broker there is the
+    user's to fix (one line), and aiokafka's reconnect chatter is kept off the screen unless debugging."""
+    import logging
+
+    from aiokafka.errors import KafkaConnectionError
+
+    if os.environ.get("STREAMER_LOG_LEVEL", "").lower() != "debug":
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        await client.start()
+    except KafkaConnectionError:
+        await client.stop()
+        raise UserError(f"no Kafka broker answers at {bootstrap_servers}: start one (`streamer broker`) or "
+                        "give --bootstrap-servers (or STREAMER_BOOTSTRAP_SERVERS)") from None
+
+
+def one_line_errors(command: F) -> F:
+    """A command whose user errors print one line (`streamer: error: ...`) and exit 2; the traceback
+    too at STREAMER_LOG_LEVEL=debug. Anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            message = explain(exc)
+            if message is None:
+                raise
+            if os.environ.get("STREAMER_LOG_LEVEL", "").lower() == "debug":
+                traceback.print_exc()
+            print(f"streamer: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @app.callback()
@@ -25,6 +101,7 @@ def main() -> None:
 
 
 @app.command("bench")
+@one_line_errors
 def bench_cmd(
     file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv for packaged data")],
     target: Annotated[str | None, typer.Option(help="regression stream: the target column")] = None,
@@ -55,11 +132,11 @@ def bench_cmd(
     from models.learners import BASELINES
     from streamer import bench as B
     if (target is None) == (series is None):
-        raise typer.BadParameter("give exactly one of --target (regression) or --series (multi-series)")
+        raise UserError("give exactly one of --target (regression) or --series (multi-series)")
     names = [n.strip() for n in learners.split(",") if n.strip()]
     unknown = [n for n in names if n not in LEARNERS]
     if unknown:
-        raise typer.BadParameter(f"unknown learners {unknown}; choose from {','.join(LEARNERS)}")
+        raise UserError(f"unknown learners {unknown}; choose from {','.join(LEARNERS)}")
     try:
         options = B.parse_options(set_ or [])
         df = B.read_table(file)
@@ -79,7 +156,7 @@ def bench_cmd(
             B.check_warm_start(ws, stream, spec, lags, f"warm-start file {warm_start}")
             theta0 = ws.for_bank(stream.keys)
     except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     if particles != 64 or "pf" in options:
         options.setdefault("pf", {}).setdefault("n_particles", particles)
     plan = [(b, 0) for b in BASELINES] + [(n, s) for n in names for s in range(seeds)]
@@ -138,18 +215,15 @@ def _plot(results: list, path: Path, title: str) -> None:
 
 
 def _settings(**overrides: object):
-    """Settings from the environment, with the CLI flags that were given on top."""
-    from pydantic import ValidationError
-
+    """Settings from the environment, with the CLI flags that were given on top (a bad one raises
+    pydantic's errors, which `one_line_errors` turns into one line naming the variable)."""
     from streamer.config import Settings
 
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
 
 @app.command("run")
+@one_line_errors
 def run_cmd(
     bootstrap_servers: Annotated[str | None, typer.Option(help="STREAMER_BOOTSTRAP_SERVERS")] = None,
     input_topic: Annotated[str | None, typer.Option(help="STREAMER_INPUT_TOPIC")] = None,
@@ -170,19 +244,18 @@ def run_cmd(
                          dlq_topic=dlq_topic, group_id=group_id, learner=learner, cell=cell,
                          metrics_port=metrics_port, warm_start=warm_start, burst=burst)
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        settings.learner_config()
-        from streamer.pipeline import Pipeline
+    settings.learner_config()
+    from streamer.pipeline import Pipeline
 
-        Pipeline._load_warm_start(settings)  # a warm start that does not fit stops the daemon here, not later
-        Pipeline._load_text_model(settings)
-        Pipeline._load_anomaly_model(settings)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    # model files that are missing or do not fit stop the daemon here, in one line, not at the first tick
+    Pipeline._load_warm_start(settings)
+    Pipeline._load_text_model(settings)
+    Pipeline._load_anomaly_model(settings)
     raise typer.Exit(run_daemon(settings))
 
 
 @app.command("broker")
+@one_line_errors
 def broker_cmd(
     port: Annotated[int, typer.Option(help="loopback port to listen on")] = 9092,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -191,16 +264,12 @@ def broker_cmd(
     import signal
     import threading
 
-    from streamer.broker import BrokerError, EmbeddedBroker
+    from streamer.broker import EmbeddedBroker
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        broker = EmbeddedBroker(port=port, host=host).start()
-    except BrokerError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
+    broker = EmbeddedBroker(port=port, host=host).start()  # BrokerError: one line (one_line_errors)
     console.print(f"broker listening on [bold]{broker.bootstrap_servers}[/] (memory storage); Ctrl-C stops it")
     while not stop.wait(0.5):
         if not broker.running():
@@ -211,6 +280,7 @@ def broker_cmd(
 
 
 @app.command("replay")
+@one_line_errors
 def replay_cmd(
     file: Annotated[str, typer.Argument(help="CSV/parquet path, or pkg:PACKAGE/path.csv")],
     topic: Annotated[str, typer.Option(help="topic to produce to")] = "ticks",
@@ -234,16 +304,13 @@ def replay_cmd(
     def split(v: str | None) -> tuple[str, ...]:
         return tuple(c.strip() for c in v.split(",") if c.strip()) if v else ()
 
-    try:
-        df = B.read_table(file)
-        source = TickSource(df.iloc[:limit] if limit else df, split(series), key_column, value_column, time_column,
-                            split(features))
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    df = B.read_table(file)
+    source = TickSource(df.iloc[:limit] if limit else df, split(series), key_column, value_column, time_column,
+                        split(features))
 
     async def main() -> int:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
-        await producer.start()
+        await start_client(producer, bootstrap_servers)
         try:
             with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=console) as bar:
@@ -257,6 +324,7 @@ def replay_cmd(
 
 
 @app.command("demo")
+@one_line_errors
 def demo_cmd(
     learner: Annotated[str, typer.Option(help="sgd, ekf, dekf or pf")] = "sgd",
     rows: Annotated[int, typer.Option(help="rows replayed from each dataset")] = 3000,
@@ -269,10 +337,55 @@ def demo_cmd(
     from streamer.demo import run_demo, summary
 
     if learner not in LEARNERS:
-        raise typer.BadParameter(f"learner must be one of {', '.join(LEARNERS)}")
-    views = asyncio.run(run_demo(learner, rows, rate, out, console))
+        raise UserError(f"learner must be one of {', '.join(LEARNERS)}")
+    try:
+        views = asyncio.run(run_demo(learner, rows, rate, out, console))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("demo stopped")
+        raise typer.Exit(130) from None
     summary(views, console)
     console.print(f"wrote {out}")
+
+
+@app.command("tail")
+@one_line_errors
+def tail_cmd(
+    topic: Annotated[str, typer.Argument(help="topic to read, e.g. predictions or ticks-dlq")] = "predictions",
+    bootstrap_servers: Annotated[str, typer.Option(envvar="STREAMER_BOOTSTRAP_SERVERS")] = "localhost:9092",
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest message, not the newest")] = False,
+    limit: Annotated[int | None, typer.Option(help="exit after this many messages")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="exit after this many seconds without a message")] = None,
+) -> None:
+    """Print a topic's messages as they arrive, one per line (the key, a tab, the value)."""
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def main() -> None:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, group_id=None,
+                                    auto_offset_reset="earliest" if from_beginning else "latest")
+        await start_client(consumer, bootstrap_servers)
+        seen, last = 0, time.monotonic()
+        try:
+            while limit is None or seen < limit:
+                batch = await consumer.getmany(timeout_ms=200, max_records=None if limit is None else limit - seen)
+                for msgs in batch.values():
+                    for m in msgs:
+                        key = m.key.decode(errors="replace") if m.key is not None else ""
+                        value = m.value.decode(errors="replace") if m.value is not None else ""
+                        print(f"{key}\t{value}", flush=True)
+                        seen += 1
+                        last = time.monotonic()
+                if idle_exit is not None and time.monotonic() - last > idle_exit:
+                    return
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 if __name__ == "__main__":

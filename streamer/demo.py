@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -88,7 +89,7 @@ def _table(views: dict[str, KeyView], elapsed: float, dead: int, done: bool) -> 
     rate = total / elapsed if elapsed > 0 else 0.0
     footer = Table.grid()
     footer.add_row(f"{total} predictions in {elapsed:.1f}s ({rate:,.0f}/s), {dead} dead letters"
-                   + ("  [done]" if done else ""))
+                   + (", done" if done else ""))
     return Group(t, footer)
 
 
@@ -138,7 +139,13 @@ def plot(views: dict[str, KeyView], path: Path, last: int = 300) -> None:
 
 
 async def run_demo(learner: str, rows: int, rate: float | None, out: Path, console: Console) -> dict[str, KeyView]:
+    """The demo; SIGTERM (as `timeout`, systemd or a CI runner send it) and Ctrl-C cancel it, which
+    drains the daemon and stops the broker on the way out (the broker also dies with this process
+    however it dies: see EmbeddedBroker)."""
     configure_logging("warning", "console")  # the live table owns the screen
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     srcs = sources(rows)
     total = sum(len(s) for s in srcs)
     with EmbeddedBroker() as broker:
