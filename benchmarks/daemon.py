@@ -55,8 +55,8 @@ def tick(key: int, t: int) -> bytes:
     return orjson.dumps({"key": f"k{key}", "ts": t, "value": float(np.sin(t / 7 + key) + 0.01 * key)})
 
 
-async def throughput(bs: str, learner: str, keys: int, ticks_per_key: int, partitions: int) -> dict:
-    env = daemon_env(bs, learner)
+async def throughput(bs: str, learner: str, keys: int, ticks_per_key: int, partitions: int, **over: str) -> dict:
+    env = daemon_env(bs, learner, **over)
     topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
     await create_topics(bs, [topic_in], partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=5)
@@ -141,6 +141,14 @@ async def main_async(args) -> dict:
         runs = [await latency(bs, "sgd", args.keys, args.rate, args.seconds, args.partitions)
                 for _ in range(args.repeat)]
         out["latency"].append(median_run(runs, "p99_ms"))
+        if args.budgets:  # A/B of the batch budget, runs alternating so that the machine's drift hits all alike
+            budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+            by_budget: dict[str, list[dict]] = {b: [] for b in budgets}
+            for _ in range(args.budget_repeat):
+                for b in budgets:
+                    r = await throughput(bs, "sgd", args.keys, args.sgd_ticks, args.partitions, batch_budget_ms=b)
+                    by_budget[b].append({**r, "batch_budget_ms": int(b)})
+            out["budgets"] = [median_run(runs, "ticks_per_s") for runs in by_budget.values()]
     return out
 
 
@@ -153,6 +161,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="offered ticks/s in the latency run")
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median run is reported")
+    ap.add_argument("--budgets", default="", help="also compare sgd throughput at these STREAMER_BATCH_BUDGET_MS "
+                    "values, e.g. 250,1000000 (the latter: a whole fetched batch in one chunk)")
+    ap.add_argument("--budget-repeat", type=int, default=7, help="runs per budget in that comparison")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/daemon.json"))
     args = ap.parse_args()
     res = asyncio.run(main_async(args))
@@ -172,6 +183,14 @@ def main() -> None:
                   f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
                   ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
     console.print(t)
+    if res.get("budgets"):
+        t = Table(title="sgd throughput by batch budget (runs alternating)")
+        for c in ("STREAMER_BATCH_BUDGET_MS", "ticks/s (median)", "bursts (median run)", "all runs"):
+            t.add_column(c, justify="right")
+        for r in res["budgets"]:
+            t.add_row(f"{r['batch_budget_ms']:,}", f"{r['ticks_per_s']:,.0f}", str(r["batches"]),
+                      ", ".join(f"{v:,.0f}" for v in r["ticks_per_s_all"]))
+        console.print(t)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2))
     console.print(f"wrote {args.json}")

@@ -17,7 +17,7 @@ from streamer import bench
 from streamer.config import Settings
 from streamer.metrics import Metrics
 from tests.deploy.conftest import DEPLOY
-from tests.unit.test_config import readme_table
+from tests.helpers import readme_table
 
 ROOT = DEPLOY.parent
 K8S = DEPLOY / "k8s"

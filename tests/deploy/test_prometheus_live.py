@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from streamer.broker import free_port
 from tests.deploy.conftest import DEPLOY, tool
-from tests.e2e.test_daemon_process import daemon_process, wait_ready
+from tests.helpers import daemon_process, wait_ready
 from tests.kafka_helpers import create_topics, http_status, unique
 
 RATE_WINDOW = "10s"  # stands in for Grafana's $__rate_interval at a 1 s scrape interval

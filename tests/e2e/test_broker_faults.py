@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from streamer.broker import EmbeddedBroker, free_port
-from tests.e2e.test_state import env_for, predictions, stream
 from tests.faultproxy import FaultProxy
+from tests.helpers import env_for, predictions, stream
 from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape
 
 KEYS, TICKS = 12, 80

@@ -3,47 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from streamer.broker import free_port
-from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape, unique
-
-
-def start_daemon(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@contextlib.contextmanager
-def daemon_process(env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A `streamer run` process, killed on the way out if the test left it running."""
-    proc = start_daemon(env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-        if http_status(port, "/readyz") == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError("daemon never became ready")
+from tests.helpers import daemon_process, env_for, predictions, wait_ready, wait_until
+from tests.kafka_helpers import consume, create_topics, produce, scrape, unique
 
 
 def ticks(keys: int, start: int, n: int) -> list[tuple[bytes, bytes]]:
@@ -91,3 +59,41 @@ def test_daemon_process_publishes_drains_on_sigterm_and_resumes_without_reemitti
     assert len(seen) == 250 and len(set(seen)) == 250, "committed ticks were predicted again after the restart"
     assert sorted({ts for _, ts in seen}) == list(range(25))
     assert len(asyncio.run(consume(bs, topics["dlq"], 1, timeout=10))) == 1
+
+
+def lag(port: int) -> float:
+    return sum(v for k, v in scrape(port).items() if k.startswith("streamer_consumer_lag{"))
+
+
+@pytest.mark.slow
+def test_a_backlog_flows_at_once_its_lag_falls_and_sigterm_stops_a_pf_daemon_within_10s(broker):
+    """20,000 ticks wait before a particle-filter daemon (default settings) starts: predictions flow
+    within a second of it being ready, the lag gauge follows the backlog down while it drains, and
+    SIGTERM in the middle of it ends the process within 10 s. A restart then finishes the backlog:
+    every tick has its prediction, and a tick predicted by both runs got the same one."""
+    bs = broker.bootstrap_servers
+    env = env_for(bs, learner="pf", hidden="16")
+    port = int(env["STREAMER_METRICS_PORT"])
+    keys, per_key = 10, 2000
+    asyncio.run(create_topics(bs, [env["STREAMER_INPUT_TOPIC"]], partitions=2))
+    asyncio.run(produce(bs, env["STREAMER_INPUT_TOPIC"], ticks(keys, 0, per_key)))
+    with daemon_process(env) as first:
+        wait_ready(port, first)
+        ready_at = time.time()
+        early = asyncio.run(consume(bs, env["STREAMER_OUTPUT_TOPIC"], 1, timeout=30, settle=0.0))
+        first_prediction_s = min(m.timestamp for m in early) / 1000 - ready_at
+        assert first_prediction_s < 1.0 + 0.2, first_prediction_s  # (+ wait_ready's polling interval)
+        lag_then = lag(port)
+        wait_until(lambda: lag(port) < lag_then, 20, "the lag gauge did not follow the backlog down")
+        assert 0 < lag(port) < keys * per_key
+        first.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        out, _ = first.communicate(timeout=60)
+        stop_s = time.monotonic() - t0
+        assert first.returncode == 0 and stop_s < 10, (stop_s, out[-3000:])
+    with daemon_process({**env, "STREAMER_BURST": "true", "STREAMER_BURST_IDLE_S": "2"}) as second:
+        assert second.wait(600) == 0
+    got = predictions(asyncio.run(consume(bs, env["STREAMER_OUTPUT_TOPIC"], keys * per_key, settle=1.0)))
+    assert set(got) == {(f"k{k}", t) for k in range(keys) for t in range(per_key)}, "ticks lost"
+    for (key, t), preds in got.items():
+        assert len({(p["seq"], p["prediction"], p["lower"], p["upper"]) for p in preds}) == 1, (key, t, preds)

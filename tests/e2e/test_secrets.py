@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streamer.broker import free_port
-from tests.e2e.test_daemon_process import daemon_process
+from tests.helpers import daemon_process
 from tests.kafka_helpers import http_status, unique
 
 SECRET = "pw-" + "x7Q2-never-in-logs-91"

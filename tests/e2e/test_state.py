@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import signal
 from pathlib import Path
@@ -14,37 +13,10 @@ import orjson
 import pytest
 
 from streamer.broker import free_port
-from tests.e2e.test_daemon_process import daemon_process, start_daemon, wait_ready
-from tests.kafka_helpers import consume, create_topics, produce, unique
+from tests.helpers import daemon_process, env_for, predictions, start_daemon, stream, wait_ready
+from tests.kafka_helpers import consume, create_topics, produce
 
 KEYS, TICKS = 12, 80
-
-
-def stream(start: int, stop: int, keys: int = KEYS) -> list[tuple[bytes, bytes]]:
-    out = []
-    for t in range(start, stop):
-        for k in range(keys):
-            v = 10 * k + math.sin(t / 4 + k) + 0.3 * math.sin(t / 1.7)
-            out.append((f"s{k}".encode(), orjson.dumps({"key": f"s{k}", "ts": t, "value": v})))
-    return out
-
-
-def env_for(bs: str, **over: str) -> dict[str, str]:
-    env = {"bootstrap_servers": bs, "input_topic": unique("in"), "output_topic": unique("out"),
-           "dlq_topic": unique("dlq"), "group_id": unique("g"), "metrics_port": str(free_port()),
-           "metrics_host": "127.0.0.1", "session_timeout_ms": "3000", "heartbeat_interval_ms": "500",
-           "hidden": "4", "log_format": "json", "learner": "sgd"}
-    env.update(over)
-    return {f"STREAMER_{k.upper()}": v for k, v in env.items()}
-
-
-def predictions(msgs) -> dict[tuple[str, int], list[dict]]:
-    """(key, tick ts) -> every prediction published for that tick (more than one = a duplicate)."""
-    out: dict[tuple[str, int], list[dict]] = {}
-    for m in msgs:
-        p = orjson.loads(m.value)
-        out.setdefault((p["key"], int(p["ts"])), []).append(p)
-    return out
 
 
 def run_uninterrupted(bs: str, items) -> dict[tuple[str, int], list[dict]]:

@@ -10,8 +10,8 @@ import pytest
 
 from streamer.config import Settings
 from streamer.daemon import Daemon
+from tests.helpers import BAD
 from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape, unique
-from tests.unit.test_pipeline import BAD
 
 K, N = 20, 15
 # HTTP calls below go through a thread: the daemon under test answers on this same event loop

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from streamer.config import Settings
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def readme_table() -> dict[str, str]:
-    rows = re.findall(r"^\| `STREAMER_([A-Z0-9_]+)` \| `?([^|`]*)`? \|", README.read_text(), flags=re.M)
-    return {name.lower(): default.strip() for name, default in rows}
+from tests.helpers import readme_table
 
 
 def test_readme_configuration_table_matches_settings():
@@ -132,3 +125,12 @@ async def test_metrics_server_binds_only_the_configured_address():
             await asyncio.to_thread(get, "127.0.0.1")
     finally:
         await server.stop()
+
+
+def test_learner_options_are_type_checked_at_start_not_at_the_first_tick():
+    assert Settings(learner_options={"lr": "0.05", "betas": [0.8, 0.9]}).learner_config() == {
+        "lr": 0.05, "betas": (0.8, 0.9)}
+    with pytest.raises(ValueError, match=r"STREAMER_LEARNER_OPTIONS for sgd: lr='fast'"):
+        Settings(learner_options={"lr": "fast"}).learner_config()
+    with pytest.raises(ValueError, match=r"schedule='sometimes'"):
+        Settings(learner_options={"schedule": "sometimes"}).learner_config()

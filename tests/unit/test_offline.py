@@ -275,7 +275,7 @@ def test_the_daemon_refuses_a_warm_start_that_does_not_fit(tick_warm, warm, tmp_
     per_key.write_bytes(W.export(model, layout, data, fit, cfg))
     with pytest.raises(ValueError, match="one model per series"):
         Pipeline(Settings(lags=2, hidden=4, warm_start=str(per_key)))
-    with pytest.raises(ValueError, match="warm-start file"):
+    with pytest.raises(ValueError, match="STREAMER_WARM_START .*missing.tsmf: No such file"):
         Pipeline(Settings(lags=4, hidden=4, warm_start=str(tmp_path / "missing.tsmf")))
 
 
@@ -356,7 +356,11 @@ def test_autoencoders_learn_score_faults_and_round_trip(small):
 
     train, val = small.windows("train", 24), small.windows("val", 24)
     for denoising in (False, True):
-        cfg = A.AEConfig(hidden=16, code=4, epochs=25, lr=1e-2, patience=25, batch=32, denoising=denoising)
+        # the denoising corruption blanks a quarter of each window, as the product's does (12 of 48 steps);
+        # blanking 12 of these 24 steps, half the window, some initial weights did not learn at all (error
+        # 0.91 of the untrained one with seed 3, on any thread count): a test of luck, not of training
+        cfg = A.AEConfig(hidden=16, code=4, epochs=25, lr=1e-2, patience=25, batch=32, denoising=denoising,
+                         blank=6)
         torch.manual_seed(0)
         model = A.SeqAutoencoder(len(small.columns), cfg.hidden, cfg.code)
         before = float(A.step_errors(model, train).mean())
