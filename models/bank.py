@@ -56,6 +56,7 @@ class StepResult:
     lower: torch.Tensor  # [T]
     upper: torch.Tensor  # [T]
     reset: torch.Tensor  # [T] bool: the key's state was reset after this tick
+    scale: torch.Tensor  # [T] the key's running sd at this tick: its errors in these units compare across keys
 
 
 class ModelBank:
@@ -174,7 +175,7 @@ class ModelBank:
             raise ValueError(f"want {want}, got {tuple(x.shape)}, {tuple(d.shape)}")
         rows = self.rows(names).numpy()
         x, d = x.to(self._dtype), d.to(self._dtype)
-        out = {k: torch.empty(T, dtype=self._dtype) for k in ("mean", "var", "lower", "upper")}
+        out = {k: torch.empty(T, dtype=self._dtype) for k in ("mean", "var", "lower", "upper", "scale")}
         reset = torch.zeros(T, dtype=torch.bool)
         for wave in _waves(rows):
             wrows = rows[wave]
@@ -187,7 +188,7 @@ class ModelBank:
             for k in out:
                 out[k][idx] = res[k]
             reset[idx] = res["reset"]
-        return StepResult(out["mean"], out["var"], out["lower"], out["upper"], reset)
+        return StepResult(out["mean"], out["var"], out["lower"], out["upper"], reset, out["scale"])
 
     def _step_rows(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self.config
@@ -244,7 +245,7 @@ class ModelBank:
             var = torch.where(torch.isfinite(var), var, sd * sd)
             lower, upper = self.interval(mean, var)
         self._put(rows, new)
-        return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad}
+        return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad, "scale": sd}
 
     def reset(self, names: list[str]) -> None:
         """Start these keys afresh (model and normalisation; their counters survive), e.g. after

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     linger_ms: int = Field(20, ge=0, description="longest wait to fill a micro-batch")
     fetch_max_wait_ms: int = Field(50, ge=0, description="longest time the broker holds a fetch for new data")
     max_message_bytes: int = Field(65_536, ge=64, description="larger messages go to the DLQ")
+    require_kafka_key: bool = Field(
+        False, description="ticks without a Kafka key go to the DLQ (missing_kafka_key) instead of being "
+                           "counted in streamer_unkeyed_ticks_total and warned about once per key")
 
     # model
     learner: Literal["sgd", "ekf", "dekf", "pf"] = Field("sgd", description="online learner")
@@ -70,6 +73,11 @@ class Settings(BaseSettings):
     anomaly_model: str | None = Field(
         None, description="autoencoder file (`offline train autoencoder --columns COL`): each prediction gets "
                           "`anomaly`, its window's reconstruction error over the 99th percentile of normal windows")
+    # measured (benchmarks/threads.py, RESULTS "torch threads"): one thread is as fast or faster for
+    # few keys, and 3-4x faster than two when another process (or the daemon's own event loop) is busy
+    torch_threads: int = Field(
+        1, ge=1, le=256, description="torch intra-op threads of the model step (more only pays for many keys "
+                                     "on cores nothing else uses)")
     max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
     changelog_topic: str | None = Field(None, description="compacted state topic (default: INPUT_TOPIC-changelog)")
     checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")

@@ -35,9 +35,11 @@ import asyncio
 import signal
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
+import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -59,6 +61,7 @@ from streamer.pipeline import Pipeline
 log = structlog.get_logger("streamer")
 _PARTITIONER = DefaultPartitioner()
 FENCE_KEY = b"__streamer_fence__"
+Message = tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]  # key, value, partition, headers
 
 
 def retriable(exc: BaseException) -> bool:
@@ -230,8 +233,9 @@ class Daemon:
                 pass
 
     async def run(self) -> int:
-        port = await self.health.start()
         s = self.settings
+        torch.set_num_threads(s.torch_threads)  # process-wide: this process is the daemon's
+        port = await self.health.start()
         log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
                  output=s.output_topic, group=s.group_id, metrics_port=port)
         await self._start_clients()
@@ -301,14 +305,10 @@ class Daemon:
         """Send, await acknowledgements, then advance the offsets the result handled; update the metrics."""
         s, m = self.settings, self.metrics
         assert self.producer is not None and self.consumer is not None
-        producer = self.producer
-
-        async def send() -> list[Any]:
-            sends = await self._send_batches(s.output_topic, [(o.key, o.value, None) for o in result.predictions])
-            return sends + [await producer.send(s.dlq_topic, value=d.value, key=d.key,
-                                                headers=[("reason", d.reason.encode())]) for d in result.dead]
-
-        await self._deliver("predictions", send)  # every prediction acknowledged before its offset is committed
+        dead = [(d.key, d.value, None, [("reason", d.reason.encode())]) for d in result.dead]
+        # every prediction acknowledged before its offset is committed
+        await self._deliver("predictions", s.output_topic, [(o.key, o.value, None, None) for o in result.predictions])
+        await self._deliver("dead_letters", s.dlq_topic, dead)
         now = time.time()
         handled: dict[int, int] = {}
         for msg in result.records:
@@ -323,9 +323,8 @@ class Daemon:
             phase = (p * 0.6180339887) % 1.0 * s.checkpoint_interval_s
             self._last_checkpoint.setdefault(p, now_m - phase)
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
-            evicted: list[tuple[bytes | None, bytes, int | None]] = [
-                (k.encode(), blob, p) for k, p, blob in result.evicted]
-            await self._deliver("evicted state", lambda: self._send_batches(self.changelog, evicted))
+            evicted = [(k.encode(), blob, p, None) for k, p, blob in result.evicted]
+            await self._deliver("changelog", self.changelog, evicted)
         since = {p: now_m - self._last_checkpoint.get(p, now_m) for p in self._since_checkpoint}
         overdue = {p: max(n / s.checkpoint_ticks, since[p] / s.checkpoint_interval_s)
                    for p, n in self._since_checkpoint.items()}
@@ -342,7 +341,13 @@ class Daemon:
         self.consumed += n
         if result.resets:
             m.resets.labels(s.learner).inc(result.resets)
-        m.scored(result.errors, result.hits)
+        if result.unkeyed:
+            m.unkeyed.inc(result.unkeyed)
+        for key in result.unkeyed_new:
+            log.warning("ticks without a Kafka key: the series key must be the Kafka key, or the series' ticks "
+                        "spread over partitions and replicas and are processed out of order",
+                        key=key[:80], topic=s.input_topic)
+        m.scored(result.scaled_errors, result.hits)
         m.live_keys.set(self.pipeline.live_keys)
         for tp in self.consumer.assignment():  # only partitions still ours: a rebalance may have moved some
             nxt, high = self._next_offset.get(tp), self.consumer.highwater(tp)
@@ -372,9 +377,8 @@ class Daemon:
         finally:
             if not locked:
                 self.model_lock.release()
-        records: list[tuple[bytes | None, bytes, int | None]] = [(k.encode(), blob, p) for k, p, blob in blobs]
         # durable before the offsets that rely on it are committed
-        await self._deliver("checkpoint", lambda: self._send_batches(self.changelog, records))
+        await self._deliver("changelog", self.changelog, [(k.encode(), blob, p, None) for k, p, blob in blobs])
         committed = bool(offsets)
         if offsets:
             try:
@@ -437,26 +441,57 @@ class Daemon:
                           error=str(exc))
         return restored
 
-    async def _deliver(self, what: str, send: Any) -> None:
-        """`await send()` gives send futures; await them, and on a retriable failure send everything again
-        with backoff (duplicates keep their `seq`). Not ready meanwhile. Gives up only when stopping."""
+    async def _deliver(self, kind: str, topic: str, messages: Sequence[Message]) -> None:
+        """Send (key, value, partition, headers) messages and await every acknowledgement. A retriable
+        failure sends everything again with backoff (duplicates keep their `seq`), not ready meanwhile,
+        giving up only when stopping. A refusal no retry can mend (a record over the broker's size
+        limit, say) sends the records one by one, so that only the ones refused are lost: each is
+        logged and counted (`streamer_unpublishable_total`), and the daemon goes on."""
+        if not messages:
+            return
         delay = 0.25
         while True:
             try:
-                await asyncio.gather(*await send())
+                await asyncio.gather(*await self._send_batches(topic, messages))
                 return
             except KafkaError as exc:
-                if not retriable(exc) or self._stop.is_set():
+                if not retriable(exc):
+                    log.warning("a batch was refused; sending its records one by one", kind=kind, error=repr(exc))
+                    await self._deliver_each(kind, topic, messages)
+                    return
+                if self._stop.is_set():
                     raise
-                self.broker_ok = False
-                self.metrics.ready.set(0)
-                self.metrics.delivery_retries.inc()
-                log.warning("send failed, retrying", what=what, error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 5.0)
+                delay = await self._backoff(kind, exc, delay)
 
-    async def _send_batches(self, topic: str, messages: list[tuple[bytes | None, bytes, int | None]]) -> list[Any]:
-        """Send many (key, value, partition) messages as per-partition record batches (one future per batch).
+    async def _deliver_each(self, kind: str, topic: str, messages: Sequence[Message]) -> None:
+        producer = self.producer
+        assert producer is not None
+        for key, value, partition, headers in messages:
+            delay = 0.25
+            while True:
+                try:
+                    await (await producer.send(topic, value=value, key=key, partition=partition, headers=headers))
+                    break
+                except KafkaError as exc:
+                    if retriable(exc) and not self._stop.is_set():
+                        delay = await self._backoff(kind, exc, delay)
+                        continue
+                    self.metrics.unpublishable.labels(kind).inc()
+                    log.error("record could not be published, skipped", kind=kind, topic=topic, error=repr(exc),
+                              key_bytes=len(key or b""), value_bytes=len(value))
+                    break
+
+    async def _backoff(self, kind: str, exc: BaseException, delay: float) -> float:
+        self.broker_ok = False
+        self.metrics.ready.set(0)
+        self.metrics.delivery_retries.inc()
+        log.warning("send failed, retrying", what=kind, error=repr(exc), retry_in_s=delay)
+        await asyncio.sleep(delay)
+        return min(2 * delay, 5.0)
+
+    async def _send_batches(self, topic: str, messages: Sequence[Message]) -> list[Any]:
+        """Send many (key, value, partition, headers) messages as per-partition record batches (one
+        future per batch).
 
         A None partition comes from the producer's default partitioner (murmur2 of the key, as in the
         Java client), so a key's predictions land where a per-message send would put them; changelog
@@ -468,7 +503,7 @@ class Daemon:
             self._partition_of.pop(topic, None)
             self._partition_count[topic] = len(partitions)
         cache = self._partition_of.setdefault(topic, {})  # murmur2 in Python costs more than a lookup
-        by_partition: dict[int, list[tuple[bytes | None, bytes, Any]]] = {}
+        by_partition: dict[int, list[Message]] = {}
         for msg in messages:
             p = msg[2] if msg[2] is not None else cache.get(msg[0])
             if p is None:
@@ -479,11 +514,11 @@ class Daemon:
         futures = []
         for partition, msgs in by_partition.items():
             batch = producer.create_batch()
-            for key, value, _ in msgs:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
+            for key, value, _, headers in msgs:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:  # full: ship it
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
+                    batch.append(key=key, value=value, timestamp=None, headers=headers or [])
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
 

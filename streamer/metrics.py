@@ -45,11 +45,16 @@ class Metrics:
         self.latency = Histogram("streamer_tick_to_prediction_seconds",
                                  "from the tick's Kafka timestamp to its prediction's acknowledgement",
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.unpublishable = Counter("streamer_unpublishable", "records the broker refused for good (too large, "
+                                     "say): logged and skipped", ["kind"], registry=r)
+        self.unkeyed = Counter("streamer_unkeyed_ticks", "ticks without a Kafka key: their series may be "
+                               "processed out of order across partitions", registry=r)
         self.live_keys = Gauge("streamer_live_keys", "series keys held in memory", registry=r)
         self.resets = Counter("streamer_model_resets", "keys reset after their state turned non-finite", ["learner"],
                               registry=r)
-        self.mse = Gauge("streamer_prequential_mse", "rolling mean squared error of published predictions",
-                         ["learner"], registry=r)
+        self.mse = Gauge("streamer_prequential_mse",
+                         "rolling mean squared error of published predictions, in units of each key's running sd "
+                         "(1 = as good as the running mean; each square capped at 100)", ["learner"], registry=r)
         self.coverage = Gauge("streamer_interval_coverage", "rolling share of ticks inside the 90% interval",
                               ["learner"], registry=r)
         self.lag = Gauge("streamer_consumer_lag", "messages behind the partition's high watermark", ["partition"],
@@ -75,13 +80,19 @@ class Metrics:
         self.resets.labels(learner)
         self.update.labels(learner)
 
-    def scored(self, errors: list[float], hits: int, decay: float = 0.01) -> None:
-        """Fold a batch's scored ticks into the rolling (exponentially weighted) MSE and coverage."""
-        for e in errors:
-            self._mse = e * e if self._mse is None else (1 - decay) * self._mse + decay * e * e
-        if errors:
-            share = hits / len(errors)
-            w = 1 - (1 - decay) ** len(errors)
+    def scored(self, scaled_errors: list[float], hits: int, decay: float = 0.01, cap: float = 100.0) -> None:
+        """Fold a batch's scored ticks into the rolling (exponentially weighted) MSE and coverage.
+
+        The errors are in units of each key's running standard deviation, so keys of any unit weigh
+        alike (1.0: as good as predicting the running mean), and each square is capped at `cap` (10
+        sd): one wild but finite tick moves the gauge by at most decay * cap and then fades, where on
+        the raw scale 1e200 squared made it +Inf for good."""
+        for e in scaled_errors:
+            e2 = min(e * e, cap) if e == e else cap  # NaN (inf / inf) counts as the cap too
+            self._mse = e2 if self._mse is None else (1 - decay) * self._mse + decay * e2
+        if scaled_errors:
+            share = hits / len(scaled_errors)
+            w = 1 - (1 - decay) ** len(scaled_errors)
             self._cov = share if self._cov is None else (1 - w) * self._cov + w * share
             self.mse.labels(self.learner).set(self._mse or 0.0)
             self.coverage.labels(self.learner).set(self._cov)

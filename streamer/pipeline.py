@@ -36,7 +36,7 @@ from models.checkpoint import frame, unframe
 from models.learners import make_learner
 from models.seqae import window_scores
 from streamer.config import Settings
-from streamer.schema import Tick, TickError, decode_tick, encode_dead_letter, encode_prediction
+from streamer.schema import Tick, TickError, dead_letter_key, decode_tick, encode_dead_letter, encode_prediction
 
 
 class RecordLike(Protocol):
@@ -94,6 +94,8 @@ class Plan:
     dead: list[DeadLetter] = field(default_factory=list)  # not yet handed to a result
     skipped: int = 0
     handled: list[RecordLike] = field(default_factory=list)  # dead letters and re-delivered ticks
+    unkeyed: int = 0  # ticks without a Kafka key
+    unkeyed_new: list[str] = field(default_factory=list)  # series keys seen without a Kafka key for the first time
     ends: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset + 1
     # [w]: (topic, partition) -> the smallest offset in waves w, w+1, ... (one more entry, empty, at the end)
     suffix_min: list[dict[tuple[str, int], int]] = field(default_factory=list)
@@ -129,11 +131,14 @@ class BatchResult:
     evicted: list[tuple[str, int, bytes]] = field(default_factory=list)  # (key, partition, state) to checkpoint
     dead: list[DeadLetter] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)  # v_t - previous prediction, for scored ticks
+    scaled_errors: list[float] = field(default_factory=list)  # the same in units of each key's running sd
     hits: int = 0  # scored ticks inside the previous 90% interval
     resets: int = 0
     skipped: int = 0  # re-delivered ticks whose effect the key's state already holds
     records: list[Any] = field(default_factory=list)  # the records this result handled (RecordLike)
     commit: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset to commit
+    unkeyed: int = 0  # ticks that came without a Kafka key
+    unkeyed_new: list[str] = field(default_factory=list)  # keys seen so for the first time: warned about once each
 
 
 @dataclass(slots=True)
@@ -164,6 +169,7 @@ def persistence_forecast(value: float, previous: float, z: float = 1.645) -> tup
 
 
 TEXT_FEATURE, TEXT_PRIOR = "text_p", 0.5
+_FLOAT_MAX = sys.float_info.max
 
 STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
 STATE_VERSION = 1
@@ -205,6 +211,7 @@ class Pipeline:
         self.keys: dict[str, KeyState] = {}
         self.spill = SpillStore(settings.spill_path)  # evicted idle keys (their state is also checkpointed)
         self.spilled_partition: dict[str, int] = {}
+        self._unkeyed_seen: set[str] = set()  # series keys already warned about (ticks without a Kafka key)
         self.batches = 0
         self.resets_total = 0
         self._learner_options = settings.learner_config()
@@ -230,21 +237,17 @@ class Pipeline:
             raise ValueError(f"{source} has no threshold (the 99th percentile of normal windows' scores)")
         return model, int(manifest["window"]["lookback"]), threshold
 
-    def _anomalies(self, bank: ModelBank, names: list[str], values: list[float]) -> list[float | None]:
-        """Score / threshold of each key's latest window (None until it has `lookback` values). The
-        window is put in units of the key's running standard deviation; the model removes its level."""
+    def _anomalies(self, bank: ModelBank, names: list[str], windows: list[list[float] | None]) -> list[float | None]:
+        """Score / threshold of each key's latest window of values (None until it has `lookback` of
+        them). The window is put in units of the key's running standard deviation; the model removes
+        its level."""
         assert self.anomaly is not None
         model, lookback, threshold = self.anomaly
-        full = []
-        for i, (name, v) in enumerate(zip(names, values, strict=True)):
-            ks = self.keys[name]
-            ks.recent = ([*(ks.recent or []), v])[-lookback:]
-            if len(ks.recent) == lookback:
-                full.append(i)
+        full = [i for i, w in enumerate(windows) if w is not None and len(w) == lookback]
         out: list[float | None] = [None] * len(names)
         if full:
             sd = bank.state["n.d_sd"][bank.rows([names[i] for i in full])].to(torch.float32)  # [n]
-            w = torch.tensor([self.keys[names[i]].recent for i in full], dtype=torch.float32)  # [n, L]
+            w = torch.tensor([windows[i] for i in full], dtype=torch.float32)  # [n, L]
             scores = window_scores(model, (w / sd.unsqueeze(1)).unsqueeze(2))  # [n]
             for i, sc in zip(full, (scores / threshold).tolist(), strict=True):
                 out[i] = sc if math.isfinite(sc) else None
@@ -330,9 +333,31 @@ class Pipeline:
             except TickError as exc:
                 self._dead(plan, r, exc.reason, exc.detail)
                 continue
+            except Exception as exc:  # a decoder bug met by this message: it alone goes to the DLQ
+                self._dead(plan, r, "processing_error", f"{type(exc).__name__}: {exc}")
+                continue
+            if r.key is None:  # partitioned by nobody: the key's ticks may be spread over partitions
+                if self.settings.require_kafka_key:
+                    self._dead(plan, r, "missing_kafka_key", "the series key must be the Kafka key (ordering)")
+                    continue
+                plan.unkeyed += 1
+                if tick.key not in self._unkeyed_seen:
+                    if len(self._unkeyed_seen) >= self.settings.max_keys:  # bounded like the key set
+                        self._unkeyed_seen.clear()
+                    self._unkeyed_seen.add(tick.key)
+                    plan.unkeyed_new.append(tick.key)
             ticks.append((r, tick))
         if self.text_scorer is not None and ticks:
-            ticks = self._with_text_feature(ticks)
+            try:
+                ticks = self._with_text_feature(ticks)
+            except Exception:  # one text breaks the scorer: score them one by one, refuse those that raise
+                scored = []
+                for item in ticks:
+                    try:
+                        scored += self._with_text_feature([item])
+                    except Exception as exc:
+                        self._dead(plan, item[0], "processing_error", f"{type(exc).__name__}: {exc}")
+                ticks = scored
         count: dict[str, int] = {}
         new_keys: dict[str, tuple[str, ...]] = {}  # keys first seen in this batch: their feature names
         for r, tick in ticks:
@@ -360,18 +385,19 @@ class Pipeline:
         """Step the plan's next waves: all of them, or (`budget_s`) as many as fit in that many
         seconds, at least one. The result says which records it handled and, per partition, the
         offset below which every record of the batch is handled (the one safe to commit)."""
-        out = BatchResult(dead=plan.dead, skipped=plan.skipped, records=plan.handled)
-        plan.dead, plan.skipped, plan.handled = [], 0, []
+        out = BatchResult(dead=plan.dead, skipped=plan.skipped, records=plan.handled, unkeyed=plan.unkeyed,
+                          unkeyed_new=plan.unkeyed_new)
+        plan.dead, plan.skipped, plan.handled, plan.unkeyed, plan.unkeyed_new = [], 0, [], 0, []
         t0 = time.perf_counter()
         while not plan.done:
             wave = plan.waves[plan.next_wave]
             plan.next_wave += 1
+            out.records += [r for r, _ in wave]
             by_bank: dict[tuple[str, ...], list[tuple[RecordLike, Tick]]] = {}
             for r, tick in wave:
                 by_bank.setdefault(tick.feature_names, []).append((r, tick))
-                out.records.append(r)
             for signature, items in by_bank.items():
-                self._step(self._bank(signature), items, out)
+                self._run_wave(signature, items, out)
             if budget_s is not None and time.perf_counter() - t0 >= budget_s:
                 break
         out.commit = plan.commit_offsets()
@@ -379,70 +405,115 @@ class Pipeline:
             self._evict_idle(out)
         return out
 
+    def _run_wave(self, signature: tuple[str, ...], items: list[tuple[RecordLike, Tick]], out: BatchResult) -> None:
+        """A poison-record guard around `_step`: a wave that raises is split in halves and each half
+        run again, down to the single ticks that raise, which are dead-lettered (processing_error,
+        with the exception) while the rest are predicted; so no tick can crash-loop the daemon. A half
+        that ran before its neighbour raised may have stepped the bank once more for its keys' ticks."""
+        try:
+            self._step(self._bank(signature), items, out)
+        except Exception as exc:  # a bug met by some input: find it, keep the rest going
+            if len(items) == 1:
+                r = items[0][0]
+                out.dead.append(self._dead_letter(r, "processing_error", f"{type(exc).__name__}: {exc}"))
+                return
+            mid = len(items) // 2
+            self._run_wave(signature, items[:mid], out)
+            self._run_wave(signature, items[mid:], out)
+
     def _dead(self, plan: Plan, r: RecordLike, reason: str, detail: str) -> None:
-        value = encode_dead_letter(r.value, reason, detail, r.topic, r.partition, r.offset)
-        plan.dead.append(DeadLetter(r.key, value, reason))
+        plan.dead.append(self._dead_letter(r, reason, detail))
         plan.handled.append(r)
 
+    @staticmethod
+    def _dead_letter(r: RecordLike, reason: str, detail: str) -> DeadLetter:
+        value = encode_dead_letter(r.value, reason, detail, r.topic, r.partition, r.offset, r.key)
+        return DeadLetter(dead_letter_key(r.key), value, reason)
+
     def _step(self, bank: ModelBank, items: list[tuple[RecordLike, Tick]], out: BatchResult) -> None:
-        """One wave of one bank: distinct keys, learn from the pending regressors, predict the next values."""
+        """One wave of one bank: distinct keys, learn from the pending regressors, predict the next values.
+
+        Everything that can fail before the bank steps is done before it does, and nothing changes a
+        key's bookkeeping or `out` until the end, so a wave that raises can be split and run again
+        (`_run_wave`); after the step, a tick whose message cannot be made is dead-lettered alone."""
         L = self.settings.lags
-        names, xs, learn_names, learn_x, learn_d = [], [], [], [], []
-        for r, tick in items:
+        states, names, lags, xs, learn_names, learn_x, learn_d = [], [], [], [], [], [], []
+        for _, tick in items:
             ks = self.keys.get(tick.key)
             if ks is None:  # a new key: its lags start filled with its first value
-                ks = self.keys[tick.key] = KeyState(tick.feature_names, [tick.value] * L)
-            # only now does the key's state hold this tick (a checkpoint taken mid-plan must not claim more)
-            ks.partition, ks.applied, ks.dirty = r.partition, r.offset + 1, True
+                ks = KeyState(tick.feature_names, [tick.value] * L)
             if ks.pending is not None:
                 learn_names.append(tick.key)
                 learn_x.append(ks.pending)
                 learn_d.append(tick.value)
-            ks.lags = [tick.value, *ks.lags[: L - 1]]
+            lag = [tick.value, *ks.lags[: L - 1]]
+            states.append(ks)
             names.append(tick.key)
-            xs.append(ks.lags + list(tick.feature_values) if tick.feature_values else ks.lags)
+            lags.append(lag)
+            xs.append(lag + list(tick.feature_values) if tick.feature_values else lag)
+        x_now = torch.from_numpy(np.array(xs, dtype=np.float64))  # [n, p], before the bank moves
+        scale: dict[str, float] = {}
+        resets = 0
         if learn_names:
-            x_prev, d = torch.from_numpy(np.array(learn_x)), torch.tensor(learn_d, dtype=torch.float64)
-            res = bank.step(learn_names, x_prev, d)
+            x_prev = torch.from_numpy(np.array(learn_x, dtype=np.float64))  # [n_learn, p]
+            res = bank.step(learn_names, x_prev, torch.tensor(learn_d, dtype=torch.float64))
+            scale = dict(zip(learn_names, res.scale.tolist(), strict=True))
             resets = int(res.reset.sum())
-            out.resets += resets
-            self.resets_total += resets
-        mean, var = bank.predict(names, torch.from_numpy(np.array(xs)))
+        mean, var = bank.predict(names, x_now)
         lower, upper = bank.interval(mean, var)
         mean_l, lo_l, hi_l = mean.tolist(), lower.tolist(), upper.tolist()
         models = [self.model] * len(items)
         broken = torch.nonzero(~(torch.isfinite(lower) & torch.isfinite(upper))).squeeze(1).tolist()
         if broken:  # a value beyond the model's float range: reset the key, publish persistence instead
             bank.reset([names[i] for i in broken])
-            out.resets += len(broken)
-            self.resets_total += len(broken)
+            resets += len(broken)
             for i in broken:
-                lags = self.keys[names[i]].lags
-                mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[0], lags[1] if len(lags) > 1 else lags[0])
+                mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[i][0], lags[i][1] if L > 1 else lags[i][0])
                 models[i] = "persistence"
         for i, (_, tick) in enumerate(items):
-            if self.keys[tick.key].seq == 0 and models[i] == self.model:
+            if states[i].seq == 0 and models[i] == self.model:
                 # a key's first tick: its normaliser has no level until the second, so the model's
                 # output would be on no scale at all; publish persistence, as wide as the value itself
                 v = tick.value
                 mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(v, v - abs(v) if v else 1.0)
                 models[i] = "persistence"
-        anomalies = (self._anomalies(bank, names, [t.value for _, t in items]) if self.anomaly is not None
-                     else [None] * len(items))
+        windows: list[list[float] | None] = [None] * len(items)
+        anomalies: list[float | None] = [None] * len(items)
+        if self.anomaly is not None:
+            windows = [[*(ks.recent or []), t.value][-self.anomaly[1]:] for ks, (_, t) in zip(states, items,
+                                                                                              strict=True)]
+            anomalies = self._anomalies(bank, names, windows)
+        outgoing, errors, scaled, hits = [], [], [], 0
         for i, (_, tick) in enumerate(items):
-            ks = self.keys[tick.key]
+            ks = states[i]
             prev_error = None
             if ks.seq > 0 and math.isfinite(ks.last_mean):
-                prev_error = tick.value - ks.last_mean
-                out.errors.append(prev_error)
-                out.hits += int(ks.last_lower <= tick.value <= ks.last_upper)
-            ks.seq += 1
-            ks.pending = xs[i]
+                # within the float range, so always a number: -1e308 after a prediction of 1e308 is -inf
+                prev_error = min(max(tick.value - ks.last_mean, -_FLOAT_MAX), _FLOAT_MAX)
+                errors.append(prev_error)
+                scaled.append(prev_error / scale.get(tick.key, 1.0))
+                hits += int(ks.last_lower <= tick.value <= ks.last_upper)
+            try:  # the bank has stepped: from here a failure costs this tick's message, not the key's state
+                value = encode_prediction(tick.key, tick.ts, ks.seq + 1, mean_l[i], lo_l[i], hi_l[i], models[i],
+                                          prev_error, self.version, anomalies[i])
+                outgoing.append(Outgoing(tick.key.encode(), value))
+            except Exception as exc:
+                out.dead.append(self._dead_letter(items[i][0], "processing_error", f"{type(exc).__name__}: {exc}"))
+        # nothing above failed: the keys' bookkeeping moves (only now does a key's state hold its tick,
+        # so a checkpoint taken in the middle of a plan claims no more than was stepped)
+        for i, (r, tick) in enumerate(items):
+            ks = self.keys.setdefault(tick.key, states[i])
+            ks.partition, ks.applied, ks.dirty = r.partition, r.offset + 1, True
+            ks.lags, ks.pending, ks.seq, ks.last_seen = lags[i], xs[i], ks.seq + 1, self.batches
             ks.last_mean, ks.last_lower, ks.last_upper = mean_l[i], lo_l[i], hi_l[i]
-            ks.last_seen = self.batches
-            value = encode_prediction(tick.key, tick.ts, ks.seq, mean_l[i], lo_l[i], hi_l[i], models[i],
-                                      prev_error, self.version, anomalies[i])
-            out.predictions.append(Outgoing(tick.key.encode(), value))
+            if windows[i] is not None:
+                ks.recent = windows[i]
+        out.predictions += outgoing
+        out.errors += errors
+        out.scaled_errors += scaled
+        out.hits += hits
+        out.resets += resets
+        self.resets_total += resets
 
     # ------------------------------------------------------------ eviction
     def _evict_idle(self, out: BatchResult) -> None:

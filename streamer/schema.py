@@ -15,6 +15,7 @@ Every rejection has a reason from `REASONS`, a bounded set, so it can label a me
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,8 @@ REASONS = (
     "bad_features",
     "bad_text",
     "feature_set_changed",
+    "missing_kafka_key",
+    "processing_error",
 )
 
 
@@ -169,12 +172,30 @@ def encode_prediction(
     return orjson.dumps(obj)
 
 
-def encode_dead_letter(raw: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int) -> bytes:
-    return orjson.dumps({
+DEAD_LETTER_KEEP_BYTES = 16_384  # of the original message; a dead letter always fits a 1 MiB record
+DEAD_LETTER_KEY_BYTES = 256  # of the original Kafka key, as the dead letter's own key
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The dead letter's Kafka key: the original one, cut to a size any broker takes."""
+    return key if key is None or len(key) <= DEAD_LETTER_KEY_BYTES else key[:DEAD_LETTER_KEY_BYTES]
+
+
+def encode_dead_letter(raw: bytes | None, reason: str, detail: str, topic: str, partition: int, offset: int,
+                       key: bytes | None = None) -> bytes:
+    """A dead letter: why, where from, and the original bytes, the first DEAD_LETTER_KEEP_BYTES of
+    them (with their length and SHA-256, so that a message of 10 MB is still named exactly while
+    its dead letter fits the DLQ). An original key longer than the dead letter's is described too."""
+    obj: dict[str, Any] = {
         "reason": reason,
-        "detail": detail,
+        "detail": detail[:1000],
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "value_b64": base64.b64encode(raw).decode() if raw is not None else None,
-    })
+        "value_b64": base64.b64encode(raw[:DEAD_LETTER_KEEP_BYTES]).decode() if raw is not None else None,
+    }
+    if raw is not None and len(raw) > DEAD_LETTER_KEEP_BYTES:
+        obj.update(value_truncated=True, value_bytes=len(raw), value_sha256=hashlib.sha256(raw).hexdigest())
+    if key is not None and len(key) > DEAD_LETTER_KEY_BYTES:
+        obj.update(key_truncated=True, key_bytes=len(key), key_sha256=hashlib.sha256(key).hexdigest())
+    return orjson.dumps(obj)

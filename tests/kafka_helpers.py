@@ -37,6 +37,16 @@ async def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, by
         await producer.stop()
 
 
+def produce_with_librdkafka(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]], **conf: object) -> None:
+    """Produce through librdkafka (confluent-kafka), the client most producers in the field are built on."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": False, **conf})
+    for key, value in items:
+        p.produce(topic, value=value, key=key)
+    assert p.flush(30) == 0, "librdkafka could not deliver everything"
+
+
 async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0,
                   **client: Any) -> list:
     """Read a topic from the start until `expected` messages arrived (then `settle` s more, to catch extras).

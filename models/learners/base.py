@@ -16,14 +16,22 @@ Means and variances are on the learner's (normalised) scale. `x` is [B, p], `d` 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, runtime_checkable
 
 import torch
+from annotated_types import Ge, Gt, Interval
 
 from models import rng
 from models.cells import NetSpec, init_theta
 
 State = dict[str, torch.Tensor]
+
+# The ranges of the learners' config fields. Plain dataclasses ignore them; whoever takes configs from
+# users (the daemon's STREAMER_LEARNER_OPTIONS) checks them with pydantic, which reads these markers.
+Positive = Annotated[float, Gt(0)]
+NonNegative = Annotated[float, Ge(0)]
+Share = Annotated[float, Interval(gt=0, le=1)]  # (0, 1]: a weight, a forgetting factor
+Count = Annotated[int, Ge(1)]
 
 
 @runtime_checkable

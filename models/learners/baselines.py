@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from models.cells import NetSpec
-from models.learners.base import State, rows_finite
+from models.learners.base import Positive, Share, State, rows_finite
 
 _VAR_DECAY = 0.02
 
@@ -74,8 +74,8 @@ class PersistenceLearner(MeanLearner):
 
 @dataclass(frozen=True)
 class RLSConfig:
-    delta: float = 100.0  # P_0 = delta I
-    lam: float = 1.0  # forgetting factor
+    delta: Positive = 100.0  # P_0 = delta I
+    lam: Share = 1.0  # forgetting factor
 
 
 class RLSLearner:

@@ -37,23 +37,23 @@ from dataclasses import dataclass
 import torch
 
 from models.cells import NetSpec
-from models.learners.base import State, cold_theta, linear_anneal, rows_finite
+from models.learners.base import Count, NonNegative, Positive, State, cold_theta, linear_anneal, rows_finite
 from models.learners.window import has_closed_form, lstm_bptt, window_advance, window_init, window_jacobian
 
 
 @dataclass(frozen=True)
 class EKFConfig:
-    p0: float = 100.0  # initial covariance P_0 = p0 I (cold start)
-    p0_warm: float = 0.1  # initial covariance around warm-started weights: trust what history taught
-    r_init: float = 10.0
-    r_last: float = 3.0
-    r_steps: int = 2000
-    q_init: float = 1e-4
-    q_last: float = 1e-6
-    q_steps: int = 2000
-    window: int = 10
+    p0: Positive = 100.0  # initial covariance P_0 = p0 I (cold start)
+    p0_warm: Positive = 0.1  # initial covariance around warm-started weights: trust what history taught
+    r_init: Positive = 10.0
+    r_last: Positive = 3.0
+    r_steps: Count = 2000
+    q_init: NonNegative = 1e-4
+    q_last: NonNegative = 1e-6
+    q_steps: Count = 2000
+    window: Count = 10
     joseph: bool = False
-    init_scale: float = 0.1
+    init_scale: NonNegative = 0.1
     gate_bias: float = 0.5
 
 

@@ -40,9 +40,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge
 
 from models import rng
 from models.cells import (
@@ -55,24 +56,24 @@ from models.cells import (
     unpack_parts,
 )
 from models.heads import readout_features
-from models.learners.base import State, rows_finite
+from models.learners.base import NonNegative, Positive, Share, State, rows_finite
 
 
 @dataclass(frozen=True)
 class PFConfig:
-    n_particles: int = 64
-    threshold: float = 0.5  # resample when N_eff < threshold * N
-    r: float = 0.1  # measurement noise variance R (normalised scale)
-    theta_noise: float = 2e-3  # random-walk std on the nonlinear weights, per tick
+    n_particles: Annotated[int, Ge(2)] = 64
+    threshold: Share = 0.5  # resample when N_eff < threshold * N
+    r: Positive = 0.1  # measurement noise variance R (normalised scale)
+    theta_noise: NonNegative = 2e-3  # random-walk std on the nonlinear weights, per tick
     transition: Literal["random_walk", "liu_west"] = "random_walk"
-    shrink: float = 0.98  # Liu-West a
-    state_noise: float = 0.0  # std of noise on c_t, y_t
-    grad_step: float = 0.1  # gradient-informed move (0 = plain bootstrap proposal)
-    readout_p0: float = 1.0  # prior variance of the read-out r (cold start)
-    readout_q: float = 1e-5  # random walk on r, added to Sigma each tick
-    readout_q_warm: float = 1e-6  # from a warm start: the read-out it brings wanders 10x slower
-    init_scale: float = 0.1
-    init_spread: float = 0.02  # particle spread around warm-started weights
+    shrink: Share = 0.98  # Liu-West a
+    state_noise: NonNegative = 0.0  # std of noise on c_t, y_t
+    grad_step: NonNegative = 0.1  # gradient-informed move (0 = plain bootstrap proposal)
+    readout_p0: Positive = 1.0  # prior variance of the read-out r (cold start)
+    readout_q: NonNegative = 1e-5  # random walk on r, added to Sigma each tick
+    readout_q_warm: NonNegative = 1e-6  # from a warm start: the read-out it brings wanders 10x slower
+    init_scale: NonNegative = 0.1
+    init_spread: NonNegative = 0.02  # particle spread around warm-started weights
     gate_bias: float = 0.5
 
 

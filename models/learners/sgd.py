@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from models.cells import NetSpec
-from models.learners.base import State, cold_theta, rows_finite
+from models.learners.base import Count, NonNegative, Positive, Share, State, cold_theta, rows_finite
 from models.learners.window import (
     has_closed_form,
     lstm_bptt,
@@ -32,17 +32,17 @@ from models.learners.window import (
 
 @dataclass(frozen=True)
 class SGDConfig:
-    lr: float = 0.02  # 0.2 in Vural et al. is for the plain head; the skip head diverges there
-    lr_warm: float = 0.002  # from a warm start: fine-tuning, a step 10x smaller keeps what history taught
-    window: int = 10
+    lr: Positive = 0.02  # 0.2 in Vural et al. is for the plain head; the skip head diverges there
+    lr_warm: Positive = 0.002  # from a warm start: fine-tuning, a step 10x smaller keeps what history taught
+    window: Count = 10
     schedule: Literal["constant", "inverse"] = "constant"
-    tau: float = 1000.0  # inverse schedule: mu_t = lr / (1 + t / tau)
+    tau: Positive = 1000.0  # inverse schedule: mu_t = lr / (1 + t / tau)
     optimizer: Literal["sgd", "adam"] = "sgd"
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip: float = 10.0  # max norm of the per-series gradient step e_t * H_t
-    var_decay: float = 0.02  # weight of the newest squared error in the running variance
-    init_scale: float = 0.1
+    eps: Positive = 1e-8
+    clip: Positive = 10.0  # max norm of the per-series gradient step e_t * H_t
+    var_decay: Share = 0.02  # weight of the newest squared error in the running variance
+    init_scale: NonNegative = 0.1
     gate_bias: float = 0.5
 
 

@@ -35,9 +35,16 @@ def broker_child(parent: psutil.Process, timeout: float = 60) -> int:
     return found[0]
 
 
+def _interruptible() -> None:
+    # a job started in the background by a non-interactive shell (as CI may run us) inherits SIGINT
+    # ignored, and Python then leaves it ignored: give the child the Ctrl-C a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "120"}, stdin=subprocess.DEVNULL)
+                            env={**os.environ, "COLUMNS": "120"}, stdin=subprocess.DEVNULL,
+                            preexec_fn=_interruptible)
 
 
 FIXTURE = ("from streamer.broker import EmbeddedBroker\nimport sys, time\n"

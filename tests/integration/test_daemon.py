@@ -139,3 +139,32 @@ def test_max_keys_bounds_memory_and_evicted_state_goes_to_the_changelog(broker):
     assert metrics["streamer_predictions_published_total"] == keys * rounds
     state_keys = {m.key for m in changelog if not m.key.startswith(b"__")}
     assert len(state_keys) >= keys - 10  # the evicted keys' state is durable before it leaves memory
+
+
+async def test_a_record_the_broker_refuses_for_good_is_counted_and_skipped_not_fatal(broker, monkeypatch):
+    """Apache Kafka refuses a batch holding a record over its message.max.bytes (Tansu takes any size,
+    so that one answer is injected); the daemon then sends the batch's records one by one: the
+    others arrive, the refused one (here 2 MB, over the producer's 1 MiB cap) is counted and skipped."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    s = settings_for(broker)
+    await create_topics(broker.bootstrap_servers, [s.input_topic], 1)
+    daemon = Daemon(s)
+    await daemon._start_clients()
+    try:
+        real = daemon._send_batches
+
+        async def refusing(topic, messages):
+            if any(len(m[1]) > 1 << 20 for m in messages):
+                raise MessageSizeTooLargeError("the broker's message.max.bytes")
+            return await real(topic, messages)
+
+        monkeypatch.setattr(daemon, "_send_batches", refusing)
+        messages = [(b"a", b"small-1", None, None), (b"b", b"x" * 2_000_000, None, None),
+                    (b"c", b"small-2", None, [("reason", b"r")])]
+        await daemon._deliver("dead_letters", s.output_topic, messages)
+        got = await consume(broker.bootstrap_servers, s.output_topic, 2, settle=0.5)
+        assert sorted(m.value for m in got) == [b"small-1", b"small-2"]
+        assert daemon.metrics.unpublishable.labels("dead_letters")._value.get() == 1
+    finally:
+        await daemon._close_clients()

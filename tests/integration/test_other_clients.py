@@ -12,16 +12,9 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
-from tests.kafka_helpers import consume, create_topics, produce, unique
-
-
-def produce_with_librdkafka(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]], **conf: str) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": False, **conf})
-    for key, value in items:
-        p.produce(topic, value=value, key=key)
-    assert p.flush(30) == 0, "librdkafka could not deliver everything"
+from tests.kafka_helpers import consume, create_topics, produce, produce_with_librdkafka, unique
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])

@@ -134,3 +134,10 @@ def test_learner_options_are_type_checked_at_start_not_at_the_first_tick():
         Settings(learner_options={"lr": "fast"}).learner_config()
     with pytest.raises(ValueError, match=r"schedule='sometimes'"):
         Settings(learner_options={"schedule": "sometimes"}).learner_config()
+    # and their ranges, where the learners' configs declare them
+    for learner, options, message in (("sgd", {"lr": -0.1}, "greater than 0"), ("sgd", {"window": 0}, "lr|window"),
+                                      ("pf", {"threshold": 1.5}, "less than or equal to 1"),
+                                      ("pf", {"n_particles": 1}, "greater than or equal to 2"),
+                                      ("ekf", {"p0": 0}, "p0=0"), ("dekf", {"q_init": -1e-3}, "q_init")):
+        with pytest.raises(ValueError, match=message):
+            Settings(learner=learner, learner_options=options).learner_config()

@@ -90,3 +90,28 @@ def test_persistence_fallback_stays_in_float_range():
     assert persistence_forecast(2.0, 1.0) == (2.0, 2.0 - 1.645, 2.0 + 1.645)
     v, lo, hi = persistence_forecast(1.7e308, -1.7e308)
     assert v == 1.7e308 and math.isfinite(lo) and math.isfinite(hi) and lo <= v <= hi
+
+
+def test_one_wild_tick_cannot_poison_the_error_gauge_and_prev_error_stays_a_number():
+    """A valid tick of 1e200 among normal ones, later 1e308 then -1e308: the rolling MSE stays finite
+    and comes back to where it was, and every prediction after a key's first carries a finite
+    prev_error (orjson writes inf as null, which the README keeps for a key's first tick)."""
+    from streamer.metrics import Metrics
+
+    p, m = Pipeline(Settings(lags=4, hidden=8)), Metrics("sgd", "lstm", "test")
+    values = [math.sin(t / 6.0) for t in range(1500)]
+    values[600], values[900], values[901] = 1e200, 1e308, -1e308
+    gauge, preds = [], []
+    for t, v in enumerate(values):
+        out = p.process([Record("ticks", 0, t, b"s", orjson.dumps({"key": "s", "ts": t, "value": v}))])
+        m.scored(out.scaled_errors, out.hits)
+        gauge.append(m.mse.labels("sgd")._value.get())
+        preds += [orjson.loads(o.value) for o in out.predictions]
+    assert all(math.isfinite(g) for g in gauge)
+    assert all(isinstance(q["prev_error"], float) and math.isfinite(q["prev_error"]) for q in preds[1:])
+    assert preds[0]["prev_error"] is None
+    before, after = gauge[599], gauge[-1]
+    # a capped square moves it by at most decay * cap = 1; a wild tick costs itself and the L = 4 ticks
+    # that carry it in their lags, each event at most 5 (the two at 900 and 901 overlap)
+    assert max(gauge[600:900]) <= before + 5 and max(gauge[900:]) <= before + 10
+    assert after < 2 * before + 0.05, (before, after)  # and it fades: back near the level before

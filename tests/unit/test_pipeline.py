@@ -179,3 +179,70 @@ def test_stopping_in_the_middle_of_a_plan_and_replaying_from_its_commit_loses_an
     stepped_past_commit = sum(1 for r, n in backlog if 0 <= n < waves and r.offset >= commit)
     assert stepped_past_commit > 0 and again.skipped == stepped_past_commit  # not applied twice
     assert published + [o.value for o in again.predictions] == reference
+
+
+def test_ticks_without_a_kafka_key_are_counted_and_named_once_or_refused_when_required():
+    p = Pipeline(Settings(lags=2, hidden=4))
+    first = p.process([rec(tick("a", 1.0)), rec(tick("a", 2.0)), rec(tick("b", 1.0), key=b"b")])
+    second = p.process([rec(tick("a", 3.0)), rec(tick("c", 1.0))])
+    assert (first.unkeyed, first.unkeyed_new) == (2, ["a"]) and len(first.predictions) == 3
+    assert (second.unkeyed, second.unkeyed_new) == (2, ["c"])  # "a" was named already
+    strict = Pipeline(Settings(lags=2, hidden=4, require_kafka_key=True))
+    out = strict.process([rec(tick("a", 1.0)), rec(tick("b", 1.0), key=b"b")])
+    assert [d.reason for d in out.dead] == ["missing_kafka_key"] and len(out.predictions) == 1
+    assert orjson.loads(out.dead[0].value)["reason"] == "missing_kafka_key"
+
+
+def test_a_dead_letter_always_fits_whatever_the_message_and_its_key():
+    """A 10 MB value under a 1.1 MB Kafka key: the dead letter keeps the head of the bytes with their
+    length and hash, its own key is cut, and it stays small enough for any broker."""
+    import base64
+    import hashlib
+
+    from streamer.schema import DEAD_LETTER_KEEP_BYTES, DEAD_LETTER_KEY_BYTES
+
+    value, key = b"v" * 10_000_000, b"k" * 1_100_000
+    out = Pipeline(Settings()).process([Record("ticks", 3, 7, key, value)])
+    (dead,) = out.dead
+    letter = orjson.loads(dead.value)
+    assert dead.reason == "oversized" and len(dead.value) < 64 * 1024 and dead.key == key[:DEAD_LETTER_KEY_BYTES]
+    assert base64.b64decode(letter["value_b64"]) == value[:DEAD_LETTER_KEEP_BYTES]
+    assert (letter["value_bytes"], letter["value_sha256"]) == (len(value), hashlib.sha256(value).hexdigest())
+    assert (letter["key_bytes"], letter["key_sha256"]) == (len(key), hashlib.sha256(key).hexdigest())
+    assert (letter["partition"], letter["offset"]) == (3, 7)
+
+
+def test_a_record_that_makes_processing_raise_is_dead_lettered_and_the_rest_go_on(monkeypatch):
+    """Inject a record that gets through decoding malformed (a decoder bug, say: a feature value that is
+    a string): its wave raises, is bisected down to it, it goes to the DLQ as processing_error with the
+    exception, and every other tick is predicted as in a run without it. A decoder that raises on a
+    message is caught per message too."""
+    import streamer.pipeline as P
+
+    real = P.decode_tick
+
+    def buggy(raw, kafka_key=None, max_bytes=65_536):
+        t = real(raw, kafka_key, max_bytes)
+        if t.key == "poison" and t.value == 3.0:
+            return P.Tick(t.key, t.ts, t.value, t.feature_names, ("not a number",), t.text)
+        if t.key == "crash":
+            raise RuntimeError("decoder bug")
+        return t
+
+    def batch(keys):
+        return [Record("ticks", 0, t * 10 + i, k.encode(), tick(k, float(t), features={"f": t / 2}))
+                for t in range(6) for i, k in enumerate(keys)]
+
+    reference = Pipeline(Settings(lags=2, hidden=4)).process(batch(["a", "b", "c"]))
+    monkeypatch.setattr(P, "decode_tick", buggy)
+    out = Pipeline(Settings(lags=2, hidden=4)).process(batch(["a", "poison", "b", "crash", "c"]))
+    reasons = [(d.reason, orjson.loads(d.value)["detail"]) for d in out.dead]
+    assert reasons.count(("processing_error", "RuntimeError: decoder bug")) == 6
+    poisoned = [detail for reason, detail in reasons if "decoder" not in detail]
+    assert len(poisoned) == 1 and poisoned[0].startswith("ValueError") and reasons[0][0] == "processing_error"
+    preds = [orjson.loads(o.value) for o in out.predictions]
+    assert sum(p["key"] == "poison" for p in preds) == 5  # all but the poisoned tick
+    got = {(p["key"], p["seq"]): p["prediction"] for p in preds if p["key"] != "poison"}
+    want = {(p["key"], p["seq"]): p["prediction"] for p in map(orjson.loads, (o.value for o in reference.predictions))}
+    assert got.keys() == want.keys()
+    assert [got[k] for k in sorted(got)] == pytest.approx([want[k] for k in sorted(want)], rel=1e-4, abs=1e-5)
