@@ -133,23 +133,32 @@ def median_run(runs: list[dict], field: str) -> dict:
 
 async def main_async(args) -> dict:
     out: dict = {"throughput": [], "latency": []}
-    with EmbeddedBroker() as broker:
-        bs = broker.bootstrap_servers
-        for learner, ticks in (("sgd", args.sgd_ticks), ("pf", args.pf_ticks)):
-            runs = [await throughput(bs, learner, args.keys, ticks, args.partitions) for _ in range(args.repeat)]
-            out["throughput"].append(median_run(runs, "ticks_per_s"))
-        runs = [await latency(bs, "sgd", args.keys, args.rate, args.seconds, args.partitions)
-                for _ in range(args.repeat)]
-        out["latency"].append(median_run(runs, "p99_ms"))
-        if args.budgets:  # A/B of the batch budget, runs alternating so that the machine's drift hits all alike
-            budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
-            by_budget: dict[str, list[dict]] = {b: [] for b in budgets}
-            for _ in range(args.budget_repeat):
-                for b in budgets:
-                    r = await throughput(bs, "sgd", args.keys, args.sgd_ticks, args.partitions, batch_budget_ms=b)
-                    by_budget[b].append({**r, "batch_budget_ms": int(b)})
-            out["budgets"] = [median_run(runs, "ticks_per_s") for runs in by_budget.values()]
+    if not args.only_compare:
+        with EmbeddedBroker() as broker:
+            bs = broker.bootstrap_servers
+            for learner, ticks in (("sgd", args.sgd_ticks), ("pf", args.pf_ticks)):
+                runs = [await throughput(bs, learner, args.keys, ticks, args.partitions) for _ in range(args.repeat)]
+                out["throughput"].append(median_run(runs, "ticks_per_s"))
+            runs = [await latency(bs, "sgd", args.keys, args.rate, args.seconds, args.partitions)
+                    for _ in range(args.repeat)]
+            out["latency"].append(median_run(runs, "p99_ms"))
+    if args.compare:
+        out["compare"] = await compare(args)
     return out
+
+
+async def compare(args) -> list[dict]:
+    """An A/B of one setting (NAME=V1,V2: STREAMER_NAME), its runs alternating so that the machine's
+    drift hits every value alike."""
+    name, _, values = args.compare.partition("=")
+    by_value: dict[str, list[dict]] = {v: [] for v in values.split(",") if v}
+    with EmbeddedBroker() as broker:
+        for _ in range(args.compare_repeat):
+            for v in by_value:
+                r = await throughput(broker.bootstrap_servers, args.compare_learner, args.keys, args.compare_ticks,
+                                     args.partitions, **{name: v})
+                by_value[v].append({**r, "setting": name, "value": v})
+    return [median_run(runs, "ticks_per_s") for runs in by_value.values()]
 
 
 def main() -> None:
@@ -161,9 +170,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="offered ticks/s in the latency run")
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median run is reported")
-    ap.add_argument("--budgets", default="", help="also compare sgd throughput at these STREAMER_BATCH_BUDGET_MS "
-                    "values, e.g. 250,1000000 (the latter: a whole fetched batch in one chunk)")
-    ap.add_argument("--budget-repeat", type=int, default=7, help="runs per budget in that comparison")
+    ap.add_argument("--compare", default="", help="also an A/B of one setting, e.g. batch_budget_ms=250,1000000 "
+                    "(the latter: a whole fetched batch in one chunk) or torch_threads=0,1")
+    ap.add_argument("--compare-learner", default="sgd")
+    ap.add_argument("--compare-ticks", type=int, default=200, help="ticks per key in each comparison run")
+    ap.add_argument("--compare-repeat", type=int, default=5, help="runs per value")
+    ap.add_argument("--only-compare", action="store_true", help="skip the main figures")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/daemon.json"))
     args = ap.parse_args()
     res = asyncio.run(main_async(args))
@@ -174,7 +186,8 @@ def main() -> None:
     for r in res["throughput"]:
         t.add_row(r["learner"], str(r["keys"]), str(r["ticks"]), f"{r['ticks_per_s']:,.0f}",
                   ", ".join(f"{v:,.0f}" for v in r["ticks_per_s_all"]))
-    console.print(t)
+    if res["throughput"]:
+        console.print(t)
     t = Table(title="tick-to-prediction latency at a fixed offered rate")
     for c in ("learner", "keys", "offered ticks/s", "ticks", "p50 ms", "p99 ms (median)", "max ms", "p99 all runs"):
         t.add_column(c, justify="right")
@@ -182,13 +195,15 @@ def main() -> None:
         t.add_row(r["learner"], str(r["keys"]), f"{r['offered_ticks_per_s']:,.0f}", str(r["ticks"]),
                   f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
                   ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
-    console.print(t)
-    if res.get("budgets"):
-        t = Table(title="sgd throughput by batch budget (runs alternating)")
-        for c in ("STREAMER_BATCH_BUDGET_MS", "ticks/s (median)", "bursts (median run)", "all runs"):
+    if res["latency"]:
+        console.print(t)
+    if res.get("compare"):
+        name = res["compare"][0]["setting"]
+        t = Table(title=f"{res['compare'][0]['learner']} throughput by STREAMER_{name.upper()} (runs alternating)")
+        for c in ("value", "ticks/s (median)", "bursts (median run)", "all runs"):
             t.add_column(c, justify="right")
-        for r in res["budgets"]:
-            t.add_row(f"{r['batch_budget_ms']:,}", f"{r['ticks_per_s']:,.0f}", str(r["batches"]),
+        for r in res["compare"]:
+            t.add_row(r["value"], f"{r['ticks_per_s']:,.0f}", str(r["batches"]),
                       ", ".join(f"{v:,.0f}" for v in r["ticks_per_s_all"]))
         console.print(t)
     args.json.parent.mkdir(parents=True, exist_ok=True)

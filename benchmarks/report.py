@@ -164,6 +164,19 @@ def main() -> None:
         "d_pf": met(thr["pf"]["ticks_per_s"] >= 1_000),
         "lat": met(lat["p99_ms"] <= 100),
     }
+    def compare_rows(name: str) -> str:
+        return "\n".join(f"| {int(r['value']):,} | {r['ticks_per_s']:,.0f} | {r['batches']} | {r['ticks_per_s_all']} |"
+                         for r in load(name)["compare"])
+
+    budget_rows, pf_thread_rows = compare_rows("daemon-budget"), compare_rows("daemon-threads-pf")
+    th = load("threads")
+    thread_counts = sorted(int(k.split("_")[1]) for k in th["rows"][0] if k.startswith("threads_") and
+                           not k.endswith("_all"))
+    threads_rows = "\n".join(
+        f"| {'busy neighbour' if r['busy_neighbour'] else 'idle'} | {r['learner']} | {r['keys']:,} | "
+        + " | ".join(f"{r[f'threads_{n}']:,.0f}" for n in thread_counts) + " |" for r in th["rows"])
+    threads_head = ("| machine | learner | keys | " + " | ".join(f"{n} thread(s)" for n in thread_counts) + " |\n|"
+                    + "---|" * (3 + len(thread_counts)))
     fo = load("failover")
     v["failover"] = met(abs(fo["mse_after_failover"] - fo["mse_without_failure"]) <= 0.1 * fo["mse_without_failure"])
     text = TEMPLATE.format(
@@ -180,6 +193,7 @@ def main() -> None:
         sgd1=sp["sgd (window 1)"], dekf1=sp["dekf (window 1)"], dekf10=sp["dekf (window 10)"],
         pf=sp["pf (N=64)"], sgd10=sp["sgd (window 10)"],
         d_sgd=thr["sgd"], d_pf=thr["pf"], lat=lat, fz=load("fuzz"), sk=soak_figures(), of=offline_figures(),
+        budget_rows=budget_rows, threads_rows=threads_rows, threads_head=threads_head, pf_thread_rows=pf_thread_rows,
     )
     (HERE / "RESULTS.md").write_text(text)
     print(f"wrote {HERE / 'RESULTS.md'}")
@@ -344,6 +358,47 @@ Three changes brought the cost back down:
 
 With these changes and Kafka Streams' 30 s default interval, the figures above were measured.
 
+### Micro-batches bounded in time
+
+A fetch of up to 20,000 ticks used to be one micro-batch: with 4 keys that is 5,000 waves, and
+nothing was published until all were stepped (the demo showed an empty table for minutes, and a
+PF daemon took 105 s to stop). Now a fetch is planned once and stepped, published and committed
+in chunks of about `STREAMER_BATCH_BUDGET_MS` (250) of model time. The cost at 1,000 keys,
+measured with the budgets alternating run by run in one session
+(`python benchmarks/daemon.py --only-compare --compare batch_budget_ms=250,1000000 --json
+benchmarks/data/daemon-budget.json`; 1,000,000 ms makes each fetch one chunk, as before):
+
+| STREAMER_BATCH_BUDGET_MS | sgd ticks/s (median) | bursts in the median run | all runs |
+|---|---|---|---|
+{budget_rows}
+
+## torch threads
+
+```bash
+python benchmarks/threads.py --json benchmarks/data/threads.json
+```
+
+`Pipeline.process` ticks/s, one wave a call (the daemon's shape when ticks trickle in), default
+settings, medians of 3 runs with the thread counts alternating; "busy neighbour" runs the same
+with one other process spinning on a core, as a shared machine or the daemon's own event loop
+and broker are.
+
+{threads_head}
+{threads_rows}
+
+One thread is as fast or faster for few keys, and 3-4x faster than two beside a busy neighbour;
+two pay for big waves on idle cores (sgd at 1,000 keys +21%; the global EKF and the PF, whose
+per-key work is large). Torch's own default is one thread per core, which in a container with a
+CPU quota oversubscribes badly. So `STREAMER_TORCH_THREADS` defaults to 0: one thread for a wave
+of fewer than 128 ticks, the cores the process may use (at most 4) for a bigger one. The daemon
+at 1,000 keys, PF, 0 against 1 (`python benchmarks/daemon.py --only-compare --compare
+torch_threads=0,1 --compare-learner pf --compare-ticks 40 --compare-repeat 3 --json
+benchmarks/data/daemon-threads-pf.json`):
+
+| STREAMER_TORCH_THREADS | pf ticks/s (median) | bursts in the median run | all runs |
+|---|---|---|---|
+{pf_thread_rows}
+
 Overlapping one batch's acknowledgements with the next batch's model step was measured slower
 (14.7k): on 2 cores the two threads fight over the GIL.
 
@@ -376,19 +431,33 @@ so the predictions are the same.
 ## Reliability: fuzzing and numeric faults
 
 ```bash
-FUZZ_JSON=benchmarks/data/fuzz.json pytest tests/unit/test_fuzz.py
-pytest tests/unit/test_numeric_faults.py tests/unit/test_crafted_state.py
+python benchmarks/fuzz.py --json benchmarks/data/fuzz.json     # tests/unit/test_fuzz.py at 100,000+ messages each
+pytest tests/unit/test_numeric_faults.py tests/unit/test_crafted_state.py tests/e2e/test_hostile_input.py
 ```
 
 Hypothesis fuzzing (random bytes, random JSON, tick-shaped objects with wrong types, integers
 beyond 64 bits, 5e-324 to 1.8e308, unicode and over-long keys and texts, duplicated and
-out-of-order timestamps), one run:
+out-of-order timestamps), one run of {fz[seconds]:.0f} s:
 - the tick decoder: {fz[decoder]:,} messages ({fz[decoder_accepted]:,} accepted, {fz[decoder_rejected]:,} rejected, each
   with a reason from the fixed set); no other exception escaped;
 - the whole pipeline: {fz[pipeline_messages]:,} messages in {fz[pipeline_batches]:,} batches;
   {fz[pipeline_predicted]:,} predicted, {fz[pipeline_dead_lettered]:,} dead-lettered with their reason and
   original bytes. Every message was accounted for exactly once, and every prediction was finite
   with lower <= prediction <= upper.
+
+Hostile input against the daemon as a process (`tests/e2e/test_hostile_input.py`), all produced
+by librdkafka (confluent-kafka): batches in each codec Kafka defines (none, gzip, snappy, lz4,
+zstd: aiokafka reads the last three through its `cramjam` extras, now dependencies), values of
+800 KB and 10 MB, a 1.1 MB Kafka key, a tick that makes its wave raise and one that makes the
+decoder raise (a bug brought in by a `sitecustomize` on the daemon's path). The daemon runs to
+the end of its input: every good tick before and after is predicted once, and the DLQ holds
+`oversized` x2 (with the original length and SHA-256 beside the first 16 KiB), `bad_key` (the
+1.1 MB key, cut to 256 bytes as the dead letter's key) and `processing_error` x2 (with the
+exception). A record the broker refuses for good (Apache Kafka's `message.max.bytes`) is sent
+again alone and, refused again, logged, counted in `streamer_unpublishable_total` and skipped
+(`tests/integration/test_daemon.py`). A single tick of 1e200, or 1e308 then -1e308, no longer
+makes `streamer_prequential_mse` infinite: it is on each key's sd scale, each square capped at
+100 (`tests/unit/test_numeric_faults.py`).
 
 Numeric faults, for sgd, ekf and pf, are a test rather than a figure. The faulty series:
 - one explodes to 1e30 and then sits at 1e300 (inf in float32);
@@ -447,6 +516,11 @@ keeps reconnecting meanwhile (hundreds of refused attempts during the cut). A se
 retriably is sent again with backoff while the batch stays uncommitted
 (`streamer_delivery_retries_total`). Every tick has its prediction; a duplicate carries the same
 `seq` and value.
+
+A second test cuts the link for 30 s while the daemon is in the middle of a backlog
+(`test_a_30_second_cut_mid_stream_loses_no_prediction`): its group session expires, it stays up
+(/healthz 200, /readyz 503 for the whole cut), reconnects, rejoins and restores its partitions
+from the changelog, and every tick is then predicted, duplicates only under the same `seq`.
 
 The broker is also stopped under the daemon and started again on the same port, with its storage
 in a local S3 (moto's server, Tansu's `s3://` engine), so topics and committed offsets survive.

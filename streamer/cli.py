@@ -245,6 +245,7 @@ def run_cmd(
                          metrics_port=metrics_port, warm_start=warm_start, burst=burst)
     configure_logging(settings.log_level, settings.log_format)
     settings.learner_config()
+    settings.kafka_security()  # SASL without its user or password, an unreadable CA or password file: now
     from streamer.pipeline import Pipeline
 
     # model files that are missing or do not fit stop the daemon here, in one line, not at the first tick

@@ -73,11 +73,12 @@ class Settings(BaseSettings):
     anomaly_model: str | None = Field(
         None, description="autoencoder file (`offline train autoencoder --columns COL`): each prediction gets "
                           "`anomaly`, its window's reconstruction error over the 99th percentile of normal windows")
-    # measured (benchmarks/threads.py, RESULTS "torch threads"): one thread is as fast or faster for
-    # few keys, and 3-4x faster than two when another process (or the daemon's own event loop) is busy
+    # measured (benchmarks/threads.py and daemon.py, RESULTS "torch threads"): for few keys one thread
+    # is as fast or faster, and 3-4x faster than two beside a busy process; for a wave of many keys on
+    # idle cores two are faster (daemon at 1,000 keys: sgd +12%, pf +60%). 0 takes both.
     torch_threads: int = Field(
-        1, ge=1, le=256, description="torch intra-op threads of the model step (more only pays for many keys "
-                                     "on cores nothing else uses)")
+        0, ge=0, le=256, description="torch intra-op threads of the model step; 0: one for a wave of fewer than "
+                                     "128 ticks, else the cores this process may use (at most 4)")
     max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
     changelog_topic: str | None = Field(None, description="compacted state topic (default: INPUT_TOPIC-changelog)")
     checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")
@@ -122,8 +123,14 @@ class Settings(BaseSettings):
         """aiokafka keyword arguments for the configured security protocol."""
         out: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.security_protocol in ("SSL", "SASL_SSL"):
+            import os
+
             from aiokafka.helpers import create_ssl_context
 
+            for name, path in (("CAFILE", self.ssl_cafile), ("CERTFILE", self.ssl_certfile),
+                               ("KEYFILE", self.ssl_keyfile)):
+                if path and not os.access(path, os.R_OK):
+                    raise ValueError(f"STREAMER_SSL_{name}={path} cannot be read")
             # a client context: verifies the broker's certificate and host name (no CA file = system CAs)
             out["ssl_context"] = create_ssl_context(
                 cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile)

@@ -234,7 +234,8 @@ class Daemon:
 
     async def run(self) -> int:
         s = self.settings
-        torch.set_num_threads(s.torch_threads)  # process-wide: this process is the daemon's
+        # before any worker thread exists: each takes this count when it first runs torch (0: set per wave)
+        torch.set_num_threads(s.torch_threads or 1)
         port = await self.health.start()
         log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
                  output=s.output_topic, group=s.group_id, metrics_port=port)

@@ -170,6 +170,7 @@ def persistence_forecast(value: float, previous: float, z: float = 1.645) -> tup
 
 TEXT_FEATURE, TEXT_PRIOR = "text_p", 0.5
 _FLOAT_MAX = sys.float_info.max
+WIDE_WAVE_TICKS = 128  # a wave this big steps on several torch threads (STREAMER_TORCH_THREADS=0)
 
 STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
 STATE_VERSION = 1
@@ -211,7 +212,9 @@ class Pipeline:
         self.keys: dict[str, KeyState] = {}
         self.spill = SpillStore(settings.spill_path)  # evicted idle keys (their state is also checkpointed)
         self.spilled_partition: dict[str, int] = {}
-        self._unkeyed_seen: set[str] = set()  # series keys already warned about (ticks without a Kafka key)
+        self._unkeyed_seen: set[str] = set()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._wide_threads = max(1, min(4, cores))  # series keys already warned about (ticks without a Kafka key)
         self.batches = 0
         self.resets_total = 0
         self._learner_options = settings.learner_config()
@@ -392,6 +395,7 @@ class Pipeline:
         while not plan.done:
             wave = plan.waves[plan.next_wave]
             plan.next_wave += 1
+            self._threads_for(len(wave))
             out.records += [r for r, _ in wave]
             by_bank: dict[tuple[str, ...], list[tuple[RecordLike, Tick]]] = {}
             for r, tick in wave:
@@ -404,6 +408,15 @@ class Pipeline:
         if plan.done:  # never in the middle of a plan: a key with ticks still to step must stay in memory
             self._evict_idle(out)
         return out
+
+    def _threads_for(self, ticks: int) -> None:
+        """STREAMER_TORCH_THREADS=0: one torch thread for a small wave (per-op overhead dominates and
+        a second thread only contends), the cores this process may use (at most 4) for a big one."""
+        if self.settings.torch_threads:
+            return
+        want = self._wide_threads if ticks >= WIDE_WAVE_TICKS else 1
+        if torch.get_num_threads() != want:  # per OS thread: the daemon steps in worker threads
+            torch.set_num_threads(want)
 
     def _run_wave(self, signature: tuple[str, ...], items: list[tuple[RecordLike, Tick]], out: BatchResult) -> None:
         """A poison-record guard around `_step`: a wave that raises is split in halves and each half

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -52,21 +53,29 @@ def wait_until(condition: Callable[[], object], timeout: float, message: str, ev
         time.sleep(every)
 
 
-def start_daemon(env: dict[str, str]) -> subprocess.Popen:
+def start_daemon(env: dict[str, str], log: IO[bytes] | None = None) -> subprocess.Popen:
+    """`streamer run` with these variables; its output on a text pipe, or into `log` (a pipe that
+    nobody reads while the test runs for long would fill up and stall the daemon)."""
+    if log is not None:
+        return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
     return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @contextlib.contextmanager
-def daemon_process(env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A `streamer run` process, killed on the way out if the test left it running."""
-    proc = start_daemon(env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def daemon_process(env: dict[str, str], log: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A `streamer run` process, killed on the way out if the test left it running; its output goes
+    to the file `log` when one is given."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "ab")) if log is not None else None  # noqa: SIM115
+        proc = start_daemon(env, out)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,24 +20,25 @@ import pytest
 
 from streamer.broker import EmbeddedBroker, free_port
 from tests.faultproxy import FaultProxy
-from tests.helpers import env_for, predictions, stream
+from tests.helpers import daemon_process, env_for, predictions, stream
 from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape
 
 KEYS, TICKS = 12, 80
 
 
 @contextlib.contextmanager
-def daemon_logged(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """A `streamer run` process whose output goes to a file (a pipe nobody reads would fill up)."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
-                                stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+def daemon_behind_proxy(tmp_path: Path) -> Iterator[tuple[FaultProxy, str, dict[str, str], subprocess.Popen]]:
+    """A ready daemon process whose every connection to the embedded broker passes the proxy:
+    (proxy, bootstrap servers, the daemon's variables, the process); its log in tmp_path/daemon.log."""
+    proxy = FaultProxy(upstream_port=free_port())
+    with proxy, EmbeddedBroker(port=proxy.upstream[1], advertised_port=proxy.port):
+        bs = f"{proxy.host}:{proxy.port}"
+        env = env_for(bs, batch_max="40", checkpoint_ticks="200", request_timeout_ms="4000")
+        asyncio.run(create_topics(bs, [env["STREAMER_INPUT_TOPIC"]], 2))
+        with daemon_process(env, tmp_path / "daemon.log") as proc:
+            wait_for(lambda: http_status(int(env["STREAMER_METRICS_PORT"]), "/readyz") == 200, 60, "ready",
+                     tmp_path / "daemon.log")
+            yield proxy, bs, env, proc
 
 
 def wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> float:  # type: ignore[no-untyped-def]
@@ -66,46 +65,40 @@ def assert_every_tick_once_or_marked(got: dict[tuple[str, int], list[dict]], key
 
 @pytest.mark.slow
 def test_cuts_delays_and_dropped_packets_lose_no_prediction(tmp_path):
-    proxy = FaultProxy(upstream_port=free_port())
-    with proxy, EmbeddedBroker(port=proxy.upstream[1], advertised_port=proxy.port):
-        bs = f"{proxy.host}:{proxy.port}"
-        env = env_for(bs, batch_max="40", checkpoint_ticks="200", request_timeout_ms="4000")
+    items = stream(0, TICKS, KEYS)
+    quarter = len(items) // 4
+    log = tmp_path / "daemon.log"
+    with daemon_behind_proxy(tmp_path) as (proxy, bs, env, proc):
         topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
         port = int(env["STREAMER_METRICS_PORT"])
-        log = tmp_path / "daemon.log"
-        asyncio.run(create_topics(bs, [topic_in], 2))
-        items = stream(0, TICKS, KEYS)
-        quarter = len(items) // 4
-        with daemon_logged(env, log) as proc:
-            wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready", log)
-            asyncio.run(produce(bs, topic_in, items[:quarter]))
-            asyncio.run(consume(bs, topic_out, quarter, settle=0.2))
+        asyncio.run(produce(bs, topic_in, items[:quarter]))
+        asyncio.run(consume(bs, topic_out, quarter, settle=0.2))
 
-            # 1. the link is cut mid-stream: ticks are in the broker, the daemon is working on them
-            asyncio.run(produce(bs, topic_in, items[quarter : 2 * quarter]))
-            proxy.cut()
-            wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not-ready while cut off", log)
-            time.sleep(4)
-            refused_while_cut = proxy.stats.refused
-            proxy.heal()
-            wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready again after the cut", log)
+        # 1. the link is cut mid-stream: ticks are in the broker, the daemon is working on them
+        asyncio.run(produce(bs, topic_in, items[quarter : 2 * quarter]))
+        proxy.cut()
+        wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not-ready while cut off", log)
+        time.sleep(4)
+        refused_while_cut = proxy.stats.refused
+        proxy.heal()
+        wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready again after the cut", log)
 
-            # 2. a slow link, then a black hole (packets dropped, connections left open)
-            proxy.delay(0.05)
-            asyncio.run(produce(bs, topic_in, items[2 * quarter : 3 * quarter]))
-            time.sleep(1)
-            proxy.blackhole()
-            wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not-ready in the black hole", log)
-            time.sleep(3)
-            proxy.heal()
-            wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready again after the black hole", log)
+        # 2. a slow link, then a black hole (packets dropped, connections left open)
+        proxy.delay(0.05)
+        asyncio.run(produce(bs, topic_in, items[2 * quarter : 3 * quarter]))
+        time.sleep(1)
+        proxy.blackhole()
+        wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not-ready in the black hole", log)
+        time.sleep(3)
+        proxy.heal()
+        wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready again after the black hole", log)
 
-            asyncio.run(produce(bs, topic_in, items[3 * quarter :]))
-            msgs = asyncio.run(consume(bs, topic_out, len(items), timeout=90, settle=2.0))
-            assert proc.poll() is None, "the daemon died of a network fault"
-            metrics = scrape(port)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+        asyncio.run(produce(bs, topic_in, items[3 * quarter :]))
+        msgs = asyncio.run(consume(bs, topic_out, len(items), timeout=90, settle=2.0))
+        assert proc.poll() is None, "the daemon died of a network fault"
+        metrics = scrape(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
         duplicates = assert_every_tick_once_or_marked(predictions(msgs), KEYS, TICKS)
         assert duplicates <= len(items) // 2  # at most what was processed but not committed when cut
         assert refused_while_cut >= 2, "the daemon did not keep trying while cut off"
@@ -149,7 +142,7 @@ def test_broker_restarted_under_the_daemon_loses_no_prediction(tmp_path):
             asyncio.run(create_topics(bs, [topic_in], 2))
             items = stream(0, ticks, keys)
             half = len(items) // 2
-            with daemon_logged(env, log) as proc:
+            with daemon_process(env, log) as proc:
                 wait_for(lambda: http_status(port, "/readyz") == 200, 60, "ready", log)
                 asyncio.run(produce(bs, topic_in, items[:half]))
                 asyncio.run(consume(bs, topic_out, half // 2, settle=0.0))  # mid-stream
@@ -191,7 +184,7 @@ def test_daemon_speaks_tls_and_refuses_a_broker_it_cannot_verify(tmp_path):
         items = stream(0, 10, 4)
         asyncio.run(produce(bs, topic_in, items, **tls))
         log = tmp_path / "tls.log"
-        with daemon_logged(env, log) as proc:
+        with daemon_process(env, log) as proc:
             assert proc.wait(120) == 0, log.read_text()[-3000:]
         got = predictions(asyncio.run(consume(bs, topic_out, len(items), settle=0.5, **tls)))
         assert set(got) == {(f"s{k}", t) for t in range(10) for k in range(4)}
@@ -199,9 +192,40 @@ def test_daemon_speaks_tls_and_refuses_a_broker_it_cannot_verify(tmp_path):
         untrusted = {**env, "STREAMER_SSL_CAFILE": str(Path(ssl.get_default_verify_paths().openssl_cafile)),
                      "STREAMER_METRICS_PORT": str(free_port())}
         log = tmp_path / "untrusted.log"
-        with daemon_logged(untrusted, log) as proc:
+        with daemon_process(untrusted, log) as proc:
             time.sleep(8)
             ready = http_status(int(untrusted["STREAMER_METRICS_PORT"]), "/readyz")
         text = log.read_text()
         assert ready != 200
         assert "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_a_30_second_cut_mid_stream_loses_no_prediction(tmp_path):
+    """The link to the broker is down for 30 s while ticks wait in it: the group session expires, the
+    daemon stays up and not ready, reconnects, rejoins, restores its state, and once healed every tick
+    has its prediction (duplicates only as at-least-once allows: same key, same seq, same value)."""
+    items = stream(0, TICKS, KEYS)
+    half = len(items) // 2
+    log = tmp_path / "daemon.log"
+    with daemon_behind_proxy(tmp_path) as (proxy, bs, env, proc):
+        topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
+        port = int(env["STREAMER_METRICS_PORT"])
+        asyncio.run(produce(bs, topic_in, items[:half]))
+        asyncio.run(consume(bs, topic_out, half // 2, settle=0.0))  # the daemon is in the middle of them
+        proxy.cut()
+        wait_for(lambda: http_status(port, "/readyz") == 503, 15, "not-ready while cut off", log)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:
+            assert proc.poll() is None, "the daemon died during the cut"
+            assert http_status(port, "/healthz") == 200 and http_status(port, "/readyz") == 503
+            time.sleep(1)
+        proxy.heal()
+        wait_for(lambda: http_status(port, "/readyz") == 200, 90, "ready again after a 30 s cut", log)
+        asyncio.run(produce(bs, topic_in, items[half:]))
+        msgs = asyncio.run(consume(bs, topic_out, len(items), timeout=120, settle=2.0))
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        duplicates = assert_every_tick_once_or_marked(predictions(msgs), KEYS, TICKS)
+        assert duplicates <= half, duplicates

@@ -4,7 +4,8 @@ Random bytes, random JSON, tick-shaped objects with wrong types, huge and tiny n
 and very long keys and texts, duplicated and out-of-order timestamps: no exception escapes, every
 rejected message is a dead letter with a known reason and its original bytes, every accepted one
 gets exactly one finite prediction. With FUZZ_JSON=path the number of inputs tried is written
-there (benchmarks/RESULTS.md records it).
+there; FUZZ_DECODER_EXAMPLES and FUZZ_PIPELINE_EXAMPLES scale the runs (benchmarks/fuzz.py runs
+them at 100,000 messages each; benchmarks/RESULTS.md records the counts).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def _check_decoded(raw: bytes, kafka_key: bytes | None) -> None:
     assert list(t.feature_names) == sorted(t.feature_names)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=int(os.environ.get("FUZZ_DECODER_EXAMPLES", 3000)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(raw=raw_messages, kafka_key=st.one_of(st.none(), st.binary(max_size=10), keys.map(str.encode)))
 def test_decoder_never_raises_anything_but_a_reasoned_tick_error(raw, kafka_key):
     TRIED["decoder"] += 1
@@ -116,7 +118,8 @@ good_ticks = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=int(os.environ.get("FUZZ_PIPELINE_EXAMPLES", 300)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batches=st.lists(st.lists(st.one_of(good_ticks, raw_messages), min_size=1, max_size=25), min_size=1, max_size=4))
 def test_pipeline_predicts_every_accepted_tick_and_dead_letters_the_rest(batches):
     pipeline = Pipeline(Settings(lags=2, hidden=4))
