@@ -32,8 +32,8 @@ from models.learners.window import (
 
 @dataclass(frozen=True)
 class SGDConfig:
-    lr: Positive = 0.02  # 0.2 in Vural et al. is for the plain head; the skip head diverges there
-    lr_warm: Positive = 0.002  # from a warm start: fine-tuning, a step 10x smaller keeps what history taught
+    lr: NonNegative = 0.02  # 0.2 in Vural et al. is for the plain head; the skip head diverges there
+    lr_warm: NonNegative = 0.002  # from a warm start: fine-tuning, a step 10x smaller keeps what history taught
     window: Count = 10
     schedule: Literal["constant", "inverse"] = "constant"
     tau: Positive = 1000.0  # inverse schedule: mu_t = lr / (1 + t / tau)
