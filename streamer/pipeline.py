@@ -138,7 +138,7 @@ class BatchResult:
     records: list[Any] = field(default_factory=list)  # the records this result handled (RecordLike)
     commit: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset to commit
     unkeyed: int = 0  # ticks that came without a Kafka key
-    unkeyed_new: list[str] = field(default_factory=list)  # keys seen so for the first time: warned about once each
+    unkeyed_new: list[str] = field(default_factory=list)  # keys first seen without a Kafka key: warned about once each
 
 
 @dataclass(slots=True)
@@ -212,9 +212,9 @@ class Pipeline:
         self.keys: dict[str, KeyState] = {}
         self.spill = SpillStore(settings.spill_path)  # evicted idle keys (their state is also checkpointed)
         self.spilled_partition: dict[str, int] = {}
-        self._unkeyed_seen: set[str] = set()
+        self._unkeyed_seen: set[str] = set()  # series keys already warned about (ticks without a Kafka key)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._wide_threads = max(1, min(4, cores))  # series keys already warned about (ticks without a Kafka key)
+        self._wide_threads = max(1, min(4, cores))  # torch threads for a big wave (STREAMER_TORCH_THREADS=0)
         self.batches = 0
         self.resets_total = 0
         self._learner_options = settings.learner_config()
