@@ -87,7 +87,10 @@ class Plan:
     Within a partition the waves interleave keys, so the records handled after k waves are not a
     prefix of the partition: the offset safe to commit is the smallest one not yet handled (the
     ticks past it that were handled are skipped on re-delivery: each key's state records the
-    offset it has applied)."""
+    offset it has applied). When each key's ticks keep to one partition (the Kafka key decides it)
+    that smallest one is in wave k itself: every key of a later wave has a tick in wave k, at a
+    smaller offset than its later ones. A batch where some key came on two partitions (`spread`:
+    no Kafka key, or another one) is searched through all the waves left."""
 
     waves: list[list[tuple[RecordLike, Tick]]] = field(default_factory=list)
     next_wave: int = 0
@@ -97,8 +100,7 @@ class Plan:
     unkeyed: int = 0  # ticks without a Kafka key
     unkeyed_new: list[str] = field(default_factory=list)  # series keys seen without a Kafka key for the first time
     ends: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset + 1
-    # [w]: (topic, partition) -> the smallest offset in waves w, w+1, ... (one more entry, empty, at the end)
-    suffix_min: list[dict[tuple[str, int], int]] = field(default_factory=list)
+    spread: bool = False  # some key's ticks came on more than one partition
 
     @property
     def done(self) -> bool:
@@ -109,20 +111,15 @@ class Plan:
         """Ticks not yet stepped."""
         return sum(len(w) for w in self.waves[self.next_wave:])
 
-    def index_offsets(self) -> None:
-        running: dict[tuple[str, int], int] = {}
-        self.suffix_min = [{}]
-        for wave in reversed(self.waves):
-            for r, _ in wave:
-                tp = (r.topic, r.partition)
-                running[tp] = min(running.get(tp, r.offset), r.offset)
-            self.suffix_min.append(dict(running))
-        self.suffix_min.reverse()
-
     def commit_offsets(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset below which every record of the batch is handled."""
-        pending = self.suffix_min[self.next_wave]
-        return {tp: pending.get(tp, end) for tp, end in self.ends.items()}
+        out = dict(self.ends)
+        for wave in self.waves[self.next_wave : None if self.spread else self.next_wave + 1]:
+            for r, _ in wave:
+                tp = (r.topic, r.partition)
+                if r.offset < out[tp]:
+                    out[tp] = r.offset
+        return out
 
 
 @dataclass
@@ -328,9 +325,9 @@ class Pipeline:
         self.batches += 1
         plan = Plan()
         ticks: list[tuple[RecordLike, Tick]] = []
+        ends = plan.ends
         for r in records:
-            tp = (r.topic, r.partition)
-            plan.ends[tp] = max(plan.ends.get(tp, 0), r.offset + 1)
+            ends[(r.topic, r.partition)] = r.offset + 1  # a fetch holds each partition's records in order
             try:
                 tick = decode_tick(r.value, r.key, self.settings.max_message_bytes)
             except TickError as exc:
@@ -362,6 +359,7 @@ class Pipeline:
                         self._dead(plan, item[0], "processing_error", f"{type(exc).__name__}: {exc}")
                 ticks = scored
         count: dict[str, int] = {}
+        partition_of: dict[str, int] = {}
         new_keys: dict[str, tuple[str, ...]] = {}  # keys first seen in this batch: their feature names
         for r, tick in ticks:
             ks = self.keys.get(tick.key)
@@ -378,10 +376,11 @@ class Pipeline:
                 continue
             j = count.get(tick.key, 0)
             count[tick.key] = j + 1
+            if partition_of.setdefault(tick.key, r.partition) != r.partition:
+                plan.spread = True
             if j == len(plan.waves):
                 plan.waves.append([])
             plan.waves[j].append((r, tick))
-        plan.index_offsets()
         return plan
 
     def run(self, plan: Plan, budget_s: float | None = None) -> BatchResult:

@@ -246,3 +246,18 @@ def test_a_record_that_makes_processing_raise_is_dead_lettered_and_the_rest_go_o
     want = {(p["key"], p["seq"]): p["prediction"] for p in map(orjson.loads, (o.value for o in reference.predictions))}
     assert got.keys() == want.keys()
     assert [got[k] for k in sorted(got)] == pytest.approx([want[k] for k in sorted(want)], rel=1e-4, abs=1e-5)
+
+
+def test_the_commit_never_passes_a_tick_not_stepped_when_a_key_comes_on_two_partitions():
+    """Without a Kafka key one series' ticks land on several partitions; the offset committed for a
+    partition must still stay at its first tick not stepped, whatever wave that tick is in."""
+    def r(partition: int, offset: int, key: str, t: int) -> Record:
+        return Record("ticks", partition, offset, None, tick(key, float(t), ts=t))
+
+    # key k: ticks 0 and 1 on partition 1, tick 2 on partition 2 at offset 5; key a: tick 0 on partition 2 at 6
+    p = Pipeline(Settings(lags=2, hidden=4))
+    plan = p.plan([r(1, 0, "k", 0), r(1, 1, "k", 1), r(2, 5, "k", 2), r(2, 6, "a", 0)])
+    p.run(plan, budget_s=1e-9)  # wave 0: k's tick 0 and a's tick 0
+    assert plan.spread and plan.commit_offsets()[("ticks", 2)] == 5  # k's tick 2 (wave 2) is not stepped
+    p.run(plan)
+    assert plan.commit_offsets() == {("ticks", 1): 2, ("ticks", 2): 7}
