@@ -56,6 +56,11 @@ def explain(exc: BaseException) -> str | None:
     return None
 
 
+def debugging() -> bool:
+    """STREAMER_LOG_LEVEL=debug: show what a user-facing command otherwise keeps to one line."""
+    return os.environ.get("STREAMER_LOG_LEVEL", "").lower() == "debug"
+
+
 async def start_client(client: Any, bootstrap_servers: str) -> None:
     """`await client.start()` for a command-line tool's own aiokafka client: no broker there is the
     user's to fix (one line), and aiokafka's reconnect chatter is kept off the screen unless debugging."""
@@ -63,7 +68,7 @@ async def start_client(client: Any, bootstrap_servers: str) -> None:
 
     from aiokafka.errors import KafkaConnectionError
 
-    if os.environ.get("STREAMER_LOG_LEVEL", "").lower() != "debug":
+    if not debugging():
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         await client.start()
@@ -87,7 +92,7 @@ def one_line_errors(command: F) -> F:
             message = explain(exc)
             if message is None:
                 raise
-            if os.environ.get("STREAMER_LOG_LEVEL", "").lower() == "debug":
+            if debugging():
                 traceback.print_exc()
             print(f"streamer: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
             raise typer.Exit(2) from None

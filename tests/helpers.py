@@ -56,11 +56,9 @@ def wait_until(condition: Callable[[], object], timeout: float, message: str, ev
 def start_daemon(env: dict[str, str], log: IO[bytes] | None = None) -> subprocess.Popen:
     """`streamer run` with these variables; its output on a text pipe, or into `log` (a pipe that
     nobody reads while the test runs for long would fill up and stall the daemon)."""
-    if log is not None:
-        return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
-                                stdout=log, stderr=subprocess.STDOUT)
     return subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE if log is None else log, stderr=subprocess.STDOUT,
+                            text=log is None)
 
 
 @contextlib.contextmanager
