@@ -16,8 +16,10 @@ warm-start) state and counted in `resets`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +31,9 @@ from models.normalize import NormConfig, norm_apply, norm_init, norm_update
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
 
+_RESTORE_SLICE = 4096  # snapshots copied into the bank per pass
 _MAGIC = b"TSKS"  # tick-streamer key state
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a CRC-32 of the payload
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,13 @@ class ModelBank:
         self._theta0_by_seed = ({rng.key_seed(k, config.seed): t for k, t in theta0.items()}
                                 if isinstance(theta0, Mapping) else None)
         self.index: dict[str, int] = {}
-        self.names: list[str] = []
-        self.state: State = {}
+        self.names: list[str] = []  # row i holds key names[i]; rows 0..len-1 are live, the rest spare
+        # Every tensor has `capacity` rows, grown geometrically, so admitting n keys one call at a
+        # time costs O(n) amortised; dropped rows are filled from the end (swap-remove), so the live
+        # rows stay 0..len-1 and a wave of every key reads them in place.
+        self._buf: State = {}
+        self._view: State | None = None  # the live rows of every tensor, rebuilt when they move
+        self._layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
 
@@ -79,10 +87,10 @@ class ModelBank:
     def __len__(self) -> int:
         return len(self.names)
 
-    def _fresh(self, seeds: torch.Tensor) -> State:
+    def _fresh(self, seeds: torch.Tensor, cold: bool = False) -> State:
         p = self.learner.spec.n_in
-        theta0 = self.theta0
-        if self._theta0_by_seed is not None:
+        theta0 = None if cold else self.theta0
+        if self._theta0_by_seed is not None and not cold:
             missing = [int(s) for s in seeds.tolist() if int(s) not in self._theta0_by_seed]
             if missing:
                 raise ValueError(f"the per-key warm start has no model for {len(missing)} new key(s)")
@@ -97,6 +105,48 @@ class ModelBank:
         st["b.shift"] = torch.zeros(B, dtype=torch.int64)  # consecutive ticks beyond shift_z
         return st
 
+    @property
+    def state(self) -> State:
+        """Every state tensor's live rows [K, ...] (views: writing into them writes the bank)."""
+        if self._view is None:
+            n = len(self.names)
+            self._view = {k: v[:n] for k, v in self._buf.items()}
+        return self._view
+
+    @property
+    def capacity(self) -> int:
+        return len(next(iter(self._buf.values()))) if self._buf else 0
+
+    def layout(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Name -> (dtype, per-row shape) of every state tensor, from one fresh row."""
+        if self._layout is None:
+            one = self._fresh(torch.zeros(1, dtype=torch.int64), cold=True)  # a warm start has the same shapes
+            self._layout = {k: (v.dtype, tuple(v.shape[1:])) for k, v in one.items()}
+        return self._layout
+
+    def bytes_per_key(self) -> int:
+        return sum(torch.empty((), dtype=dt).element_size() * int(np.prod(shape))
+                   for dt, shape in self.layout().values())
+
+    def _reserve(self, names: list[str]) -> torch.Tensor:
+        """Rows for new keys at the end of the live ones, growing every tensor geometrically when
+        full; their contents are for the caller to write."""
+        n, extra = len(self.names), len(names)
+        if n + extra > self.capacity:
+            cap = max(n + extra, 2 * self.capacity, 16)
+            grown = {}
+            for k, (dt, shape) in self.layout().items():
+                t = torch.zeros((cap, *shape), dtype=dt)
+                if k in self._buf:
+                    t[:n] = self._buf[k][:n]
+                grown[k] = t
+            self._buf = grown
+        for i, name in enumerate(names):
+            self.index[name] = n + i
+        self.names.extend(names)
+        self._view = None
+        return torch.arange(n, n + extra, dtype=torch.int64)
+
     def add(self, names: list[str]) -> None:
         """Admit new keys (cold or from the bank's warm start); known keys are ignored."""
         new = [n for n in dict.fromkeys(names) if n not in self.index]
@@ -104,19 +154,31 @@ class ModelBank:
             return
         seeds = torch.tensor([rng.key_seed(n, self.config.seed) for n in new], dtype=torch.int64)
         fresh = self._fresh(seeds)
-        self.state = fresh if not self.state else {k: torch.cat([v, fresh[k]]) for k, v in self.state.items()}
-        for n in new:
-            self.index[n] = len(self.names)
-            self.names.append(n)
+        rows = self._reserve(new)
+        for k, v in fresh.items():
+            self._buf[k][rows] = v
 
     def drop(self, names: list[str]) -> None:
-        gone = {self.index[n] for n in names if n in self.index}
+        """Forget keys: the last live rows move into their places (O(dropped), not O(keys))."""
+        gone = sorted({self.index[n] for n in names if n in self.index})
         if not gone:
             return
-        keep = torch.tensor([i for i in range(len(self.names)) if i not in gone], dtype=torch.int64)
-        self.state = {k: v.index_select(0, keep) for k, v in self.state.items()}
-        self.names = [self.names[i] for i in keep.tolist()]
-        self.index = {n: i for i, n in enumerate(self.names)}
+        n = len(self.names)
+        keep_n = n - len(gone)
+        gone_set = set(gone)
+        holes = [r for r in gone if r < keep_n]  # rows to fill
+        movers = [r for r in range(keep_n, n) if r not in gone_set]  # live rows past the new end
+        if holes:
+            dst, src = torch.tensor(holes), torch.tensor(movers)
+            for t in self._buf.values():
+                t[dst] = t[src]
+        for r in gone:
+            del self.index[self.names[r]]
+        for h, m in zip(holes, movers, strict=True):
+            self.names[h] = self.names[m]
+            self.index[self.names[h]] = h
+        del self.names[keep_n:]
+        self._view = None
 
     def rows(self, names: list[str]) -> torch.Tensor:
         self.add(names)
@@ -129,8 +191,11 @@ class ModelBank:
         return {k: v.index_select(0, rows) for k, v in self.state.items()}
 
     def _put(self, rows: torch.Tensor | None, sub: State) -> None:
-        if rows is None:
-            self.state = sub
+        if rows is None:  # every live row, in order
+            for k, v in sub.items():
+                view = self.state[k]
+                if v.data_ptr() != view.data_ptr():  # a learner that updated in place wrote the bank already
+                    view.copy_(v)
             return
         for k, v in sub.items():
             self.state[k][rows] = v
@@ -272,46 +337,94 @@ class ModelBank:
         No pickle: restoring never executes code."""
         return self.snapshot_many([name])[0]
 
+    def _head(self) -> dict[str, Any]:
+        """The manifest every snapshot of this bank shares (all but the key and the checksum)."""
+        manifest = []
+        for k, (dt, shape) in self.layout().items():
+            a = np.empty(0, dtype=torch.empty((), dtype=dt).numpy().dtype)
+            manifest.append({"name": k, "dtype": a.dtype.newbyteorder("<").str, "shape": list(shape)})
+        return {"learner": self.learner.name, "spec": repr(self.learner.spec), "tensors": manifest}
+
     def snapshot_many(self, names: list[str]) -> list[bytes]:
         """`snapshot` for many keys at once: each tensor is gathered once, and a key's bytes are one row
         of a single byte matrix (a checkpoint of thousands of keys costs microseconds per key)."""
         if not names:
             return []
         rows = torch.tensor([self.index[n] for n in names], dtype=torch.int64)
-        manifest, parts = [], []
-        for k, v in self.state.items():
-            a = v.index_select(0, rows).contiguous().numpy()
+        parts = []
+        for k in self.layout():
+            a = self.state[k].index_select(0, rows).contiguous().numpy()
             a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-            manifest.append({"name": k, "dtype": a.dtype.str, "shape": list(a.shape[1:])})
             parts.append(np.ascontiguousarray(a).view(np.uint8).reshape(len(names), -1))
         payload = np.concatenate(parts, axis=1)  # [K, bytes per key]
-        head = {"learner": self.learner.name, "spec": repr(self.learner.spec), "tensors": manifest}
-        return [frame(_MAGIC, FORMAT_VERSION, {"key": name, **head}) + payload[i].tobytes()
-                for i, name in enumerate(names)]
+        head = self._head()
+        out = []
+        for i, name in enumerate(names):
+            row = payload[i].tobytes()
+            out.append(frame(_MAGIC, FORMAT_VERSION, {"key": name, **head, "crc32": zlib.crc32(row)}) + row)
+        return out
 
     def restore(self, blob: bytes, name: str | None = None) -> str:
-        """Load a snapshot into the bank (adding the key if new); returns the key."""
-        meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot")
-        if meta["learner"] != self.learner.name or meta["spec"] != repr(self.learner.spec):
-            raise ValueError(f"snapshot is for {meta['learner']} {meta['spec']}, "
-                             f"bank runs {self.learner.name} {self.learner.spec!r}")
-        key = name or meta["key"]
-        self.add([key])
-        row = self.index[key]
-        if {t["name"] for t in meta["tensors"]} != set(self.state):
-            raise ValueError("snapshot tensors do not match this bank's state layout")
-        for t in meta["tensors"]:
-            dt = np.dtype(t["dtype"])
-            count = int(np.prod(t["shape"])) if t["shape"] else 1
-            a = np.frombuffer(blob, dtype=dt.newbyteorder("<"), count=count, offset=off).astype(dt)
-            off += count * dt.itemsize
-            target = self.state[t["name"]]
-            if list(target.shape[1:]) != t["shape"]:
-                raise ValueError(f"tensor {t['name']} has shape {t['shape']}, want {list(target.shape[1:])}")
-            target[row] = torch.from_numpy(a.reshape(t["shape"]))
-        if off != len(blob):
-            raise ValueError("snapshot has trailing bytes")
-        return key
+        """Load a snapshot into the bank (adding the key if new); returns the key. A blob that is not a
+        whole, intact snapshot of this bank's model raises ValueError and changes nothing."""
+        keys, refused = self.restore_many([blob], None if name is None else [name])
+        if refused:
+            raise ValueError(refused[0])
+        return keys[0]
+
+    def restore_many(self, blobs: Sequence[bytes | memoryview], names: Sequence[str] | None = None
+                     ) -> tuple[list[str], dict[int, str]]:
+        """Load many snapshots: every blob is checked whole (frame, model, layout, length, checksum)
+        before any row is written, and the good ones are written in one pass per tensor. Returns the
+        keys restored and, for each refused blob (by position), why: a refused blob changes nothing,
+        so a key already here keeps the state it had. Cost: O(keys), with no per-key tensor copy."""
+        head = self._head()
+        want_tensors = head["tensors"]
+        size = self.bytes_per_key()
+        good: list[tuple[str, int, bytes | memoryview]] = []  # key, payload offset, blob
+        refused: dict[int, str] = {}
+        for i, blob in enumerate(blobs):
+            try:
+                meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot")
+                if meta.get("learner") != head["learner"] or meta.get("spec") != head["spec"]:
+                    raise ValueError(f"snapshot is for {meta.get('learner')} {meta.get('spec')}, "
+                                     f"bank runs {head['learner']} {head['spec']}")
+                if meta.get("tensors") != want_tensors:
+                    raise ValueError("snapshot tensors do not match this bank's state layout")
+                if len(blob) - off != size:
+                    what = "truncated" if len(blob) - off < size else "has trailing bytes"
+                    raise ValueError(f"snapshot {what} ({len(blob) - off} payload bytes, want {size})")
+                if zlib.crc32(memoryview(blob)[off:]) != meta.get("crc32"):
+                    raise ValueError("snapshot checksum does not match its bytes (corrupted)")
+                key = names[i] if names is not None else meta.get("key")
+                if not isinstance(key, str):
+                    raise ValueError("snapshot names no key")
+            except ValueError as exc:
+                refused[i] = str(exc)
+                continue
+            good.append((key, off, blob))
+        if not good:
+            return [], refused
+        last = {key: j for j, (key, _, _) in enumerate(good)}  # a key twice: its last snapshot wins
+        good = [g for j, g in enumerate(good) if last[g[0]] == j]
+        keys = [key for key, _, _ in good]
+        new = [k for k in keys if k not in self.index]
+        if new:  # reserved up front, so the bank grows once (exactly, when it was empty)
+            self._reserve(new)
+        rows = torch.tensor([self.index[k] for k in keys], dtype=torch.int64)
+        for start in range(0, len(good), _RESTORE_SLICE):  # a slice at a time: peak memory ~ blobs + bank
+            part = good[start : start + _RESTORE_SLICE]
+            payload = np.frombuffer(b"".join(memoryview(blob)[off:] for _, off, blob in part),
+                                    dtype=np.uint8).reshape(len(part), size)  # [b, bytes per key]
+            col = 0
+            for t in want_tensors:
+                dt = np.dtype(t["dtype"])
+                width = dt.itemsize * (int(np.prod(t["shape"])) if t["shape"] else 1)
+                a = np.ascontiguousarray(payload[:, col : col + width]).view(dt).astype(dt.newbyteorder("="))
+                block = torch.from_numpy(a.reshape(len(part), *t["shape"]))  # [b, ...]
+                self._buf[t["name"]][rows[start : start + len(part)]] = block
+                col += width
+        return keys, refused
 
     # ---------------------------------------------------------------- metrics
     def coverage(self) -> float:

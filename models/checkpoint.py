@@ -22,7 +22,7 @@ def frame(magic: bytes, version: int, manifest: dict[str, Any]) -> bytes:
     return magic + _HEAD.pack(version, len(meta)) + meta
 
 
-def unframe(blob: bytes, magic: bytes, version: int, what: str) -> tuple[dict[str, Any], int]:
+def unframe(blob: bytes | memoryview, magic: bytes, version: int, what: str) -> tuple[dict[str, Any], int]:
     """(manifest, offset of the payload), or ValueError saying what is wrong with the bytes."""
     if blob[:4] != magic:
         raise ValueError(f"not a {what} (bad magic)")
@@ -33,7 +33,7 @@ def unframe(blob: bytes, magic: bytes, version: int, what: str) -> tuple[dict[st
         raise ValueError(f"{what} format {got}, this build reads {version}")
     start = 4 + _HEAD.size
     try:
-        manifest = json.loads(blob[start : start + n])
+        manifest = json.loads(bytes(blob[start : start + n]))
     except ValueError as exc:
         raise ValueError(f"{what} manifest is not valid JSON: {exc}") from None
     return manifest, start + n

@@ -79,8 +79,20 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, le=256, description="torch intra-op threads of the model step; 0: one for a wave of fewer than "
                                      "128 ticks, else the cores this process may use (at most 4)")
-    max_keys: int = Field(100_000, ge=1, description="live keys per replica; the idlest are evicted beyond it")
-    changelog_topic: str | None = Field(None, description="compacted state topic (default: INPUT_TOPIC-changelog)")
+    max_keys: int | None = Field(
+        None, ge=1, description="live keys per replica, the idlest evicted beyond it (default: as many as "
+                                "STREAMER_MEMORY_MB holds at the learner's bytes per key, at most 100,000)")
+    memory_mb: int = Field(
+        1536, ge=64, description="memory for the keys' model state; sets the default STREAMER_MAX_KEYS (README: "
+                                 "bytes per key per learner)")
+    changelog_topic: str | None = Field(
+        None, description="compacted state topic (default: GROUP_ID-state-changelog, one per consumer group)")
+    restore_timeout_s: float = Field(
+        120.0, gt=0, description="a restore that has not read its changelog partitions in this long fails and is "
+                                 "retried with backoff (the partitions stay paused, the replica not ready)")
+    corrupt_state: Literal["pause", "cold"] = Field(
+        "pause", description="a key whose newest changelog record is unusable (torn, altered): pause its "
+                             "partition and retry, or start that key cold and go on")
     checkpoint_ticks: int = Field(100_000, ge=1, description="checkpoint a partition after this many ticks")
     checkpoint_interval_s: float = Field(
         30.0, gt=0, description="or after this many seconds (Kafka Streams' default commit interval)")
@@ -148,6 +160,9 @@ class Settings(BaseSettings):
             out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                        sasl_plain_password=password)
         return out
+
+    def changelog(self) -> str:
+        return self.changelog_topic or f"{self.group_id}-state-changelog"
 
     def model_name(self) -> str:
         return f"{self.cell}+{self.learner}"

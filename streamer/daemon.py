@@ -8,14 +8,28 @@
       -> commit those partitions' offsets     only now: predictions sent and state durable
 
 State (the Kafka Streams pattern): every key's state goes to a compacted changelog topic
-co-partitioned with the input, keyed by the series key. A partition is checkpointed every
-`checkpoint_ticks` ticks or `checkpoint_interval_s` seconds, on revoke and on shutdown; its
-input offset is committed only after its checkpoint is acknowledged. On assignment the daemon
-writes a fence record to the changelog partition and reads up to it, keeping the latest record
-per key (Tansu never compacts, and its end offsets cannot be trusted), so it resumes from the
-committed offset with the state that offset reflects. Each key's state records the input
-offset it has applied, so a tick re-delivered after a crash is never applied twice; its
-prediction, re-published, carries the same per-key `seq` (at-least-once, duplicates marked).
+co-partitioned with the input and named per consumer group (`GROUP-state-changelog`), keyed by
+the series key, in records of any size (`statelog`: chunked past 768 KiB, checksummed, naming
+the group and model that wrote them). A partition is checkpointed every `checkpoint_ticks`
+ticks or `checkpoint_interval_s` seconds, on revoke and on shutdown; its input offset is
+committed only after its checkpoint is acknowledged.
+
+The partition state store (`store.PartitionStore`) owns each assigned partition's status,
+offsets and checkpoint due-ness. The rebalance listener only checkpoints what is revoked and
+records what is assigned, pausing it; between batches the loop drops revoked keys and restores
+assigned partitions in a background task: it writes a fence record to each changelog partition
+and reads up to it (Tansu never compacts, and its end offsets cannot be trusted), then loads
+the keys in one batched call in a worker thread, so heartbeats, /healthz and /metrics are
+served throughout and the partitions already restored keep flowing. A restore that fails (a
+timeout, a broker error, a record that does not check out) keeps its partitions paused and the
+replica not ready, and is retried with backoff; only a restored partition is ever processed or
+checkpointed, so no record is overwritten by state that was not restored from it.
+
+Each key's state records the input offset it has applied, so a tick re-delivered after a crash
+is never applied twice; its prediction, re-published, carries the same per-key `seq`
+(at-least-once, duplicates marked). A chunk holds the model lock from its step to its
+acknowledgement: a partition whose chunk was stepped but not published (a crash in between) is
+not checkpointed, so its ticks are processed again by whoever owns it next.
 
 One batch is in flight at a time, so offsets are committed in order and a crash re-delivers at
 most the uncommitted batch. (Overlapping the next batch's model step with this one's
@@ -57,11 +71,13 @@ from streamer import __version__
 from streamer.config import Settings
 from streamer.metrics import HealthServer, Metrics
 from streamer.pipeline import Pipeline
+from streamer.statelog import FENCE_KEY, ChangelogReader, ChangelogWriter, Restored
+from streamer.store import PartitionStore
 
 log = structlog.get_logger("streamer")
 _PARTITIONER = DefaultPartitioner()
-FENCE_KEY = b"__streamer_fence__"
-Message = tuple[bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]  # key, value, partition, headers
+# key, value (None: a tombstone), partition, headers
+Message = tuple[bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]
 
 
 def retriable(exc: BaseException) -> bool:
@@ -70,44 +86,62 @@ def retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaTimeoutError) or (isinstance(exc, KafkaError) and bool(exc.retriable))
 
 
+class RestoreError(Exception):
+    """A restore that did not complete: its partitions (all of the attempt's, or those named) stay
+    paused and it is tried again."""
+
+    def __init__(self, message: str, partitions: set[int] | None = None):
+        super().__init__(message)
+        self.partitions = partitions
+
+
 class _Rebalance(ConsumerRebalanceListener):
+    """Records what the group gives and takes; the loop restores and drops between batches."""
+
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        """Checkpoint and commit what we are giving away, then forget it (batches are not in flight here)."""
+        """Checkpoint and commit what we are giving away while it is still ours (the next owner restores
+        from it). The model lock waits for the chunk in hand to be stepped and published."""
         d = self.daemon
         d.joined = False
-        d._generation += 1
         d._rebalance_started = time.monotonic()
-        if revoked:
-            parts = {tp.partition for tp in revoked if tp.topic == d.settings.input_topic}
-            async with d.model_lock:  # no batch is inside the models while we hand them over
-                await d.checkpoint(parts, locked=True)
-                d.pipeline.drop_partitions(parts)
-                for p in parts:
-                    d._pending_commit.pop(p, None)
-                    d._next_offset.pop(TopicPartition(d.settings.input_topic, p), None)
-                    try:
-                        d.metrics.lag.remove(str(p))
-                    except KeyError:
-                        pass
+        d._revoked_generation = d._group_generation()
+        parts = {tp.partition for tp in revoked if tp.topic == d.settings.input_topic}
+        await d.cancel_restore()  # a restore of partitions we may be losing is moot
+        async with d.model_lock:
+            await d.checkpoint(d.store.checkpointable(parts), locked=True)
+            d.store.revoke(parts)
+        for p in parts:
+            try:
+                d.metrics.lag.remove(str(p))
+            except KeyError:
+                pass
+        if parts:
             log.info("partitions revoked", partitions=sorted(parts))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        """New partitions are paused until the loop has restored them. A partition revoked in the
+        rebalance just before and given back in the very next generation was nobody else's meanwhile:
+        its keys are still here, checkpointed, and are kept."""
         d = self.daemon
         parts = {tp.partition for tp in assigned if tp.topic == d.settings.input_topic}
-        d._generation += 1
-        async with d.model_lock:
-            restored = await d.restore(parts)
+        kept: set[int] = set()
+        generation = d._group_generation()
+        if generation is not None and d._revoked_generation is not None and generation == d._revoked_generation + 1:
+            kept = parts & d.store.to_drop
+        d.store.assign(parts)
+        d.store.restored(kept)  # still in memory and durable: ready at once
+        waiting = [tp for tp in assigned if tp.topic == d.settings.input_topic and tp.partition not in kept]
+        if waiting and d.consumer is not None:
+            d.consumer.pause(*waiting)
         d.joined = True
         d.metrics.rebalances.inc()
         d.metrics.assigned.set(len(assigned))
-        seconds = time.monotonic() - (d._rebalance_started or time.monotonic())
-        d.metrics.rebalance_seconds.observe(seconds)
-        d.metrics.restored_keys.inc(restored)
-        log.info("partitions assigned", partitions=sorted(parts), restored_keys=restored,
-                 rebalance_s=round(seconds, 3))
+        d.metrics.ready.set(1 if d.is_ready() else 0)
+        log.info("partitions assigned", partitions=sorted(parts), kept=sorted(kept),
+                 to_restore=sorted(tp.partition for tp in waiting))
 
 
 class Daemon:
@@ -119,17 +153,17 @@ class Daemon:
         self.joined = False
         self.broker_ok = False
         self._stop = asyncio.Event()
-        self._next_offset: dict[TopicPartition, int] = {}
         self.dead_letters = 0  # published dead letters, for embedders such as the demo
-        self.changelog = settings.changelog_topic or f"{settings.input_topic}-changelog"
-        self._since_checkpoint: dict[int, int] = {}  # partition -> ticks since its last checkpoint
-        self._last_checkpoint: dict[int, float] = {}
-        self._pending_commit: dict[int, int] = {}  # partition -> next offset, once durable
+        self.changelog = settings.changelog()
+        self.store = PartitionStore(settings.checkpoint_ticks, settings.checkpoint_interval_s)
+        self.writer = ChangelogWriter(settings.group_id, self.pipeline.model)
         self._rebalance_started: float | None = time.monotonic()
-        self._generation = 0  # counts rebalance callbacks: a batch planned before one is not finished after it
+        self._revoked_generation: int | None = None
+        self._restore_task: asyncio.Task[None] | None = None
         self.restore_consumer: AIOKafkaConsumer | None = None
-        # The rebalance callbacks run on aiokafka's coordinator task while a batch may be inside the
-        # models in the worker thread: every access to the pipeline's state holds this lock.
+        # The rebalance callbacks run on aiokafka's coordinator task while a chunk may be inside the
+        # models in the worker thread or on its way to the broker: every access to the pipeline's
+        # state, and every chunk from its step to its acknowledgement, holds this lock.
         self.model_lock = asyncio.Lock()
         self.consumed = 0  # messages whose batch is published and committed
         self._partition_of: dict[str, dict[bytes | None, int]] = {}
@@ -145,7 +179,13 @@ class Daemon:
             self._stop.set()
 
     def is_ready(self) -> bool:
-        return self.joined and self.broker_ok
+        """Joined, the broker answers, and every assigned partition's state is restored."""
+        return self.joined and self.broker_ok and self.store.all_ready()
+
+    def _group_generation(self) -> int | None:
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        generation = getattr(coordinator, "generation", None)
+        return generation if isinstance(generation, int) and generation >= 0 else None
 
     def _kafka_args(self) -> dict[str, Any]:
         s = self.settings
@@ -188,7 +228,8 @@ class Daemon:
                 delay = min(delay * 2, 10.0)
 
     async def _ensure_topics(self) -> None:
-        """Create missing output and DLQ topics with the input topic's partition count."""
+        """Create missing topics with the input topic's partition count; refuse a changelog that is
+        not co-partitioned with the input (its partition p must hold input partition p's keys)."""
         s, admin = self.settings, self.admin
         assert admin is not None
         existing = set(await admin.list_topics())
@@ -196,6 +237,14 @@ class Daemon:
         if s.input_topic in existing:
             desc = await admin.describe_topics([s.input_topic])
             partitions = max(1, len(desc[0].get("partitions", [])))
+        if self.changelog in existing:
+            desc = await admin.describe_topics([self.changelog])
+            have = len(desc[0].get("partitions", []))
+            if have != partitions:
+                raise ValueError(
+                    f"changelog topic {self.changelog} has {have} partitions and input topic {s.input_topic} has "
+                    f"{partitions}: they must match (state partition p holds input partition p's keys); add "
+                    "partitions to the changelog, or set STREAMER_CHANGELOG_TOPIC to a new topic")
         missing = [t for t in (s.input_topic, s.output_topic, s.dlq_topic, self.changelog) if t not in existing]
         if missing:
             compact = {"cleanup.policy": "compact"}
@@ -238,19 +287,29 @@ class Daemon:
         torch.set_num_threads(s.torch_threads or 1)
         port = await self.health.start()
         log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
-                 output=s.output_topic, group=s.group_id, metrics_port=port)
-        await self._start_clients()
-        probe = asyncio.create_task(self._probe())
+                 output=s.output_topic, group=s.group_id, changelog=self.changelog, max_keys=self.pipeline.max_keys,
+                 bytes_per_key=self.pipeline.bytes_per_key, metrics_port=port)
+        probe: asyncio.Task[None] | None = None
         try:
+            await self._start_clients()
+            probe = asyncio.create_task(self._probe())
             await self._loop()
         finally:
             self._stop.set()
-            probe.cancel()
+            if probe is not None:
+                probe.cancel()
+            await self.cancel_restore()
             if self.producer is not None and self.consumer is not None:
-                try:  # the state of everything we own becomes durable, then its offsets are committed
-                    await self.checkpoint({tp.partition for tp in self.consumer.assignment()})
+                # the state of what we own becomes durable, then its offsets are committed: only partitions
+                # restored from the changelog and with nothing stepped that was not published
+                try:
+                    await self.checkpoint(self.store.checkpointable())
                 except KafkaError as exc:
                     log.error("final checkpoint failed; the next owner replays from the last one", error=str(exc))
+                skipped = self.store.assigned - self.store.checkpointable()
+                if skipped:
+                    log.warning("not checkpointed at exit (not restored, or stepped and not published): the next "
+                                "owner re-processes from their last checkpoint", partitions=sorted(skipped))
                 await self.producer.flush()
             await self._close_clients()
             await self.health.stop()
@@ -265,14 +324,44 @@ class Daemon:
         idle_since = time.monotonic()
         while not self._stop.is_set():
             assert self.consumer is not None
+            await self._between_batches()
             batch = await self.consumer.getmany(timeout_ms=max(s.linger_ms, 100), max_records=s.batch_max)
+            batch = self._restored_only(batch)
             if not batch:
-                if s.burst and self.joined and time.monotonic() - idle_since > s.burst_idle_s:
+                if (s.burst and self.is_ready() and self._restore_task is None
+                        and time.monotonic() - idle_since > s.burst_idle_s):
                     log.info("burst: input drained")
                     return
                 continue
             idle_since = time.monotonic()
             await self._handle(batch)
+
+    async def _between_batches(self) -> None:
+        """Drop the keys of revoked partitions; start restoring assigned ones that are due (one restore
+        at a time, in the background: the partitions already restored keep flowing meanwhile)."""
+        drops = self.store.take_drops() - self.store.assigned
+        if drops:
+            async with self.model_lock:
+                keys = [k.encode() for k, ks in self.pipeline.keys.items() if ks.partition in drops]
+                await asyncio.to_thread(self.pipeline.drop_partitions, drops)
+                self.writer.forget(keys)
+            self.metrics.live_keys.set(self.pipeline.live_keys)
+        if self._restore_task is None:
+            due = self.store.to_restore(time.monotonic())
+            if due:
+                self._restore_task = asyncio.create_task(self._restore(due, self.store.generation))
+
+    def _restored_only(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Records of a partition not restored (paused late, or fetched just before a rebalance) are
+        not processed: the consumer is moved back to the first of them, to read them once it is."""
+        out = {}
+        for tp, msgs in batch.items():
+            if tp.topic == self.settings.input_topic and not self.store.ready(tp.partition):
+                if msgs and self.consumer is not None and tp in self.consumer.assignment():
+                    self.consumer.seek(tp, msgs[0].offset)
+                continue
+            out[tp] = msgs
+        return out
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Plan the fetched batch, then step, publish and commit it a chunk at a time: each chunk is
@@ -280,58 +369,57 @@ class Daemon:
         the lag gauge follows it, and a stop or a rebalance waits for one chunk, not the batch."""
         s = self.settings
         records = [msg for msgs in batch.values() for msg in msgs]  # ConsumerRecords, read as they are
-        generation = self._generation
+        generation = self.store.generation
         budget = s.batch_budget_ms / 1000
+        partitions = {tp.partition for tp in batch if tp.topic == s.input_topic}
         async with self.model_lock:
             plan = await asyncio.to_thread(self.pipeline.plan, records)
         while True:
             t0 = time.perf_counter()
-            # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
-            async with self.model_lock:
-                if self._generation != generation:
+            async with self.model_lock:  # held from the step to the acknowledgement (see the module doc)
+                if self.store.generation != generation:
                     # a rebalance checkpointed and committed what was handled; the rest comes back from
                     # the committed offsets (a new assignment fetches from there), its handled ticks skipped
                     log.info("rebalance during a batch: the rest of it is fetched again", left=plan.left)
                     return
+                self.store.stepped(partitions)
+                # the model step runs in a worker thread so heartbeats and /metrics are served meanwhile
                 result = await asyncio.to_thread(self.pipeline.run, plan, budget)
-            self.metrics.update.labels(s.learner).observe(time.perf_counter() - t0)
-            await self._publish(result)
+                self.metrics.update.labels(s.learner).observe(time.perf_counter() - t0)
+                await self._send_result(result)
+            await self._after_publish(result)
             if plan.done:
                 return
             if self._stop.is_set():  # the rest is not committed: whoever owns the partition next replays it
                 log.info("stopping in the middle of a batch", left=plan.left)
                 return
 
-    async def _publish(self, result: Any) -> None:
-        """Send, await acknowledgements, then advance the offsets the result handled; update the metrics."""
-        s, m = self.settings, self.metrics
-        assert self.producer is not None and self.consumer is not None
+    async def _send_result(self, result: Any) -> None:
+        """Send predictions and dead letters and await their acknowledgement; then the chunk's
+        partitions may be committed with their next checkpoint."""
+        s = self.settings
         dead = [(d.key, d.value, None, [("reason", d.reason.encode())]) for d in result.dead]
-        # every prediction acknowledged before its offset is committed
         await self._deliver("predictions", s.output_topic, [(o.key, o.value, None, None) for o in result.predictions])
         await self._deliver("dead_letters", s.dlq_topic, dead)
-        now = time.time()
         handled: dict[int, int] = {}
         for msg in result.records:
-            m.latency.observe(max(0.0, now - msg.timestamp / 1000))
             handled[msg.partition] = handled.get(msg.partition, 0) + 1
-        now_m = time.monotonic()
-        for (topic, p), offset in result.commit.items():
-            self._next_offset[TopicPartition(topic, p)] = offset
-            self._pending_commit[p] = offset
-            self._since_checkpoint[p] = self._since_checkpoint.get(p, 0) + handled.get(p, 0)
-            # partitions start at staggered phases of the interval, so their checkpoints do not coincide
-            phase = (p * 0.6180339887) % 1.0 * s.checkpoint_interval_s
-            self._last_checkpoint.setdefault(p, now_m - phase)
+        commit = {p: offset for (topic, p), offset in result.commit.items() if topic == s.input_topic}
+        self.store.published(commit, handled, time.monotonic())
+
+    async def _after_publish(self, result: Any) -> None:
+        """Evicted state to the changelog, the most overdue partition's checkpoint, the metrics."""
+        s, m = self.settings, self.metrics
+        assert self.consumer is not None
+        now = time.time()
+        for msg in result.records:
+            m.latency.observe(max(0.0, now - msg.timestamp / 1000))
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
-            evicted = [(k.encode(), blob, p, None) for k, p, blob in result.evicted]
-            await self._deliver("changelog", self.changelog, evicted)
-        since = {p: now_m - self._last_checkpoint.get(p, now_m) for p in self._since_checkpoint}
-        overdue = {p: max(n / s.checkpoint_ticks, since[p] / s.checkpoint_interval_s)
-                   for p, n in self._since_checkpoint.items()}
-        due = [p for p, ratio in overdue.items() if ratio >= 1.0]
+            await self._deliver("changelog", self.changelog, self._state_records(
+                [(k, p, blob) for k, p, blob in result.evicted if self.store.ready(p)]))
+        due = self.store.due(time.monotonic())
         if due:  # one partition per batch keeps each pause short (revoke and shutdown still do all they need)
-            await self.checkpoint({max(due, key=lambda p: overdue[p])})
+            await self.checkpoint({due[0]})
         n = len(result.records)
         m.ticks.inc(n)
         m.predictions.inc(len(result.predictions))
@@ -351,17 +439,26 @@ class Daemon:
         m.scored(result.scaled_errors, result.hits)
         m.live_keys.set(self.pipeline.live_keys)
         for tp in self.consumer.assignment():  # only partitions still ours: a rebalance may have moved some
-            nxt, high = self._next_offset.get(tp), self.consumer.highwater(tp)
-            if nxt is not None and high is not None:
-                m.lag.labels(str(tp.partition)).set(max(0, high - nxt))
+            st, high = self.store.parts.get(tp.partition), self.consumer.highwater(tp)
+            if st is not None and st.next_offset is not None and high is not None:
+                m.lag.labels(str(tp.partition)).set(max(0, high - st.next_offset))
+
+    def _state_records(self, blobs: Sequence[tuple[str, int, bytes]]) -> list[Message]:
+        """Changelog records of (key, partition, checkpoint): chunked when large, naming who wrote them."""
+        headers = [("streamer-group", self.settings.group_id.encode()),
+                   ("streamer-model", self.pipeline.model.encode())]
+        return [(k, v, p, headers) for key, p, blob in blobs for k, v in self.writer.records(key.encode(), blob)]
 
     async def checkpoint(self, partitions: set[int], locked: bool = False) -> None:
         """Write the changed keys of these partitions to the changelog, await it, then commit their offsets.
+        Only restored partitions with nothing stepped and unpublished are written (see the store).
 
         `locked`: the caller already holds `model_lock`."""
+        partitions = self.store.checkpointable(partitions)
         if not partitions or self.producer is None or self.consumer is None:
             return
         t0 = time.perf_counter()
+
         def collect() -> list[tuple[str, int, bytes]]:
             keys = self.pipeline.dirty(partitions)
             blobs = list(zip(keys, [self.pipeline.keys[k].partition for k in keys], self.pipeline.snapshot_keys(keys),
@@ -373,13 +470,14 @@ class Daemon:
             await self.model_lock.acquire()
         try:  # snapshots are taken in the worker thread: the event loop keeps serving meanwhile
             blobs = await asyncio.to_thread(collect)
-            offsets = {TopicPartition(self.settings.input_topic, p): OffsetAndMetadata(self._pending_commit[p], "")
-                       for p in partitions if p in self._pending_commit}
+            offsets = {TopicPartition(self.settings.input_topic, p): OffsetAndMetadata(o, "")
+                       for p, o in self.store.offsets_to_commit(partitions).items()}
+            records = self._state_records(blobs)
         finally:
             if not locked:
                 self.model_lock.release()
         # durable before the offsets that rely on it are committed
-        await self._deliver("changelog", self.changelog, [(k.encode(), blob, p, None) for k, p, blob in blobs])
+        await self._deliver("changelog", self.changelog, records)
         committed = bool(offsets)
         if offsets:
             try:
@@ -392,22 +490,62 @@ class Daemon:
                 # the state is durable; the offsets go with the partition's next checkpoint
                 log.warning("commit failed, kept for the next checkpoint", error=repr(exc))
                 committed = False
-        now = time.monotonic()
-        for p in partitions:
-            self._since_checkpoint[p] = 0
-            self._last_checkpoint[p] = now
-            if committed:
-                self._pending_commit.pop(p, None)
+        self.store.checkpointed(partitions, committed, time.monotonic())
         self.metrics.checkpoints.inc(len(partitions))
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
 
-    async def restore(self, partitions: set[int]) -> int:
-        """Rebuild the keys of these partitions from the changelog; returns how many were restored.
+    # ------------------------------------------------------------ restore
+    async def cancel_restore(self) -> None:
+        task, self._restore_task = self._restore_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
-        A fence record is written to each changelog partition and the partition is read up to it, so
-        every checkpoint written before the assignment is seen without asking for end offsets."""
-        if not partitions or self.restore_consumer is None or self.producer is None:
-            return 0
+    async def _restore(self, partitions: set[int], generation: int) -> None:
+        """Restore these partitions (the background task `_between_batches` starts); a failure leaves
+        them paused, marked failed, and retried with backoff."""
+        t0 = time.monotonic()
+        try:
+            try:
+                found = await asyncio.wait_for(self.read_changelog(partitions), self.settings.restore_timeout_s)
+            except TimeoutError:
+                raise RestoreError(f"changelog partitions {sorted(partitions)} not read within "
+                                   f"{self.settings.restore_timeout_s:g} s (STREAMER_RESTORE_TIMEOUT_S)") from None
+            except KafkaError as exc:
+                raise RestoreError(f"changelog unreadable: {exc!r}") from None
+            restored, failed = await self._load(found, generation)
+            if failed:
+                first = min(failed)
+                raise RestoreError(f"{len(failed)} partition(s) hold unusable checkpoints: partition {first}: "
+                                   f"{failed[first]} (STREAMER_CORRUPT_STATE=cold starts such keys afresh)",
+                                   set(failed))
+        except RestoreError as exc:
+            partitions = exc.partitions or partitions
+            delay = self.store.restore_failed(partitions, str(exc), time.monotonic())
+            self.metrics.restore_failures.inc()
+            log.error("restore failed: those partitions stay paused and the replica not ready", error=str(exc),
+                      partitions=sorted(partitions), retry_in_s=delay)
+        else:
+            seconds = time.monotonic() - t0
+            self.metrics.restored_keys.inc(restored)
+            self.metrics.restore_seconds.observe(seconds)
+            if self._rebalance_started is not None and self.store.all_ready():
+                self.metrics.rebalance_seconds.observe(time.monotonic() - self._rebalance_started)
+                self._rebalance_started = None
+            log.info("partitions restored", partitions=sorted(partitions), restored_keys=restored,
+                     restore_s=round(seconds, 3))
+        finally:
+            if self._restore_task is asyncio.current_task():
+                self._restore_task = None
+            self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    async def read_changelog(self, partitions: set[int]) -> dict[int, Restored]:
+        """Each changelog partition's usable checkpoints, read up to a fence record written now (so every
+        checkpoint written before the assignment is seen, without asking for end offsets)."""
+        assert self.restore_consumer is not None and self.producer is not None
         fences = {}
         for p in partitions:
             nonce = uuid.uuid4().hex.encode()
@@ -417,30 +555,67 @@ class Daemon:
         rc = self.restore_consumer
         rc.assign(tps)
         await rc.seek_to_beginning(*tps)
-        latest: dict[bytes, bytes] = {}
+        readers = {p: ChangelogReader(self.settings.group_id, self.pipeline.model) for p in partitions}
         open_parts = set(partitions)
-        deadline = time.monotonic() + 120
-        while open_parts and time.monotonic() < deadline:
-            batch = await rc.getmany(timeout_ms=200, max_records=10_000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.key == FENCE_KEY:
-                        if m.value == fences.get(tp.partition):
+        try:
+            while open_parts:
+                batch = await rc.getmany(timeout_ms=200, max_records=2_000)
+                for tp, msgs in batch.items():
+                    reader = readers[tp.partition]
+                    for m in msgs:
+                        if m.key == FENCE_KEY and m.value == fences[tp.partition]:
                             open_parts.discard(tp.partition)
-                    elif m.key is not None and m.value is not None:
-                        latest[m.key] = m.value  # the newest record of a key wins (no compaction needed)
-        if open_parts:
-            raise KafkaError(f"changelog partitions {sorted(open_parts)} did not reach their fence in 120 s")
-        rc.unsubscribe()
-        restored = 0
-        for key, blob in latest.items():  # co-partitioned: changelog partition p holds input partition p's keys
-            try:
-                self.pipeline.restore_key(blob)
-                restored += 1
-            except ValueError as exc:  # a corrupt or foreign record: that key starts cold, the rest go on
-                log.error("unusable checkpoint skipped; the key starts cold", key=key[:80].decode(errors="replace"),
-                          error=str(exc))
-        return restored
+                            rc.pause(tp)  # past the fence: nothing more is needed from it
+                            break
+                        reader.add(m.key, m.value)
+        finally:
+            rc.unsubscribe()
+        # assembling and checking checksums is CPU work: a worker thread, so /healthz keeps answering
+        return await asyncio.to_thread(lambda: {p: r.finish() for p, r in readers.items()})
+
+    async def _load(self, found: dict[int, Restored], generation: int) -> tuple[int, dict[int, str]]:
+        """Load what was read into the pipeline in one batched call; returns the keys restored and the
+        partitions that failed, with why. A record that does not check out (torn, altered, refused by
+        the model) fails its partition's restore (STREAMER_CORRUPT_STATE=pause, nothing of it is used)
+        or starts that key cold (=cold)."""
+        cold = self.settings.corrupt_state == "cold"
+        for p, r in found.items():
+            for label, count in r.foreign.items():
+                log.error("changelog holds state another deployment wrote; it is not used (give each group its own "
+                          "STREAMER_CHANGELOG_TOPIC)", changelog=self.changelog, partition=p, writer=label,
+                          records=count)
+        async with self.model_lock:
+            if self.store.generation != generation:  # a rebalance since the read: what was read may be stale
+                raise RestoreError("a rebalance happened during the restore; it starts again")
+            live = {p for p in found if p in self.store.parts and not self.store.ready(p)}
+            blobs = [(p, key, blob) for p in sorted(live) for key, blob in found[p].blobs.items()]
+            keys, refused = await asyncio.to_thread(self.pipeline.restore_keys, [b for _, _, b in blobs])
+            blobs_meta = [(p, key) for p, key, _ in blobs]
+            del blobs  # the checkpoints' bytes are in the bank now: peak memory stays ~2x the state
+            bad: dict[int, list[str]] = {}
+            for p in live:
+                for key, why in found[p].corrupt.items():
+                    bad.setdefault(p, []).append(f"key {key[:80].decode(errors='replace')}: {why}")
+            for i, why in refused.items():
+                p, key = blobs_meta[i]
+                bad.setdefault(p, []).append(f"key {key[:80].decode(errors='replace')}: {why}")
+            for p, problems in bad.items():
+                log.error("unusable checkpoints in the changelog" + ("; those keys start cold" if cold else ""),
+                          partition=p, keys=len(problems), first=problems[:3])
+            failed = {} if cold else {p: bad[p][0] for p in bad}
+            if failed:  # nothing of a partition is used until all of it restores
+                await asyncio.to_thread(self.pipeline.drop_partitions, set(failed))
+            ok = live - set(failed)
+            for p in ok:
+                self.writer.chunks.update(found[p].chunks)
+            self.store.restored(ok)
+            if self.consumer is not None:
+                mine = self.consumer.assignment()
+                self.consumer.resume(*[tp for p in ok if (tp := TopicPartition(self.settings.input_topic, p)) in mine])
+        orphans: list[Message] = [(k, None, p, None) for p in ok for k in found[p].orphans]
+        if orphans:  # chunks a crash left without their head: deleted
+            await self._deliver("changelog", self.changelog, orphans)
+        return sum(1 for ks in keys if ks.partition in ok), failed
 
     async def _deliver(self, kind: str, topic: str, messages: Sequence[Message]) -> None:
         """Send (key, value, partition, headers) messages and await every acknowledgement. A retriable
@@ -479,7 +654,7 @@ class Daemon:
                         continue
                     self.metrics.unpublishable.labels(kind).inc()
                     log.error("record could not be published, skipped", kind=kind, topic=topic, error=repr(exc),
-                              key_bytes=len(key or b""), value_bytes=len(value))
+                              key_bytes=len(key or b""), value_bytes=len(value or b""))
                     break
 
     async def _backoff(self, kind: str, exc: BaseException, delay: float) -> float:
@@ -509,7 +684,7 @@ class Daemon:
             p = msg[2] if msg[2] is not None else cache.get(msg[0])
             if p is None:
                 p = cache[msg[0]] = _PARTITIONER(msg[0], partitions, partitions)
-                if len(cache) > 4 * self.settings.max_keys:  # bounded, like the key set itself
+                if len(cache) > 4 * self.pipeline.max_keys:  # bounded, like the key set itself
                     cache.clear()
             by_partition.setdefault(p, []).append(msg)
         futures = []

@@ -65,6 +65,10 @@ class Metrics:
         self.rebalance_seconds = Histogram("streamer_rebalance_seconds", "from revoke (or start) to restored state",
                                            buckets=LATENCY_BUCKETS + (30.0, 60.0), registry=r)
         self.restored_keys = Counter("streamer_restored_keys", "keys rebuilt from the changelog", registry=r)
+        self.restore_failures = Counter("streamer_restore_failures", "restores that failed (their partitions stay "
+                                        "paused, retried with backoff)", registry=r)
+        self.restore_seconds = Histogram("streamer_restore_seconds", "time to restore assigned partitions' state",
+                                         buckets=LATENCY_BUCKETS + (30.0, 60.0, 120.0), registry=r)
         self.checkpoints = Counter("streamer_checkpoints", "partition checkpoints written", registry=r)
         self.tasks = Gauge("streamer_event_loop_tasks", "asyncio tasks alive (a leak shows as growth)", registry=r)
         self.delivery_retries = Counter("streamer_delivery_retries", "sends retried after a retriable broker error",

@@ -169,6 +169,8 @@ TEXT_FEATURE, TEXT_PRIOR = "text_p", 0.5
 _FLOAT_MAX = sys.float_info.max
 WIDE_WAVE_TICKS = 128  # a wave this big steps on several torch threads (STREAMER_TORCH_THREADS=0)
 
+MAX_KEYS = 100_000  # the default key bound's ceiling, whatever the memory
+KEY_OVERHEAD_BYTES = 4096  # a key's bookkeeping beside its model state (KeyState, indexes, caches)
 STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
 STATE_VERSION = 1
 
@@ -219,6 +221,8 @@ class Pipeline:
         self.warm_banks = 0  # banks whose keys start from the warm start
         self.text_scorer = self._load_text_model(settings)
         self.anomaly = self._load_anomaly_model(settings)  # (model, lookback, threshold) or None
+        self.bytes_per_key = self._try_model()
+        self.max_keys = settings.max_keys or max(1, min(MAX_KEYS, settings.memory_mb * 2**20 // self.bytes_per_key))
 
     @staticmethod
     def _load_anomaly_model(s: Settings) -> tuple[Any, int, float] | None:
@@ -294,6 +298,25 @@ class Pipeline:
                  {"kind": "ticks", "lags": s.lags, "features": features}, source)
         return ws
 
+    def _try_model(self) -> int:
+        """Step a throwaway bank of the configured model a few ticks, so settings the model cannot run
+        with fail at start with their reason, not at the first tick; returns the memory a key takes
+        (its state twice, for the step's temporaries and its checkpoint, plus the bookkeeping)."""
+        s = self.settings
+        spec = NetSpec(n_in=s.lags, hidden=s.hidden, cell=s.cell, head=s.head)
+        try:
+            learner = make_learner(s.learner, spec, warm=False, **self._learner_options)
+            bank = ModelBank(learner, BankConfig(seed=s.seed))
+            names = ["probe-a", "probe-b"]
+            for t in range(3):
+                x = torch.full((2, spec.n_in), float(t), dtype=torch.float64)  # [2, p]
+                bank.step(names, x, torch.tensor([t + 1.0, -t - 1.0], dtype=torch.float64))
+            bank.predict(names, torch.zeros(2, spec.n_in, dtype=torch.float64))
+        except Exception as exc:
+            raise ValueError(f"the {s.learner} learner cannot run with these settings "
+                             f"(STREAMER_LEARNER_OPTIONS={s.learner_options}): {type(exc).__name__}: {exc}") from None
+        return 2 * bank.bytes_per_key() + KEY_OVERHEAD_BYTES
+
     # --------------------------------------------------------------- banks
     def _bank(self, signature: tuple[str, ...]) -> ModelBank:
         bank = self.banks.get(signature)
@@ -342,7 +365,7 @@ class Pipeline:
                     continue
                 plan.unkeyed += 1
                 if tick.key not in self._unkeyed_seen:
-                    if len(self._unkeyed_seen) >= self.settings.max_keys:  # bounded like the key set
+                    if len(self._unkeyed_seen) >= self.max_keys:  # bounded like the key set
                         self._unkeyed_seen.clear()
                     self._unkeyed_seen.add(tick.key)
                     plan.unkeyed_new.append(tick.key)
@@ -361,10 +384,9 @@ class Pipeline:
         count: dict[str, int] = {}
         partition_of: dict[str, int] = {}
         new_keys: dict[str, tuple[str, ...]] = {}  # keys first seen in this batch: their feature names
+        self._readmit([t.key for _, t in ticks if t.key in self.spilled_partition and t.key not in self.keys])
         for r, tick in ticks:
             ks = self.keys.get(tick.key)
-            if ks is None and tick.key in self.spilled_partition:
-                ks = self._readmit(tick.key)
             if ks is not None and r.offset < ks.applied and r.partition == ks.partition:
                 plan.skipped += 1  # re-delivered after a restore: this key's state already holds it
                 plan.handled.append(r)
@@ -422,8 +444,9 @@ class Pipeline:
         run again, down to the single ticks that raise, which are dead-lettered (processing_error,
         with the exception) while the rest are predicted; so no tick can crash-loop the daemon. A half
         that ran before its neighbour raised may have stepped the bank once more for its keys' ticks."""
+        bank = self._bank(signature)  # outside the guard: a model that cannot be built is no message's fault
         try:
-            self._step(self._bank(signature), items, out)
+            self._step(bank, items, out)
         except Exception as exc:  # a bug met by some input: find it, keep the rest going
             if len(items) == 1:
                 r = items[0][0]
@@ -530,7 +553,7 @@ class Pipeline:
     # ------------------------------------------------------------ eviction
     def _evict_idle(self, out: BatchResult) -> None:
         """Beyond max_keys, checkpoint the idlest tenth of keys and move them out of memory."""
-        limit = self.settings.max_keys
+        limit = self.max_keys
         if len(self.keys) <= limit:
             return
         n = len(self.keys) - limit + max(1, limit // 10)
@@ -541,11 +564,15 @@ class Pipeline:
             self.spilled_partition[k] = self.keys[k].partition
         self._forget(idlest)
 
-    def _readmit(self, key: str) -> KeyState:
-        blob = self.spill.pop(key)
-        del self.spilled_partition[key]
-        assert blob is not None
-        return self.restore_key(blob)
+    def _readmit(self, keys: list[str]) -> None:
+        """Bring evicted keys back from the spill file, all in one restore."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return
+        blobs = [self.spill.pop(k) for k in keys]
+        for k in keys:
+            del self.spilled_partition[k]
+        self.restore_keys([b for b in blobs if b is not None])
 
     def _forget(self, keys: list[str]) -> None:
         """Drop keys from memory (banks and bookkeeping)."""
@@ -578,9 +605,50 @@ class Pipeline:
         return out
 
     def restore_key(self, blob: bytes) -> KeyState:
-        """Load a key from `snapshot_key` bytes (replacing any state it had here)."""
+        """Load a key from `snapshot_key` bytes (replacing any state it had here); ValueError, and
+        nothing changed, when the bytes are not an intact checkpoint of this daemon's model."""
+        restored, refused = self.restore_keys([blob])
+        if refused:
+            raise ValueError(refused[0])
+        return restored[0]
+
+    def restore_keys(self, blobs: Sequence[bytes | memoryview]) -> tuple[list[KeyState], dict[int, str]]:
+        """Load many keys at once, in time linear in their number. Every blob is checked whole
+        (bookkeeping and model state) before anything is written; a refused one (by position: why)
+        changes nothing, so a key already in memory keeps its state. Returns the restored keys'
+        bookkeeping and the refusals."""
+        parsed: dict[tuple[str, ...], list[tuple[int, str, KeyState, memoryview]]] = {}
+        refused: dict[int, str] = {}
+        for i, blob in enumerate(blobs):
+            try:
+                key, ks, bank_blob = self._parse_checkpoint(blob)
+            except ValueError as exc:
+                refused[i] = str(exc)
+                continue
+            parsed.setdefault(ks.signature, []).append((i, key, ks, bank_blob))
+        restored: list[KeyState] = []
+        for signature, items in parsed.items():
+            try:
+                keys, bad = self._bank(signature).restore_many([b for *_, b in items], [k for _, k, _, _ in items])
+            except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+                keys, bad = [], {j: f"key checkpoint's model state is malformed ({type(exc).__name__}: {exc})"
+                                 for j in range(len(items))}
+            for j, reason in bad.items():
+                refused[items[j][0]] = reason
+            done = set(keys)
+            for j, (_, key, ks, _) in enumerate(items):
+                if key not in done or j in bad:
+                    continue
+                old = self.keys.get(key)
+                if old is not None and old.signature != signature:  # it moved banks: the old row goes
+                    self.banks[old.signature].drop([key])
+                self.keys[key] = ks
+                restored.append(ks)
+        return restored, refused
+
+    def _parse_checkpoint(self, blob: bytes | memoryview) -> tuple[str, KeyState, memoryview]:
         meta, off = unframe(blob, STATE_MAGIC, STATE_VERSION, "key checkpoint")
-        try:  # everything is read and checked before anything here changes
+        try:
             if meta["model"] != self.model:
                 raise ValueError(f"checkpoint of a {meta['model']} model, this daemon runs {self.model}")
             key, signature = str(meta["key"]), tuple(str(n) for n in meta["signature"])
@@ -591,18 +659,14 @@ class Pipeline:
                 raise ValueError(f"checkpoint has {len(lags)} lags, this daemon uses {self.settings.lags}")
             if len(last) != 3:
                 raise ValueError(f"checkpoint's last prediction has {len(last)} numbers, not 3")
+            if pending is not None and len(pending) != self.settings.lags + len(signature):
+                raise ValueError(f"checkpoint's pending regressor has {len(pending)} values, not "
+                                 f"{self.settings.lags + len(signature)}")
             ks = KeyState(signature, lags, pending, int(meta["seq"]), last[0], last[1], last[2], self.batches,
                           int(meta["partition"]), int(meta["applied"]), False)
         except (KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"key checkpoint is malformed ({type(exc).__name__}: {exc})") from None
-        if key in self.keys:
-            self._forget([key])
-        try:
-            self._bank(signature).restore(blob[off:], key)
-        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
-            raise ValueError(f"key checkpoint's model state is malformed ({type(exc).__name__}: {exc})") from None
-        self.keys[key] = ks
-        return ks
+        return key, ks, memoryview(blob)[off:]  # no copy: a restore of 100k keys holds their bytes once
 
     def dirty(self, partitions: set[int]) -> list[str]:
         """Keys of these partitions changed since their last checkpoint."""

@@ -17,6 +17,7 @@ from typing import IO
 import orjson
 
 from streamer.broker import free_port
+from streamer.config import Settings
 from tests.kafka_helpers import http_status, unique
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -112,3 +113,11 @@ def predictions(msgs) -> dict[tuple[str, int], list[dict]]:
         p = orjson.loads(m.value)
         out.setdefault((p["key"], int(p["ts"])), []).append(p)
     return out
+
+
+def settings_for(broker, **over) -> Settings:
+    """Settings for an in-process daemon on the embedded broker: fresh topics and group, short timeouts."""
+    base = dict(bootstrap_servers=broker.bootstrap_servers, input_topic=unique("in"), output_topic=unique("out"),
+                dlq_topic=unique("dlq"), group_id=unique("g"), metrics_port=0, metrics_host="127.0.0.1",
+                session_timeout_ms=3000, heartbeat_interval_ms=500, lags=2, hidden=4, burst=True, burst_idle_s=2.0)
+    return Settings(**{**base, **over})

@@ -115,7 +115,7 @@ def test_compose_topics_match_the_daemon_and_are_co_partitioned():
     loop = re.search(r"for topic in ([\w\- ]+); do", script)
     assert loop
     created = set(loop.group(1).split()) | set(re.findall(r"--topic (\w[\w\-]*)", script))
-    changelog = s.changelog_topic or f"{s.input_topic}-changelog"
+    changelog = s.changelog_topic or s.changelog()
     assert {s.input_topic, s.output_topic, s.dlq_topic, changelog} <= created
     assert re.search(rf"--topic {changelog} .*cleanup.policy=compact", script.replace("\\\n", " "))
     assert set(re.findall(r"--partitions (\d+)", script)) == {"4"}  # the changelog mirrors the input

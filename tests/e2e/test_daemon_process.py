@@ -83,6 +83,7 @@ def test_a_backlog_flows_at_once_its_lag_falls_and_sigterm_stops_a_pf_daemon_wit
         early = asyncio.run(consume(bs, env["STREAMER_OUTPUT_TOPIC"], 1, timeout=30, settle=0.0))
         first_prediction_s = min(m.timestamp for m in early) / 1000 - ready_at
         assert first_prediction_s < 1.0 + 0.2, first_prediction_s  # (+ wait_ready's polling interval)
+        wait_until(lambda: lag(port) > 0, 10, "no lag gauge for the backlog")  # set just after the first chunk's send
         lag_then = lag(port)
         wait_until(lambda: lag(port) < lag_then, 20, "the lag gauge did not follow the backlog down")
         assert 0 < lag(port) < keys * per_key

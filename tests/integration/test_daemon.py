@@ -8,20 +8,12 @@ import math
 import orjson
 import pytest
 
-from streamer.config import Settings
 from streamer.daemon import Daemon
-from tests.helpers import BAD
-from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape, unique
+from tests.helpers import BAD, settings_for
+from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape
 
 K, N = 20, 15
 # HTTP calls below go through a thread: the daemon under test answers on this same event loop
-
-
-def settings_for(broker, **over) -> Settings:
-    base = dict(bootstrap_servers=broker.bootstrap_servers, input_topic=unique("in"), output_topic=unique("out"),
-                dlq_topic=unique("dlq"), group_id=unique("g"), metrics_port=0, metrics_host="127.0.0.1",
-                session_timeout_ms=3000, heartbeat_interval_ms=500, lags=2, hidden=4, burst=True, burst_idle_s=2.0)
-    return Settings(**{**base, **over})
 
 
 def tick(key: str, t: int) -> bytes:
@@ -129,7 +121,7 @@ def test_max_keys_bounds_memory_and_evicted_state_goes_to_the_changelog(broker):
                                                                     for k in range(keys)])
             await consume(broker.bootstrap_servers, s.output_topic, keys * (r + 1), settle=0.2)
         metrics = await asyncio.to_thread(scrape, daemon.health.port)
-        changelog = await consume(broker.bootstrap_servers, f"{s.input_topic}-changelog", 20, settle=0.5)
+        changelog = await consume(broker.bootstrap_servers, s.changelog(), 20, settle=0.5)
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
         return metrics, changelog

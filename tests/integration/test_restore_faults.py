@@ -1,0 +1,90 @@
+"""A restore that fails never costs learned state: injected faults (the changelog unreadable, a read
+that never reaches its fence, a corrupted record) keep the partitions paused and the replica not
+ready, nothing is processed or checkpointed meanwhile, and once the fault heals the keys continue
+from their learned state. The daemon runs in-process against the embedded broker; the faults are
+put into its changelog read (the broker itself does not misbehave on demand)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from aiokafka.errors import KafkaConnectionError
+
+from streamer.daemon import Daemon
+from tests.helpers import predictions, settings_for, stream
+from tests.kafka_helpers import consume, create_topics, http_status, produce
+
+KEYS, FIRST, SECOND = 6, 60, 30
+
+
+async def run_burst(s) -> None:
+    daemon = Daemon(s)
+    assert await asyncio.wait_for(daemon.run(), 120) == 0
+
+
+def errors_after(preds, start: int) -> float:
+    return float(np.mean([ps[0]["prev_error"] ** 2 for (k, t), ps in preds.items() if t > start]))
+
+
+async def test_a_failing_restore_pauses_retries_and_then_continues_learned(broker):
+    bs = broker.bootstrap_servers
+    s = settings_for(broker, burst=False, restore_timeout_s=1.0)
+    reference = settings_for(broker)  # the same ticks, never interrupted
+    for topic in (s.input_topic, reference.input_topic):
+        await create_topics(bs, [topic], 2)
+        await produce(bs, topic, stream(0, FIRST, KEYS))
+    await run_burst(s.model_copy(update={"burst": True}))
+    await produce(bs, s.input_topic, stream(FIRST, FIRST + SECOND, KEYS))
+    await produce(bs, reference.input_topic, stream(FIRST, FIRST + SECOND, KEYS))
+    await run_burst(reference)
+
+    daemon = Daemon(s)
+    real = daemon.read_changelog
+    faults = ["unreachable", "hangs", "corrupt"]
+    attempts: list[str] = []
+
+    async def faulty(partitions):
+        attempts.append(faults[0] if faults else "ok")
+        if not faults:
+            return await real(partitions)
+        fault = faults.pop(0)
+        if fault == "unreachable":
+            raise KafkaConnectionError("injected: the changelog's leader is unreachable")
+        if fault == "hangs":
+            await asyncio.sleep(3600)  # never reaches its fence: the restore timeout (1 s) ends it
+        found = await real(partitions)
+        assert all(found[p].blobs for p in found)
+        for p in found:  # one torn checkpoint in each partition: the model refuses it
+            key = next(iter(found[p].blobs))
+            found[p].blobs[key] = found[p].blobs[key][:-9]
+        return found
+
+    daemon.read_changelog = faulty  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(attempts) < 4 and asyncio.get_running_loop().time() < deadline:
+            ready = await asyncio.to_thread(http_status, daemon.health.port, "/readyz")
+            if len(attempts) < 4:
+                assert ready != 200, "ready while its state was not restored"
+                assert daemon.metrics.predictions._value.get() == 0, "ticks processed before their state was restored"
+                assert daemon.metrics.checkpoints._value.get() == 0, "a checkpoint before the restore"
+            await asyncio.sleep(0.1)
+        assert attempts[:4] == ["unreachable", "hangs", "corrupt", "ok"], attempts
+        assert daemon.metrics.restore_failures._value.get() == 3
+        out = await consume(bs, s.output_topic, KEYS * (FIRST + SECOND), timeout=60, settle=0.5)  # both runs
+        deadline = asyncio.get_running_loop().time() + 10
+        while await asyncio.to_thread(http_status, daemon.health.port, "/readyz") != 200:
+            assert asyncio.get_running_loop().time() < deadline, "never ready after the fault healed"
+            await asyncio.sleep(0.1)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+    got = {kt: ps for kt, ps in predictions(out).items() if kt[1] >= FIRST}
+    ref = predictions(await consume(bs, reference.output_topic, KEYS * (FIRST + SECOND), settle=0.5))
+    assert set(got) == {(f"s{k}", t) for k in range(KEYS) for t in range(FIRST, FIRST + SECOND)}
+    assert {ps[0]["seq"] for (k, t), ps in got.items() if t == FIRST} == {FIRST + 1}  # learned, not cold
+    mse, ref_mse = errors_after(got, FIRST), errors_after({k: v for k, v in ref.items() if k[1] >= FIRST}, FIRST)
+    assert mse <= 1.1 * ref_mse, (mse, ref_mse)
+    assert all(ps[0]["model"] == "lstm+sgd" for ps in got.values())
