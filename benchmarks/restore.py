@@ -158,7 +158,7 @@ def main() -> None:
     torch.set_num_threads(1)
     plan = [(learner, int(n)) for learner, spec in (("sgd", args.sgd), ("dekf", args.dekf), ("pf", args.pf))
             for n in spec.split(",") if n]
-    console = Console()
+    console = Console(width=170)
     rows = []
     with EmbeddedBroker() as broker, Progress(console=console) as progress:
         idle = one(broker.bootstrap_servers, "sgd", 0, progress)

@@ -86,6 +86,9 @@ def retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaTimeoutError) or (isinstance(exc, KafkaError) and bool(exc.retriable))
 
 
+LOAD_SLICE_BYTES = 32 << 20  # checkpoints read before they are loaded into the models: a restore's extra memory
+
+
 class RestoreError(Exception):
     """A restore that did not complete: its partitions (all of the attempt's, or those named) stay
     paused and it is tried again."""
@@ -130,7 +133,7 @@ class _Rebalance(ConsumerRebalanceListener):
         kept: set[int] = set()
         generation = d._group_generation()
         if generation is not None and d._revoked_generation is not None and generation == d._revoked_generation + 1:
-            kept = parts & d.store.to_drop
+            kept = d.store.keepable(parts)
         d.store.assign(parts)
         d.store.restored(kept)  # still in memory and durable: ready at once
         waiting = [tp for tp in assigned if tp.topic == d.settings.input_topic and tp.partition not in kept]
@@ -211,8 +214,11 @@ class Daemon:
                     fetch_max_wait_ms=s.fetch_max_wait_ms,
                     fetch_max_bytes=max(52_428_800, 4 * s.max_message_bytes),
                     max_partition_fetch_bytes=max(1 << 20, 2 * s.max_message_bytes))
-                self.restore_consumer = AIOKafkaConsumer(**self._kafka_args(), group_id=None,
-                                                         enable_auto_commit=False, auto_offset_reset="earliest")
+                # small fetches: what a restore holds beside the state it rebuilds stays small (a chunk
+                # record is at most ~770 KB, and a partition's first batch is returned whatever its size)
+                self.restore_consumer = AIOKafkaConsumer(
+                    **self._kafka_args(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                    fetch_max_bytes=8 << 20, max_partition_fetch_bytes=2 << 20)
                 await self.restore_consumer.start()
                 self.consumer.subscribe([s.input_topic], listener=_Rebalance(self))
                 await self.consumer.start()
@@ -339,7 +345,8 @@ class Daemon:
     async def _between_batches(self) -> None:
         """Drop the keys of revoked partitions; start restoring assigned ones that are due (one restore
         at a time, in the background: the partitions already restored keep flowing meanwhile)."""
-        drops = self.store.take_drops() - self.store.assigned
+        # revoked partitions, and ones given back whose keys in memory may be stale (restored afresh)
+        drops = {p for p in self.store.take_drops() if not self.store.ready(p)}
         if drops:
             async with self.model_lock:
                 keys = [k.encode() for k, ks in self.pipeline.keys.items() if ks.partition in drops]
@@ -506,28 +513,32 @@ class Daemon:
 
     async def _restore(self, partitions: set[int], generation: int) -> None:
         """Restore these partitions (the background task `_between_batches` starts); a failure leaves
-        them paused, marked failed, and retried with backoff."""
+        them paused, marked failed, their keys out of memory, and retried with backoff."""
         t0 = time.monotonic()
         try:
             try:
-                found = await asyncio.wait_for(self.read_changelog(partitions), self.settings.restore_timeout_s)
+                found = await asyncio.wait_for(self.read_changelog(partitions, generation),
+                                               self.settings.restore_timeout_s)
             except TimeoutError:
                 raise RestoreError(f"changelog partitions {sorted(partitions)} not read within "
                                    f"{self.settings.restore_timeout_s:g} s (STREAMER_RESTORE_TIMEOUT_S)") from None
             except KafkaError as exc:
                 raise RestoreError(f"changelog unreadable: {exc!r}") from None
-            restored, failed = await self._load(found, generation)
+            restored, failed = await self._finish_restore(found, generation)
             if failed:
                 first = min(failed)
                 raise RestoreError(f"{len(failed)} partition(s) hold unusable checkpoints: partition {first}: "
                                    f"{failed[first]} (STREAMER_CORRUPT_STATE=cold starts such keys afresh)",
                                    set(failed))
         except RestoreError as exc:
-            partitions = exc.partitions or partitions
-            delay = self.store.restore_failed(partitions, str(exc), time.monotonic())
+            failed_parts = exc.partitions or partitions
+            async with self.model_lock:  # what a failed attempt loaded leaves memory: the retry starts clean
+                gone = {p for p in failed_parts if not self.store.ready(p)}
+                await asyncio.to_thread(self.pipeline.drop_partitions, gone)
+            delay = self.store.restore_failed(failed_parts, str(exc), time.monotonic())
             self.metrics.restore_failures.inc()
             log.error("restore failed: those partitions stay paused and the replica not ready", error=str(exc),
-                      partitions=sorted(partitions), retry_in_s=delay)
+                      partitions=sorted(failed_parts), retry_in_s=delay)
         else:
             seconds = time.monotonic() - t0
             self.metrics.restored_keys.inc(restored)
@@ -542,9 +553,11 @@ class Daemon:
                 self._restore_task = None
             self.metrics.ready.set(1 if self.is_ready() else 0)
 
-    async def read_changelog(self, partitions: set[int]) -> dict[int, Restored]:
-        """Each changelog partition's usable checkpoints, read up to a fence record written now (so every
-        checkpoint written before the assignment is seen, without asking for end offsets)."""
+    async def read_changelog(self, partitions: set[int], generation: int) -> dict[int, Restored]:
+        """Read each changelog partition up to a fence record written now (so every checkpoint written
+        before the assignment is seen, without asking for end offsets), loading its checkpoints into
+        the pipeline a slice at a time as they come: a restore holds one slice of records beside the
+        state it rebuilds. Returns each partition's account (unusable, deleted and loaded keys)."""
         assert self.restore_consumer is not None and self.producer is not None
         fences = {}
         for p in partitions:
@@ -568,16 +581,34 @@ class Daemon:
                             rc.pause(tp)  # past the fence: nothing more is needed from it
                             break
                         reader.add(m.key, m.value)
+                for p, reader in readers.items():
+                    if reader.pending_bytes >= LOAD_SLICE_BYTES or (p not in open_parts and reader.heads):
+                        await self._load_slice(reader, generation)
         finally:
             rc.unsubscribe()
-        # assembling and checking checksums is CPU work: a worker thread, so /healthz keeps answering
-        return await asyncio.to_thread(lambda: {p: r.finish() for p, r in readers.items()})
+        return {p: r.finish() for p, r in readers.items()}
 
-    async def _load(self, found: dict[int, Restored], generation: int) -> tuple[int, dict[int, str]]:
-        """Load what was read into the pipeline in one batched call; returns the keys restored and the
-        partitions that failed, with why. A record that does not check out (torn, altered, refused by
-        the model) fails its partition's restore (STREAMER_CORRUPT_STATE=pause, nothing of it is used)
-        or starts that key cold (=cold)."""
+    async def _load_slice(self, reader: ChangelogReader, generation: int) -> None:
+        """Load the checkpoints a reader has collected, in one batched call in a worker thread."""
+        heads = reader.take()
+        keys = list(heads)
+        async with self.model_lock:
+            if self.store.generation != generation:  # a rebalance since the read began: it starts again
+                raise RestoreError("a rebalance happened during the restore; it starts again")
+            _, refused = await asyncio.to_thread(self.pipeline.restore_keys, list(heads.values()))
+        del heads
+        r = reader.result
+        for i, key in enumerate(keys):
+            if i in refused:
+                r.corrupt[key] = refused[i]
+            else:
+                r.loaded.add(key)
+
+    async def _finish_restore(self, found: dict[int, Restored], generation: int) -> tuple[int, dict[int, str]]:
+        """Settle each partition once its changelog is read; returns the keys restored and the partitions
+        that failed, with why. A key whose newest record is unusable (torn, altered, refused by the model)
+        fails its partition (STREAMER_CORRUPT_STATE=pause: nothing of it is used) or starts cold (=cold);
+        a key whose newest record is a tombstone leaves memory."""
         cold = self.settings.corrupt_state == "cold"
         for p, r in found.items():
             for label, count in r.foreign.items():
@@ -588,21 +619,20 @@ class Daemon:
             if self.store.generation != generation:  # a rebalance since the read: what was read may be stale
                 raise RestoreError("a rebalance happened during the restore; it starts again")
             live = {p for p in found if p in self.store.parts and not self.store.ready(p)}
-            blobs = [(p, key, blob) for p in sorted(live) for key, blob in found[p].blobs.items()]
-            keys, refused = await asyncio.to_thread(self.pipeline.restore_keys, [b for _, _, b in blobs])
-            blobs_meta = [(p, key) for p, key, _ in blobs]
-            del blobs  # the checkpoints' bytes are in the bank now: peak memory stays ~2x the state
-            bad: dict[int, list[str]] = {}
-            for p in live:
-                for key, why in found[p].corrupt.items():
-                    bad.setdefault(p, []).append(f"key {key[:80].decode(errors='replace')}: {why}")
-            for i, why in refused.items():
-                p, key = blobs_meta[i]
-                bad.setdefault(p, []).append(f"key {key[:80].decode(errors='replace')}: {why}")
-            for p, problems in bad.items():
-                log.error("unusable checkpoints in the changelog" + ("; those keys start cold" if cold else ""),
-                          partition=p, keys=len(problems), first=problems[:3])
-            failed = {} if cold else {p: bad[p][0] for p in bad}
+            failed: dict[int, str] = {}
+            forget: list[str] = []
+            for p in sorted(live):
+                r = found[p]
+                forget += [k.decode() for k in r.deleted & r.loaded]
+                if r.corrupt:
+                    problems = [f"key {k[:80].decode(errors='replace')}: {why}" for k, why in r.corrupt.items()]
+                    log.error("unusable checkpoints in the changelog" + ("; those keys start cold" if cold else ""),
+                              partition=p, keys=len(problems), first=problems[:3])
+                    if cold:
+                        forget += [k.decode() for k in r.corrupt if k in r.loaded]
+                    else:
+                        failed[p] = problems[0]
+            self.pipeline.forget_keys(forget)
             if failed:  # nothing of a partition is used until all of it restores
                 await asyncio.to_thread(self.pipeline.drop_partitions, set(failed))
             ok = live - set(failed)
@@ -615,7 +645,8 @@ class Daemon:
         orphans: list[Message] = [(k, None, p, None) for p in ok for k in found[p].orphans]
         if orphans:  # chunks a crash left without their head: deleted
             await self._deliver("changelog", self.changelog, orphans)
-        return sum(1 for ks in keys if ks.partition in ok), failed
+        restored = sum(len(found[p].loaded - found[p].deleted - set(found[p].corrupt)) for p in ok)
+        return restored, failed
 
     async def _deliver(self, kind: str, topic: str, messages: Sequence[Message]) -> None:
         """Send (key, value, partition, headers) messages and await every acknowledgement. A retriable

@@ -668,6 +668,10 @@ class Pipeline:
             raise ValueError(f"key checkpoint is malformed ({type(exc).__name__}: {exc})") from None
         return key, ks, memoryview(blob)[off:]  # no copy: a restore of 100k keys holds their bytes once
 
+    def forget_keys(self, keys: list[str]) -> None:
+        """Drop these keys from memory, those that are here (a tombstone or an unusable newest record)."""
+        self._forget([k for k in dict.fromkeys(keys) if k in self.keys])
+
     def dirty(self, partitions: set[int]) -> list[str]:
         """Keys of these partitions changed since their last checkpoint."""
         return [k for k, ks in self.keys.items() if ks.dirty and ks.partition in partitions]

@@ -82,67 +82,107 @@ class ChangelogWriter:
 
 @dataclass
 class Restored:
-    """What a changelog partition held: usable checkpoints and everything that was not."""
+    """What a changelog partition held, besides the checkpoints handed out by `take()`."""
 
-    blobs: dict[bytes, bytes | memoryview] = field(default_factory=dict)  # series key -> checkpoint bytes
     corrupt: dict[bytes, str] = field(default_factory=dict)  # series key -> why its newest record is unusable
-    foreign: dict[str, int] = field(default_factory=dict)  # "group G, model M" -> records written by another deployment
+    deleted: set[bytes] = field(default_factory=set)  # keys whose newest record is a tombstone
+    foreign: dict[str, int] = field(default_factory=dict)  # "group G, model M" -> records another deployment wrote
     orphans: list[bytes] = field(default_factory=list)  # chunk keys no head names: to delete
     chunks: dict[bytes, tuple[str, int]] = field(default_factory=dict)  # key -> (id, count) of the chunks in use
+    loaded: set[bytes] = field(default_factory=set)  # keys the caller loaded (it keeps this up to date)
 
 
 class ChangelogReader:
-    """Feed it a changelog partition's records in offset order; `finish()` assembles the checkpoints."""
+    """Feed it a changelog partition's records in offset order. Checked checkpoints collect until
+    `take()` hands them out, so a caller can load them a slice at a time while reading: a restore
+    then holds about one slice of records beside the state it rebuilds, not the whole partition.
+    A key met again later is handed out again (the newest record wins); one whose newest record is a
+    tombstone, or unusable, ends up in `result.deleted` or `result.corrupt`."""
 
     def __init__(self, group: str, model: str):
         self.group, self.model = group, model
-        self.latest: dict[bytes, bytes] = {}
+        self.heads: dict[bytes, bytes | memoryview] = {}  # checked checkpoints not yet taken
+        self.pending_bytes = 0
+        self._chunks: dict[bytes, bytes] = {}  # chunk records waiting for their head
+        self.result = Restored()
 
     def add(self, key: bytes | None, value: bytes | None) -> None:
         if key is None or key == FENCE_KEY:
             return
+        if key.startswith(CHUNK_PREFIX):
+            if value is None:
+                self._chunks.pop(key, None)
+            else:
+                self._chunks[key] = value
+            return
+        if key.startswith(INTERNAL_PREFIX):
+            return
+        r = self.result
         if value is None:  # a tombstone deletes the key
-            self.latest.pop(key, None)
+            self._drop(key)
+            r.deleted.add(key)
+            r.corrupt.pop(key, None)
+            return
+        try:
+            opened = self._open(key, value)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._drop(key)
+            r.deleted.discard(key)
+            r.corrupt[key] = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            return
+        if opened is None:  # another deployment's: counted, not used
+            return
+        blob, chunks = opened
+        self._drop(key)
+        r.deleted.discard(key)
+        r.corrupt.pop(key, None)
+        self.heads[key] = blob
+        self.pending_bytes += len(blob)
+        if chunks is not None:
+            r.chunks[key] = chunks
+
+    def _drop(self, key: bytes) -> None:
+        old = self.heads.pop(key, None)
+        if old is not None:
+            self.pending_bytes -= len(old)
+        self.result.chunks.pop(key, None)
+
+    def _open(self, key: bytes, value: bytes) -> tuple[bytes | memoryview, tuple[str, int] | None] | None:
+        """(checkpoint bytes, its chunks' (id, count) or None), None for a record of another deployment,
+        or ValueError saying why the record is unusable."""
+        if value[:4] == LEGACY_MAGIC:  # written by an earlier build: no envelope, no checksum
+            return value, None
+        meta, off = unframe(value, ENVELOPE_MAGIC, ENVELOPE_VERSION, "changelog record")
+        group, model = meta.get("group"), meta.get("model")
+        if group != self.group or model != self.model:
+            label = f"group {group}, model {model}"
+            self.result.foreign[label] = self.result.foreign.get(label, 0) + 1
+            return None
+        n, record_id, size = int(meta["chunks"]), str(meta["id"]), int(meta["size"])
+        blob: bytes | memoryview
+        chunks = None
+        if n == 1:
+            blob = memoryview(value)[off:]  # no copy: the record's bytes are the checkpoint's
         else:
-            self.latest[key] = value  # the newest record of a key wins (no compaction needed)
+            names = [chunk_key(record_id, i, key) for i in range(n)]
+            missing = [i for i, c in enumerate(names) if c not in self._chunks]
+            if missing:
+                raise ValueError(f"chunks {missing[:5]} of {n} are missing")
+            blob = b"".join(self._chunks.pop(c) for c in names)
+            chunks = (record_id, n)
+        if len(blob) != size:
+            raise ValueError(f"{len(blob)} bytes, the record says {size}")
+        if zlib.crc32(blob) != meta["crc32"]:
+            raise ValueError("checksum does not match (the record was altered or torn)")
+        return blob, chunks
+
+    def take(self) -> dict[bytes, bytes | memoryview]:
+        """The checked checkpoints read since the last call (series key -> bytes)."""
+        out, self.heads, self.pending_bytes = self.heads, {}, 0
+        return out
 
     def finish(self) -> Restored:
-        out = Restored()
-        used: set[bytes] = set()
-        for key, value in self.latest.items():
-            if key.startswith(INTERNAL_PREFIX):
-                continue
-            if value[:4] == LEGACY_MAGIC:  # written by an earlier build: no envelope, no checksum
-                out.blobs[key] = value
-                continue
-            try:
-                meta, off = unframe(value, ENVELOPE_MAGIC, ENVELOPE_VERSION, "changelog record")
-                group, model = meta.get("group"), meta.get("model")
-                if group != self.group or model != self.model:
-                    label = f"group {group}, model {model}"
-                    out.foreign[label] = out.foreign.get(label, 0) + 1
-                    continue
-                n, record_id, size = int(meta["chunks"]), str(meta["id"]), int(meta["size"])
-                blob: bytes | memoryview
-                if n == 1:
-                    blob = memoryview(value)[off:]  # no copy: the record's bytes are the checkpoint's
-                else:
-                    names = [chunk_key(record_id, i, key) for i in range(n)]
-                    used.update(names)  # a refused head's chunks stay too: nothing it points at is deleted
-                    missing = [i for i, c in enumerate(names) if c not in self.latest]
-                    if missing:
-                        raise ValueError(f"chunks {missing[:5]} of {n} are missing")
-                    blob = b"".join(self.latest[c] for c in names)
-                if len(blob) != size:
-                    raise ValueError(f"{len(blob)} bytes, the record says {size}")
-                if zlib.crc32(blob) != meta["crc32"]:
-                    raise ValueError("checksum does not match (the record was altered or torn)")
-            except (ValueError, KeyError, TypeError) as exc:
-                out.corrupt[key] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
-                continue
-            out.blobs[key] = blob
-            if n > 1:
-                out.chunks[key] = (record_id, n)
-        out.orphans = [k for k in self.latest if k.startswith(CHUNK_PREFIX) and k not in used]
-        self.latest = {}
-        return out
+        """After the last record: the partition's account (call `take()` once more for what is left)."""
+        self.result.orphans = list(self._chunks)
+        self._chunks = {}
+        return self.result

@@ -50,20 +50,24 @@ class PartitionStore:
         self.parts: dict[int, PartitionState] = {}
         self.generation = 0  # moves on every revoke and assign: work planned before one is not finished after it
         self.to_drop: set[int] = set()  # revoked partitions whose keys are still in memory
+        self.revoked_ready: set[int] = set()  # of those, the ones restored and checkpointed when revoked
 
     # ------------------------------------------------------ the rebalance listener's side
     def revoke(self, partitions: set[int]) -> None:
         self.generation += 1
         for p in partitions:
-            self.parts.pop(p, None)
+            st = self.parts.pop(p, None)
+            if st is not None and st.status == "ready" and not st.stepping:
+                self.revoked_ready.add(p)
+            else:
+                self.revoked_ready.discard(p)
         self.to_drop |= partitions
 
     def assign(self, partitions: set[int]) -> None:
-        """New partitions start paused, to be restored. One already held keeps its state (a rebalance
-        that changed nothing for it)."""
+        """New partitions start paused, to be restored. Keys of a revoked partition stay listed in
+        `to_drop` whether or not it comes back: only a partition marked restored keeps them."""
         self.generation += 1
         for p in partitions:
-            self.to_drop.discard(p)
             self.parts.setdefault(p, PartitionState(p))
 
     # ------------------------------------------------------------- queries
@@ -150,6 +154,12 @@ class PartitionStore:
             if committed:
                 st.to_commit = None
 
+    def keepable(self, partitions: set[int]) -> set[int]:
+        """Of partitions being assigned, those revoked from this replica fully restored and checkpointed,
+        whose keys are still in memory (the caller checks that nobody owned them in between)."""
+        return partitions & self.to_drop & self.revoked_ready
+
     def take_drops(self) -> set[int]:
         out, self.to_drop = self.to_drop, set()
+        self.revoked_ready -= out
         return out

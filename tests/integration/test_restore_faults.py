@@ -44,22 +44,24 @@ async def test_a_failing_restore_pauses_retries_and_then_continues_learned(broke
     faults = ["unreachable", "hangs", "corrupt"]
     attempts: list[str] = []
 
-    async def faulty(partitions):
+    real_load = daemon.pipeline.restore_keys
+    tearing = False
+
+    def torn_load(blobs):  # the third attempt reads torn checkpoints: the model refuses them
+        return real_load([b[:-9] if tearing and i == 0 else b for i, b in enumerate(blobs)])
+
+    async def faulty(partitions, generation):
+        nonlocal tearing
         attempts.append(faults[0] if faults else "ok")
-        if not faults:
-            return await real(partitions)
-        fault = faults.pop(0)
+        fault = faults.pop(0) if faults else None
+        tearing = fault == "corrupt"
         if fault == "unreachable":
             raise KafkaConnectionError("injected: the changelog's leader is unreachable")
         if fault == "hangs":
             await asyncio.sleep(3600)  # never reaches its fence: the restore timeout (1 s) ends it
-        found = await real(partitions)
-        assert all(found[p].blobs for p in found)
-        for p in found:  # one torn checkpoint in each partition: the model refuses it
-            key = next(iter(found[p].blobs))
-            found[p].blobs[key] = found[p].blobs[key][:-9]
-        return found
+        return await real(partitions, generation)
 
+    daemon.pipeline.restore_keys = torn_load  # type: ignore[method-assign]
     daemon.read_changelog = faulty  # type: ignore[method-assign]
     task = asyncio.create_task(daemon.run())
     try:
