@@ -9,8 +9,8 @@ each, made in-process by the pipeline and framed exactly as the daemon frames th
     ready_s        process start to /readyz 200 (imports, group join and restore)
     keys_per_s     keys / restore_s
     peak_rss_mb    the process's peak resident memory (VmHWM) once ready; `idle_rss_mb` is the
-                   same for a daemon restoring nothing, and `rss_over_state` = (peak - idle) /
-                   the checkpoints' bytes
+                   same for a daemon of that learner restoring nothing, and `rss_over_state` =
+                   (peak - idle) / the checkpoints' bytes
     healthz_p99_ms /healthz polled every 50 ms from start to ready (each a fresh connection)
     rebalances     streamer_rebalances_total once ready (1: the restore caused no extra one)
 
@@ -126,6 +126,7 @@ def restore_run(settings: Settings, port: int) -> dict:
         reader.join(5)
     restored = [orjson.loads(ln) for ln in lines if '"partitions restored"' in ln]
     return {"ready_s": ready_s, "restore_s": sum(r["restore_s"] for r in restored),
+            "load_s": sum(r.get("load_s", 0.0) for r in restored),
             "restored_keys": sum(r["restored_keys"] for r in restored), "peak_rss_mb": rss,
             "healthz_p99_ms": 1000 * float(np.percentile(probes, 99)) if probes else math.nan,
             "healthz_max_ms": 1000 * max(probes) if probes else math.nan, "healthz_probes": len(probes),
@@ -161,13 +162,15 @@ def main() -> None:
     console = Console(width=170)
     rows = []
     with EmbeddedBroker() as broker, Progress(console=console) as progress:
-        idle = one(broker.bootstrap_servers, "sgd", 0, progress)
+        idle = {learner: one(broker.bootstrap_servers, learner, 0, progress)["peak_rss_mb"]
+                for learner in dict.fromkeys(learner for learner, _ in plan)}  # the same daemon restoring nothing
         for learner, keys in plan:
             r = one(broker.bootstrap_servers, learner, keys, progress)
-            r["idle_rss_mb"] = idle["peak_rss_mb"]
-            r["rss_over_state"] = (r["peak_rss_mb"] - idle["peak_rss_mb"]) / r["state_mb"] if r["state_mb"] else math.nan
+            r["idle_rss_mb"] = idle[learner]
+            r["rss_over_state"] = (r["peak_rss_mb"] - idle[learner]) / r["state_mb"] if r["state_mb"] else math.nan
             rows.append(r)
-            progress.console.print(f"{learner} {keys:,} keys: restore {r['restore_s']:.2f} s, ready {r['ready_s']:.1f} s")
+            progress.console.print(f"{learner} {keys:,} keys: restore {r['restore_s']:.2f} s, "
+                                   f"ready {r['ready_s']:.1f} s")
     sgd = {r["keys"]: r for r in rows if r["learner"] == "sgd"}
     ns = sorted(sgd)
     linear = [(sgd[b]["restore_s"] / sgd[a]["restore_s"]) / (b / a) for a, b in zip(ns, ns[1:], strict=False)]
@@ -181,9 +184,10 @@ def main() -> None:
                       f"{r['rss_over_state']:.2f}", f"{r['healthz_p99_ms']:.1f}", f"{r['healthz_max_ms']:.1f}",
                       f"{r['rebalances']:.0f}")
     console.print(table)
-    console.print(f"idle daemon peak RSS {idle['peak_rss_mb']:.0f} MB; SGD time per key, each step over the one "
+    idle_text = ", ".join(f"{k} {v:.0f}" for k, v in idle.items())
+    console.print(f"idle daemons' peak RSS (MB): {idle_text}; SGD time per key, each step over the one "
                   f"before: {', '.join(f'{x:.2f}x' for x in linear)} (1 = linear)")
-    out = {"rows": rows, "idle_rss_mb": idle["peak_rss_mb"], "sgd_linearity": linear, "partitions": PARTITIONS,
+    out = {"rows": rows, "idle_rss_mb": idle, "sgd_linearity": linear, "partitions": PARTITIONS,
            "cores": os.cpu_count()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

@@ -7,7 +7,6 @@ Loading parses JSON and copies bytes into tensors; nothing in a file can execute
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
@@ -33,7 +32,9 @@ def unframe(blob: bytes | memoryview, magic: bytes, version: int, what: str) -> 
         raise ValueError(f"{what} format {got}, this build reads {version}")
     start = 4 + _HEAD.size
     try:
-        manifest = json.loads(bytes(blob[start : start + n]))
-    except ValueError as exc:
+        manifest = orjson.loads(bytes(blob[start : start + n]))
+    except orjson.JSONDecodeError as exc:
         raise ValueError(f"{what} manifest is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{what} manifest is not a JSON object")
     return manifest, start + n

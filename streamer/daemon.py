@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -515,6 +516,11 @@ class Daemon:
         """Restore these partitions (the background task `_between_batches` starts); a failure leaves
         them paused, marked failed, their keys out of memory, and retried with backoff."""
         t0 = time.monotonic()
+        # The loading thread holds the GIL in long stretches; at the default 5 ms switch interval every
+        # system call of an HTTP answer waits that long for it again, and /healthz takes 100+ ms. 1 ms
+        # while restoring keeps probes and heartbeats prompt (benchmarks/restore.py).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 0.001))
         try:
             try:
                 found = await asyncio.wait_for(self.read_changelog(partitions, generation),
@@ -547,8 +553,9 @@ class Daemon:
                 self.metrics.rebalance_seconds.observe(time.monotonic() - self._rebalance_started)
                 self._rebalance_started = None
             log.info("partitions restored", partitions=sorted(partitions), restored_keys=restored,
-                     restore_s=round(seconds, 3))
+                     restore_s=round(seconds, 3), load_s=round(sum(r.load_s for r in found.values()), 3))
         finally:
+            sys.setswitchinterval(switch)
             if self._restore_task is asyncio.current_task():
                 self._restore_task = None
             self.metrics.ready.set(1 if self.is_ready() else 0)
@@ -582,7 +589,7 @@ class Daemon:
                             break
                         reader.add(m.key, m.value)
                 for p, reader in readers.items():
-                    if reader.pending_bytes >= LOAD_SLICE_BYTES or (p not in open_parts and reader.heads):
+                    if reader.pending_bytes >= LOAD_SLICE_BYTES or (p not in open_parts and reader.waiting):
                         await self._load_slice(reader, generation)
         finally:
             rc.unsubscribe()
@@ -590,14 +597,18 @@ class Daemon:
 
     async def _load_slice(self, reader: ChangelogReader, generation: int) -> None:
         """Load the checkpoints a reader has collected, in one batched call in a worker thread."""
-        heads = reader.take()
-        keys = list(heads)
+        t0 = time.perf_counter()
+
+        def load() -> tuple[list[bytes], dict[int, str]]:
+            heads = reader.take()  # checksums and assembly: CPU work, here off the event loop
+            return list(heads), self.pipeline.restore_keys(list(heads.values()))[1]
+
         async with self.model_lock:
             if self.store.generation != generation:  # a rebalance since the read began: it starts again
                 raise RestoreError("a rebalance happened during the restore; it starts again")
-            _, refused = await asyncio.to_thread(self.pipeline.restore_keys, list(heads.values()))
-        del heads
+            keys, refused = await asyncio.to_thread(load)
         r = reader.result
+        r.load_s += time.perf_counter() - t0
         for i, key in enumerate(keys):
             if i in refused:
                 r.corrupt[key] = refused[i]

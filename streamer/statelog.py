@@ -90,6 +90,7 @@ class Restored:
     orphans: list[bytes] = field(default_factory=list)  # chunk keys no head names: to delete
     chunks: dict[bytes, tuple[str, int]] = field(default_factory=dict)  # key -> (id, count) of the chunks in use
     loaded: set[bytes] = field(default_factory=set)  # keys the caller loaded (it keeps this up to date)
+    load_s: float = 0.0  # the caller's time loading them
 
 
 class ChangelogReader:
@@ -102,11 +103,13 @@ class ChangelogReader:
     def __init__(self, group: str, model: str):
         self.group, self.model = group, model
         self.heads: dict[bytes, bytes | memoryview] = {}  # checked checkpoints not yet taken
+        self._raw: dict[bytes, bytes | None] = {}  # the newest record of each key since the last take
         self.pending_bytes = 0
         self._chunks: dict[bytes, bytes] = {}  # chunk records waiting for their head
         self.result = Restored()
 
     def add(self, key: bytes | None, value: bytes | None) -> None:
+        """Keep a record (cheap: the checks run in `take`, off the event loop)."""
         if key is None or key == FENCE_KEY:
             return
         if key.startswith(CHUNK_PREFIX):
@@ -117,6 +120,10 @@ class ChangelogReader:
             return
         if key.startswith(INTERNAL_PREFIX):
             return
+        self._raw[key] = value  # the newest record of a key wins (no compaction needed)
+        self.pending_bytes += len(value) if value is not None else 0
+
+    def _check(self, key: bytes, value: bytes | None) -> None:
         r = self.result
         if value is None:  # a tombstone deletes the key
             self._drop(key)
@@ -137,14 +144,11 @@ class ChangelogReader:
         r.deleted.discard(key)
         r.corrupt.pop(key, None)
         self.heads[key] = blob
-        self.pending_bytes += len(blob)
         if chunks is not None:
             r.chunks[key] = chunks
 
     def _drop(self, key: bytes) -> None:
-        old = self.heads.pop(key, None)
-        if old is not None:
-            self.pending_bytes -= len(old)
+        self.heads.pop(key, None)
         self.result.chunks.pop(key, None)
 
     def _open(self, key: bytes, value: bytes) -> tuple[bytes | memoryview, tuple[str, int] | None] | None:
@@ -177,12 +181,21 @@ class ChangelogReader:
         return blob, chunks
 
     def take(self) -> dict[bytes, bytes | memoryview]:
-        """The checked checkpoints read since the last call (series key -> bytes)."""
-        out, self.heads, self.pending_bytes = self.heads, {}, 0
+        """The records read since the last call, checked and assembled: series key -> checkpoint bytes
+        (CPU work: the daemon calls it in a worker thread)."""
+        raw, self._raw, self.pending_bytes = self._raw, {}, 0
+        for key, value in raw.items():
+            self._check(key, value)
+        out, self.heads = self.heads, {}
         return out
 
+    @property
+    def waiting(self) -> bool:
+        """Records read and not yet taken."""
+        return bool(self._raw)
+
     def finish(self) -> Restored:
-        """After the last record: the partition's account (call `take()` once more for what is left)."""
+        """After the last record and the last `take()`: the partition's account."""
         self.result.orphans = list(self._chunks)
         self._chunks = {}
         return self.result
