@@ -57,6 +57,8 @@ import structlog
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -145,7 +147,8 @@ class _Rebalance(ConsumerRebalanceListener):
         d.metrics.assigned.set(len(assigned))
         d.metrics.ready.set(1 if d.is_ready() else 0)
         log.info("partitions assigned", partitions=sorted(parts), kept=sorted(kept),
-                 to_restore=sorted(tp.partition for tp in waiting))
+                 to_restore=sorted(tp.partition for tp in waiting), generation=generation,
+                 revoked_in=d._revoked_generation)
 
 
 class Daemon:
@@ -213,6 +216,9 @@ class Daemon:
                     auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
                     heartbeat_interval_ms=s.heartbeat_interval_ms, max_poll_records=s.batch_max,
                     fetch_max_wait_ms=s.fetch_max_wait_ms,
+                    # sticky first: a rebalance moves only the partitions it must, so the others keep their
+                    # keys in memory instead of being restored; round-robin while a member lacks it
+                    partition_assignment_strategy=(StickyPartitionAssignor, RoundRobinPartitionAssignor),
                     fetch_max_bytes=max(52_428_800, 4 * s.max_message_bytes),
                     max_partition_fetch_bytes=max(1 << 20, 2 * s.max_message_bytes))
                 # small fetches: what a restore holds beside the state it rebuilds stays small (a chunk
@@ -346,8 +352,9 @@ class Daemon:
     async def _between_batches(self) -> None:
         """Drop the keys of revoked partitions; start restoring assigned ones that are due (one restore
         at a time, in the background: the partitions already restored keep flowing meanwhile)."""
-        # revoked partitions, and ones given back whose keys in memory may be stale (restored afresh)
-        drops = {p for p in self.store.take_drops() if not self.store.ready(p)}
+        # revoked partitions, and ones given back whose keys in memory may be stale (restored afresh); not
+        # in the middle of a rebalance: a partition revoked now may come straight back, keys and all
+        drops = {p for p in self.store.take_drops() if not self.store.ready(p)} if self.joined else set()
         if drops:
             async with self.model_lock:
                 keys = [k.encode() for k, ks in self.pipeline.keys.items() if ks.partition in drops]

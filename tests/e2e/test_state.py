@@ -125,7 +125,7 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
         asyncio.run(consume(bs, topic_out, half, timeout=300, settle=2.5))  # and let a checkpoint interval pass
         victim = max(range(3), key=lambda i: scrape(ports[i])["streamer_assigned_partitions"])
         procs[victim].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
+        killed_at, killed_wall = time.monotonic(), time.time()
         procs[victim].wait(10)
         owned: set[int] = set()
         for line in procs[victim].stdout.read().splitlines():  # type: ignore[union-attr]
@@ -139,6 +139,16 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
         for i in survivors:
             procs[i].send_signal(signal.SIGTERM)
         assert all(procs[i].wait(30) == 0 for i in survivors)
+        events = [json.loads(line) for i in survivors for line in procs[i].stdout.read().splitlines()  # type: ignore[union-attr]
+                  if line.startswith("{")]
+    from datetime import datetime
+
+    def after_kill(event: str) -> list[float]:
+        return [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp() - killed_wall
+                for e in events if e.get("event") == event]
+    assigned_s = min([t for t in after_kill("partitions assigned") if t > 0], default=float("nan"))  # the first
+    revoked_s = min([t for t in after_kill("partitions revoked") if t > 0], default=float("nan"))
+    restore_s = max([e["restore_s"] for e in events if e.get("event") == "partitions restored"], default=0.0)
     got = predictions(msgs)
     assert set(got) == {(f"s{k}", t) for t in range(ticks) for k in range(keys)}, "a tick lost its prediction"
     part = DefaultPartitioner()
@@ -157,6 +167,7 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
               "restored_keys": restored, "first_prediction_after_kill_s": first_after - time.time()
               + time.monotonic() - killed_at, "session_timeout_s": int(base["STREAMER_SESSION_TIMEOUT_MS"]) / 1000,
               "mse_after_failover": mse, "mse_without_failure": mse_ref,
+              "revoked_after_kill_s": revoked_s, "assigned_after_kill_s": assigned_s, "longest_restore_s": restore_s,
               "every_tick_predicted": True}
     if os.environ.get("FAILOVER_JSON"):  # benchmarks/RESULTS.md takes its failover figures from here
         Path(os.environ["FAILOVER_JSON"]).write_text(json.dumps(report, indent=2))
@@ -164,4 +175,5 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
         print(f"\nfailover: replica {victim} owned partitions {sorted(owned)} ({len(moved)} keys); survivors'"
               f" rebalance time {max(rebalance):.2f}s in total; {restored:.0f} keys restored; first prediction of a"
               f" moved key {first_after - time.time() + time.monotonic() - killed_at:.1f}s after the kill;"
-              f" MSE after failover {mse:.5f} vs {mse_ref:.5f} without failure")
+              f" MSE after failover {mse:.5f} vs {mse_ref:.5f} without failure; revoked {revoked_s:.1f}s and assigned"
+              f" {assigned_s:.1f}s after the kill, longest restore {restore_s:.2f}s")

@@ -213,3 +213,13 @@ def test_partition_store_never_checkpoints_what_it_did_not_restore_or_no_longer_
     store.revoke({1})
     assert store.checkpointable({0, 1}) == {0} and 1 not in store.due(10_000.0)
     assert store.offsets_to_commit({1}) == {} and store.take_drops() == {1}
+
+
+def test_only_a_partition_revoked_restored_and_checkpointable_may_keep_its_keys():
+    store = PartitionStore(checkpoint_ticks=10, checkpoint_interval_s=5.0)
+    store.assign({0, 1, 2})
+    store.restored({0, 1})
+    store.stepped({1})  # 1 was stepped and not published when revoked: its state claims too much
+    store.revoke({0, 1, 2})
+    assert store.keepable({0, 1, 2}) == {0}
+    assert store.take_drops() == {0, 1, 2} and store.keepable({0}) == set()  # dropped: nothing left to keep
