@@ -341,6 +341,7 @@ class Daemon:
             batch = await self.consumer.getmany(timeout_ms=max(s.linger_ms, 100), max_records=s.batch_max)
             batch = self._restored_only(batch)
             if not batch:
+                await self._checkpoint_due()  # a quiet input still gets its interval checkpoints
                 if (s.burst and self.is_ready() and self._restore_task is None
                         and time.monotonic() - idle_since > s.burst_idle_s):
                     log.info("burst: input drained")
@@ -432,9 +433,7 @@ class Daemon:
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
             await self._deliver("changelog", self.changelog, self._state_records(
                 [(k, p, blob) for k, p, blob in result.evicted if self.store.ready(p)]))
-        due = self.store.due(time.monotonic())
-        if due:  # one partition per batch keeps each pause short (revoke and shutdown still do all they need)
-            await self.checkpoint({due[0]})
+        await self._checkpoint_due()
         n = len(result.records)
         m.ticks.inc(n)
         m.predictions.inc(len(result.predictions))
@@ -457,6 +456,13 @@ class Daemon:
             st, high = self.store.parts.get(tp.partition), self.consumer.highwater(tp)
             if st is not None and st.next_offset is not None and high is not None:
                 m.lag.labels(str(tp.partition)).set(max(0, high - st.next_offset))
+
+    async def _checkpoint_due(self) -> None:
+        """Checkpoint the most overdue partition, if any: one per batch (or idle poll) keeps each pause
+        short (revoke and shutdown still do all they need)."""
+        due = self.store.due(time.monotonic())
+        if due:
+            await self.checkpoint({due[0]})
 
     def _state_records(self, blobs: Sequence[tuple[str, int, bytes]]) -> list[Message]:
         """Changelog records of (key, partition, checkpoint): chunked when large, naming who wrote them."""

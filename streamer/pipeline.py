@@ -15,6 +15,7 @@ tick of every key in wave j), each wave one batched step and one batched predict
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sqlite3
@@ -617,6 +618,17 @@ class Pipeline:
         (bookkeeping and model state) before anything is written; a refused one (by position: why)
         changes nothing, so a key already in memory keeps its state. Returns the restored keys'
         bookkeeping and the refusals."""
+        # the cyclic collector would scan every key's bookkeeping again and again while thousands are
+        # created (none of them forms a cycle): off for the load, on again after
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._restore_keys(blobs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _restore_keys(self, blobs: Sequence[bytes | memoryview]) -> tuple[list[KeyState], dict[int, str]]:
         parsed: dict[tuple[str, ...], list[tuple[int, str, KeyState, memoryview]]] = {}
         refused: dict[int, str] = {}
         for i, blob in enumerate(blobs):
