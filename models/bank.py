@@ -31,6 +31,9 @@ from models.normalize import NormConfig, norm_apply, norm_init, norm_update
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
 
+# A refusal that starts with this says the snapshot is intact but of another model (settings changed):
+# no retry can use it, and no learned state of this model is lost by starting the key afresh.
+OTHER_MODEL = "another model: "
 _RESTORE_SLICE = 4096  # snapshots copied into the bank per pass
 _MAGIC = b"TSKS"  # tick-streamer key state
 FORMAT_VERSION = 2  # 2: a CRC-32 of the payload
@@ -389,7 +392,7 @@ class ModelBank:
             try:
                 meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot")
                 if meta.get("learner") != head["learner"] or meta.get("spec") != head["spec"]:
-                    raise ValueError(f"snapshot is for {meta.get('learner')} {meta.get('spec')}, "
+                    raise ValueError(f"{OTHER_MODEL}snapshot is for {meta.get('learner')} {meta.get('spec')}, "
                                      f"bank runs {head['learner']} {head['spec']}")
                 if meta.get("tensors") != want_tensors:
                     raise ValueError("snapshot tensors do not match this bank's state layout")

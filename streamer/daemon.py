@@ -70,6 +70,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
+from models.bank import OTHER_MODEL
 from streamer import __version__
 from streamer.config import Settings
 from streamer.metrics import HealthServer, Metrics
@@ -178,6 +179,8 @@ class Daemon:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.admin: AIOKafkaAdminClient | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     # ------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -294,7 +297,9 @@ class Daemon:
             except TimeoutError:
                 pass
 
-    async def run(self) -> int:
+    async def start(self) -> None:
+        """Serve /metrics and the probes, connect to the broker (retrying while it is unreachable) and
+        join the group. No I/O happens in the constructor."""
         s = self.settings
         # before any worker thread exists: each takes this count when it first runs torch (0: set per wave)
         torch.set_num_threads(s.torch_threads or 1)
@@ -302,33 +307,49 @@ class Daemon:
         log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
                  output=s.output_topic, group=s.group_id, changelog=self.changelog, max_keys=self.pipeline.max_keys,
                  bytes_per_key=self.pipeline.bytes_per_key, metrics_port=port)
-        probe: asyncio.Task[None] | None = None
+        await self._start_clients()
+        self._probe_task = asyncio.create_task(self._probe())
+
+    async def stop(self) -> None:
+        """Make the state of what this replica owns durable and commit it (only partitions restored from
+        the changelog, with nothing stepped that was not published), leave the group, close. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        await self.cancel_restore()
+        if self.producer is not None and self.consumer is not None:
+            try:
+                await self.checkpoint(self.store.checkpointable())
+            except KafkaError as exc:
+                log.error("final checkpoint failed; the next owner replays from the last one", error=str(exc))
+            skipped = self.store.assigned - self.store.checkpointable()
+            if skipped:
+                log.warning("not checkpointed at exit (not restored, or stepped and not published): the next "
+                            "owner re-processes from their last checkpoint", partitions=sorted(skipped))
+            await self.producer.flush()
+        await self._close_clients()
+        await self.health.stop()
+        log.info("stopped", ticks=int(self.metrics.ticks._value.get()),
+                 predictions=int(self.metrics.predictions._value.get()),
+                 live_keys=self.pipeline.live_keys, resets=self.pipeline.resets_total)
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> int:
+        """start(), the loop until a stop is requested (or, in burst mode, the input is drained), stop()."""
         try:
-            await self._start_clients()
-            probe = asyncio.create_task(self._probe())
+            await self.start()
             await self._loop()
         finally:
-            self._stop.set()
-            if probe is not None:
-                probe.cancel()
-            await self.cancel_restore()
-            if self.producer is not None and self.consumer is not None:
-                # the state of what we own becomes durable, then its offsets are committed: only partitions
-                # restored from the changelog and with nothing stepped that was not published
-                try:
-                    await self.checkpoint(self.store.checkpointable())
-                except KafkaError as exc:
-                    log.error("final checkpoint failed; the next owner replays from the last one", error=str(exc))
-                skipped = self.store.assigned - self.store.checkpointable()
-                if skipped:
-                    log.warning("not checkpointed at exit (not restored, or stepped and not published): the next "
-                                "owner re-processes from their last checkpoint", partitions=sorted(skipped))
-                await self.producer.flush()
-            await self._close_clients()
-            await self.health.stop()
-            log.info("stopped", ticks=int(self.metrics.ticks._value.get()),
-                     predictions=int(self.metrics.predictions._value.get()),
-                     live_keys=self.pipeline.live_keys, resets=self.pipeline.resets_total)
+            await self.stop()
         return 0
 
     # ------------------------------------------------------------ the loop
@@ -623,10 +644,14 @@ class Daemon:
         r = reader.result
         r.load_s += time.perf_counter() - t0
         for i, key in enumerate(keys):
-            if i in refused:
-                r.corrupt[key] = refused[i]
-            else:
+            if i not in refused:
                 r.loaded.add(key)
+            elif refused[i].startswith(OTHER_MODEL):  # intact, of other settings: the key starts afresh
+                label = refused[i][len(OTHER_MODEL):]
+                r.foreign[label] = r.foreign.get(label, 0) + 1
+                r.deleted.add(key)  # an older record of it loaded before is dropped too
+            else:
+                r.corrupt[key] = refused[i]
 
     async def _finish_restore(self, found: dict[int, Restored], generation: int) -> tuple[int, dict[int, str]]:
         """Settle each partition once its changelog is read; returns the keys restored and the partitions
@@ -636,9 +661,9 @@ class Daemon:
         cold = self.settings.corrupt_state == "cold"
         for p, r in found.items():
             for label, count in r.foreign.items():
-                log.error("changelog holds state another deployment wrote; it is not used (give each group its own "
-                          "STREAMER_CHANGELOG_TOPIC)", changelog=self.changelog, partition=p, writer=label,
-                          records=count)
+                log.error("changelog holds state of another deployment or of other model settings; those keys "
+                          "start afresh (a deployment per group: give each its own STREAMER_CHANGELOG_TOPIC)",
+                          changelog=self.changelog, partition=p, writer=label, records=count)
         async with self.model_lock:
             if self.store.generation != generation:  # a rebalance since the read: what was read may be stale
                 raise RestoreError("a rebalance happened during the restore; it starts again")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from models import modelfile, warmstart
-from models.bank import BankConfig, ModelBank
+from models.bank import OTHER_MODEL, BankConfig, ModelBank
 from models.cells import NetSpec
 from models.checkpoint import frame, unframe
 from models.learners import make_learner
@@ -176,6 +176,14 @@ STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
 STATE_VERSION = 1
 
 
+class OtherModel(ValueError):
+    """An intact checkpoint of other model settings: the key starts afresh, its `seq` carried on."""
+
+    def __init__(self, message: str, key: str, seq: int):
+        super().__init__(message)
+        self.key, self.seq = key, seq
+
+
 class SpillStore:
     """Evicted keys' state on local disk (SQLite, bytes only), so memory stays bounded."""
 
@@ -213,6 +221,7 @@ class Pipeline:
         self.spill = SpillStore(settings.spill_path)  # evicted idle keys (their state is also checkpointed)
         self.spilled_partition: dict[str, int] = {}
         self._unkeyed_seen: set[str] = set()  # series keys already warned about (ticks without a Kafka key)
+        self.carried_seq: dict[str, int] = {}  # keys whose checkpoint was of other settings: their seq goes on
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self._wide_threads = max(1, min(4, cores))  # torch threads for a big wave (STREAMER_TORCH_THREADS=0)
         self.batches = 0
@@ -474,10 +483,13 @@ class Pipeline:
         (`_run_wave`); after the step, a tick whose message cannot be made is dead-lettered alone."""
         L = self.settings.lags
         states, names, lags, xs, learn_names, learn_x, learn_d = [], [], [], [], [], [], []
+        fresh: set[str] = set()  # keys first seen here: their first prediction is persistence
         for _, tick in items:
             ks = self.keys.get(tick.key)
             if ks is None:  # a new key: its lags start filled with its first value
-                ks = KeyState(tick.feature_names, [tick.value] * L)
+                # a key whose checkpoint was of other settings starts afresh, its `seq` going on
+                ks = KeyState(tick.feature_names, [tick.value] * L, seq=self.carried_seq.get(tick.key, 0))
+                fresh.add(tick.key)
             if ks.pending is not None:
                 learn_names.append(tick.key)
                 learn_x.append(ks.pending)
@@ -507,7 +519,7 @@ class Pipeline:
                 mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[i][0], lags[i][1] if L > 1 else lags[i][0])
                 models[i] = "persistence"
         for i, (_, tick) in enumerate(items):
-            if states[i].seq == 0 and models[i] == self.model:
+            if tick.key in fresh and models[i] == self.model:
                 # a key's first tick: its normaliser has no level until the second, so the model's
                 # output would be on no scale at all; publish persistence, as wide as the value itself
                 v = tick.value
@@ -539,6 +551,8 @@ class Pipeline:
         # so a checkpoint taken in the middle of a plan claims no more than was stepped)
         for i, (r, tick) in enumerate(items):
             ks = self.keys.setdefault(tick.key, states[i])
+            if tick.key in fresh:
+                self.carried_seq.pop(tick.key, None)
             ks.partition, ks.applied, ks.dirty = r.partition, r.offset + 1, True
             ks.lags, ks.pending, ks.seq, ks.last_seen = lags[i], xs[i], ks.seq + 1, self.batches
             ks.last_mean, ks.last_lower, ks.last_upper = mean_l[i], lo_l[i], hi_l[i]
@@ -634,6 +648,10 @@ class Pipeline:
         for i, blob in enumerate(blobs):
             try:
                 key, ks, bank_blob = self._parse_checkpoint(blob)
+            except OtherModel as exc:
+                refused[i] = str(exc)
+                self.carried_seq[exc.key] = exc.seq
+                continue
             except ValueError as exc:
                 refused[i] = str(exc)
                 continue
@@ -647,6 +665,8 @@ class Pipeline:
                                  for j in range(len(items))}
             for j, reason in bad.items():
                 refused[items[j][0]] = reason
+                if reason.startswith(OTHER_MODEL):
+                    self.carried_seq[items[j][1]] = items[j][2].seq
             done = set(keys)
             for j, (_, key, ks, _) in enumerate(items):
                 if key not in done or j in bad:
@@ -661,14 +681,16 @@ class Pipeline:
     def _parse_checkpoint(self, blob: bytes | memoryview) -> tuple[str, KeyState, memoryview]:
         meta, off = unframe(blob, STATE_MAGIC, STATE_VERSION, "key checkpoint")
         try:
-            if meta["model"] != self.model:
-                raise ValueError(f"checkpoint of a {meta['model']} model, this daemon runs {self.model}")
             key, signature = str(meta["key"]), tuple(str(n) for n in meta["signature"])
+            if meta["model"] != self.model:
+                raise OtherModel(f"{OTHER_MODEL}checkpoint of a {meta['model']} model, this daemon runs {self.model}",
+                                 key, int(meta["seq"]))
             last = [math.nan if v is None else float(v) for v in meta["last"]]
             lags = [float(v) for v in meta["lags"]]
             pending = None if meta["pending"] is None else [float(v) for v in meta["pending"]]
             if len(lags) != self.settings.lags:
-                raise ValueError(f"checkpoint has {len(lags)} lags, this daemon uses {self.settings.lags}")
+                raise OtherModel(f"{OTHER_MODEL}checkpoint has {len(lags)} lags, this daemon uses {self.settings.lags}",
+                                 key, int(meta["seq"]))
             if len(last) != 3:
                 raise ValueError(f"checkpoint's last prediction has {len(last)} numbers, not 3")
             if pending is not None and len(pending) != self.settings.lags + len(signature):

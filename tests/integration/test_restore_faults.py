@@ -90,3 +90,22 @@ async def test_a_failing_restore_pauses_retries_and_then_continues_learned(broke
     mse, ref_mse = errors_after(got, FIRST), errors_after({k: v for k, v in ref.items() if k[1] >= FIRST}, FIRST)
     assert mse <= 1.1 * ref_mse, (mse, ref_mse)
     assert all(ps[0]["model"] == "lstm+sgd" for ps in got.values())
+
+
+async def test_changed_model_settings_start_keys_afresh_without_pausing_and_seq_goes_on(broker):
+    """A redeploy with another cell size finds checkpoints of the old model: intact, but unusable by
+    this one. The replica must not stall on them (nothing to retry) and must not re-use (key, seq)."""
+    bs = broker.bootstrap_servers
+    s = settings_for(broker, hidden=4)
+    await create_topics(bs, [s.input_topic], 2)
+    await produce(bs, s.input_topic, stream(0, 20, KEYS))
+    await run_burst(s)
+    await produce(bs, s.input_topic, stream(20, 30, KEYS))
+    changed = s.model_copy(update={"hidden": 8})
+    daemon = Daemon(changed)
+    assert await asyncio.wait_for(daemon.run(), 120) == 0
+    assert daemon.metrics.restore_failures._value.get() == 0
+    got = predictions(await consume(bs, s.output_topic, KEYS * 30, settle=0.5))
+    assert all(len(ps) == 1 for ps in got.values())
+    assert {ps[0]["seq"] for (k, t), ps in got.items() if t == 20} == {21}  # afresh, numbering goes on
+    assert {ps[0]["model"] for (k, t), ps in got.items() if t == 20} == {"persistence"}  # a new model's first tick
