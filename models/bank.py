@@ -34,6 +34,7 @@ Z90 = 1.6448536269514722  # two-sided 90% normal quantile
 # A refusal that starts with this says the snapshot is intact but of another model (settings changed):
 # no retry can use it, and no learned state of this model is lost by starting the key afresh.
 OTHER_MODEL = "another model: "
+LARGE_ROW_BYTES = 64 << 10  # a key state this big is reserved up to the key bound (see _reserve)
 _RESTORE_SLICE = 4096  # snapshots copied into the bank per pass
 _MAGIC = b"TSKS"  # tick-streamer key state
 FORMAT_VERSION = 2  # 2: a CRC-32 of the payload
@@ -67,9 +68,11 @@ class StepResult:
 
 class ModelBank:
     def __init__(self, learner: Learner, config: BankConfig = BankConfig(),
-                 theta0: torch.Tensor | Mapping[str, torch.Tensor] | None = None):
+                 theta0: torch.Tensor | Mapping[str, torch.Tensor] | None = None, capacity_hint: int = 0):
         """`theta0`: the warm start of every new key, [n_theta] for all of them or one per key name
-        (a model trained offline per series); None starts keys cold."""
+        (a model trained offline per series); None starts keys cold. `capacity_hint`: the most keys it
+        will hold (the replica's key bound), reserved at once when a key's state is large."""
+        self.capacity_hint = capacity_hint
         self.learner, self.config = learner, config
         self.theta0 = theta0 if not isinstance(theta0, Mapping) else None
         # per-key warm starts are looked up by the key's seed, which is all a reset knows of a row
@@ -139,9 +142,14 @@ class ModelBank:
             # x1.5: amortised O(1) per key, and a restore's peak (old and new tensors at the last growth,
             # or the slack after it) stays within 1.7x of the state it rebuilds
             cap = max(n + extra, self.capacity + self.capacity // 2, 16)
+            if self.bytes_per_key() >= LARGE_ROW_BYTES:
+                # Large rows (particles, covariance blocks): reserve the key bound at once. Spare rows are
+                # allocated, not written (torch.empty), so the OS lends them no memory until a key lands
+                # there, and no growth ever holds old and new tensors at once.
+                cap = max(cap, self.capacity_hint)
             grown = {}
             for k, (dt, shape) in self.layout().items():
-                t = torch.zeros((cap, *shape), dtype=dt)
+                t = torch.empty((cap, *shape), dtype=dt)  # rows are written before they are live
                 if k in self._buf:
                     t[:n] = self._buf[k][:n]
                 grown[k] = t
@@ -390,7 +398,7 @@ class ModelBank:
         refused: dict[int, str] = {}
         for i, blob in enumerate(blobs):
             try:
-                meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot")
+                meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot", older=(1,))
                 if meta.get("learner") != head["learner"] or meta.get("spec") != head["spec"]:
                     raise ValueError(f"{OTHER_MODEL}snapshot is for {meta.get('learner')} {meta.get('spec')}, "
                                      f"bank runs {head['learner']} {head['spec']}")
@@ -399,7 +407,8 @@ class ModelBank:
                 if len(blob) - off != size:
                     what = "truncated" if len(blob) - off < size else "has trailing bytes"
                     raise ValueError(f"snapshot {what} ({len(blob) - off} payload bytes, want {size})")
-                if zlib.crc32(memoryview(blob)[off:]) != meta.get("crc32"):
+                # format 1 (before checksums) is read as it is: a changelog written by an earlier build restores
+                if meta.get("__format__") != 1 and zlib.crc32(memoryview(blob)[off:]) != meta.get("crc32"):
                     raise ValueError("snapshot checksum does not match its bytes (corrupted)")
                 key = names[i] if names is not None else meta.get("key")
                 if not isinstance(key, str):

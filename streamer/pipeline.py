@@ -338,7 +338,7 @@ class Pipeline:
             if self.warm is not None and list(signature) == list(self.warm.layout.get("features") or []):
                 theta0 = self.warm.theta
             bank = ModelBank(make_learner(s.learner, spec, warm=theta0 is not None, **self._learner_options),
-                             BankConfig(seed=s.seed), theta0)
+                             BankConfig(seed=s.seed), theta0, capacity_hint=self.max_keys)
             self.warm_banks += int(theta0 is not None)
             self.banks[signature] = bank
         return bank

@@ -223,3 +223,17 @@ def test_only_a_partition_revoked_restored_and_checkpointable_may_keep_its_keys(
     store.revoke({0, 1, 2})
     assert store.keepable({0, 1, 2}) == {0}
     assert store.take_drops() == {0, 1, 2} and store.keepable({0}) == set()  # dropped: nothing left to keep
+
+
+def test_a_snapshot_of_the_format_before_checksums_still_restores():
+    from models.checkpoint import frame, unframe
+
+    src = bank_with(2)
+    blob = src.snapshot("k0")
+    meta, off = unframe(blob, b"TSKS", 2, "snapshot")
+    del meta["crc32"]
+    old = frame(b"TSKS", 1, meta) + blob[off:]  # as the previous build wrote it
+    dst = ModelBank(make_learner("sgd", SPEC))
+    assert dst.restore(old) == "k0" and dst.snapshot("k0") == blob
+    with pytest.raises(ValueError, match="format 7"):
+        dst.restore(frame(b"TSKS", 7, meta) + blob[off:])
