@@ -445,12 +445,11 @@ Targets on this 2-core machine: 10k SGD keys <= 2 s ({v[restore_10k]}), 100k <= 
 `/healthz` p99 <= 100 ms ({v[restore_health]}), no extra rebalance ({v[restore_rebalance]}), peak memory within
 2x of the state restored, for states of 100 MB and more ({v[restore_memory]}). Below that the fixed
 ~150 MB a restore adds (the loading thread's allocator arena, fetch buffers, a 32 MB slice) dominates.
-For large per-key states the excess is the bank's last growth: old and new tensors live at once
-(about 1.7x of the state at x1.5 growth), plus a slice; the number of keys is not known before
-the changelog is read (Tansu's end offsets cannot be trusted for it).
 
 How: the bank keeps its tensors with spare capacity (x1.5 growth, swap-remove on drop), so
-admitting or restoring n keys costs O(n); the changelog is read up to a fence and loaded 32 MB
+admitting or restoring n keys costs O(n); spare rows are allocated unwritten (`torch.empty`), so
+they cost no resident memory until a key lands there, and a bank of large per-key states (64 KiB
+and more: PF, DEKF, EKF) reserves the replica's key bound at once and never grows; the changelog is read up to a fence and loaded 32 MB
 of records at a time in one batched call per slice in a worker thread, so the records held
 beside the state are one slice; the GIL switch interval is 1 ms while a restore runs, so the
 event loop answers probes between the loader's stretches. Before this, restoring key by key
