@@ -381,9 +381,8 @@ class Daemon:
         drops = {p for p in self.store.take_drops() if not self.store.ready(p)} if self.joined else set()
         if drops:
             async with self.model_lock:
-                keys = [k.encode() for k, ks in self.pipeline.keys.items() if ks.partition in drops]
-                await asyncio.to_thread(self.pipeline.drop_partitions, drops)
-                self.writer.forget(keys)
+                dropped = await asyncio.to_thread(self.pipeline.drop_partitions, drops)
+                self.writer.forget([k.encode() for k in dropped])
             self.metrics.live_keys.set(self.pipeline.live_keys)
         if self._restore_task is None:
             due = self.store.to_restore(time.monotonic())
@@ -684,9 +683,7 @@ class Daemon:
                     else:
                         failed[p] = problems[0]
             self.pipeline.forget_keys(forget)
-            if failed:  # nothing of a partition is used until all of it restores
-                await asyncio.to_thread(self.pipeline.drop_partitions, set(failed))
-            ok = live - set(failed)
+            ok = live - set(failed)  # the failed ones' keys leave memory in `_restore`, which retries them
             for p in ok:
                 self.writer.chunks.update(found[p].chunks)
             self.store.restored(ok)

@@ -715,10 +715,13 @@ class Pipeline:
             if k in self.keys:
                 self.keys[k].dirty = False
 
-    def drop_partitions(self, partitions: set[int]) -> None:
-        """Forget every key of these partitions (after they were checkpointed and revoked)."""
-        self._forget([k for k, ks in self.keys.items() if ks.partition in partitions])
+    def drop_partitions(self, partitions: set[int]) -> list[str]:
+        """Forget every key of these partitions (after they were checkpointed and revoked); returns the
+        keys that were in memory."""
+        dropped = [k for k, ks in self.keys.items() if ks.partition in partitions]
+        self._forget(dropped)
         gone = [k for k, p in self.spilled_partition.items() if p in partitions]
         self.spill.drop_partition(gone)
         for k in gone:
             del self.spilled_partition[k]
+        return dropped

@@ -102,7 +102,6 @@ class ChangelogReader:
 
     def __init__(self, group: str, model: str):
         self.group, self.model = group, model
-        self.heads: dict[bytes, bytes | memoryview] = {}  # checked checkpoints not yet taken
         self._raw: dict[bytes, bytes | None] = {}  # the newest record of each key since the last take
         self.pending_bytes = 0
         self._chunks: dict[bytes, bytes] = {}  # chunk records waiting for their head
@@ -123,33 +122,32 @@ class ChangelogReader:
         self._raw[key] = value  # the newest record of a key wins (no compaction needed)
         self.pending_bytes += len(value) if value is not None else 0
 
-    def _check(self, key: bytes, value: bytes | None) -> None:
+    def _check(self, key: bytes, value: bytes | None) -> bytes | memoryview | None:
+        """A key's newest record read since the last take: its checkpoint bytes, or None (a tombstone, an
+        unusable record or another deployment's), the account in `result` kept up to date."""
         r = self.result
         if value is None:  # a tombstone deletes the key
-            self._drop(key)
+            r.chunks.pop(key, None)
             r.deleted.add(key)
             r.corrupt.pop(key, None)
-            return
+            return None
         try:
             opened = self._open(key, value)
         except (ValueError, KeyError, TypeError) as exc:
-            self._drop(key)
+            r.chunks.pop(key, None)
             r.deleted.discard(key)
             r.corrupt[key] = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            return
+            return None
         if opened is None:  # another deployment's: counted, not used
-            return
+            return None
         blob, chunks = opened
-        self._drop(key)
         r.deleted.discard(key)
         r.corrupt.pop(key, None)
-        self.heads[key] = blob
-        if chunks is not None:
+        if chunks is None:
+            r.chunks.pop(key, None)
+        else:
             r.chunks[key] = chunks
-
-    def _drop(self, key: bytes) -> None:
-        self.heads.pop(key, None)
-        self.result.chunks.pop(key, None)
+        return blob
 
     def _open(self, key: bytes, value: bytes) -> tuple[bytes | memoryview, tuple[str, int] | None] | None:
         """(checkpoint bytes, its chunks' (id, count) or None), None for a record of another deployment,
@@ -184,9 +182,11 @@ class ChangelogReader:
         """The records read since the last call, checked and assembled: series key -> checkpoint bytes
         (CPU work: the daemon calls it in a worker thread)."""
         raw, self._raw, self.pending_bytes = self._raw, {}, 0
-        for key, value in raw.items():
-            self._check(key, value)
-        out, self.heads = self.heads, {}
+        out = {}
+        for key, value in raw.items():  # each key once: `_raw` kept only its newest record
+            blob = self._check(key, value)
+            if blob is not None:
+                out[key] = blob
         return out
 
     @property
