@@ -136,7 +136,7 @@ async def main_async(args) -> dict:
     if not args.only_compare:
         with EmbeddedBroker() as broker:
             bs = broker.bootstrap_servers
-            for learner, ticks in (("sgd", args.sgd_ticks), ("pf", args.pf_ticks)):
+            for learner, ticks in (("ensemble", args.ensemble_ticks), ("sgd", args.sgd_ticks), ("pf", args.pf_ticks)):
                 runs = [await throughput(bs, learner, args.keys, ticks, args.partitions) for _ in range(args.repeat)]
                 out["throughput"].append(median_run(runs, "ticks_per_s"))
             runs = [await latency(bs, "sgd", args.keys, args.rate, args.seconds, args.partitions)
@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--sgd-ticks", type=int, default=200, help="ticks per key in the sgd throughput run")
     ap.add_argument("--pf-ticks", type=int, default=100, help="ticks per key in the pf throughput run")
+    ap.add_argument("--ensemble-ticks", type=int, default=50,
+                    help="ticks per key in the run of the default learner, the ensemble")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rate", type=float, default=2000.0, help="offered ticks/s in the latency run")
     ap.add_argument("--seconds", type=float, default=15.0)

@@ -27,8 +27,10 @@ from models.cells import NetSpec
 from models.learners import make_learner
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("sgd", {"window": 1}, "sgd (window 1)"),
-    ("sgd", {"window": 10}, "sgd (window 10)"),
+    ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf)"),
+    ("sgd", {}, "sgd (default: Adam, window 1)"),
+    ("sgd", {"window": 1, "optimizer": "sgd"}, "sgd (plain step, window 1)"),
+    ("sgd", {"window": 10, "optimizer": "sgd"}, "sgd (plain step, window 10)"),
     ("dekf", {"window": 1}, "dekf (window 1)"),
     ("dekf", {"window": 10}, "dekf (window 10)"),
     ("pf", {"n_particles": 64}, "pf (N=64)"),

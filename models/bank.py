@@ -441,6 +441,26 @@ class ModelBank:
         return keys, refused
 
     # ---------------------------------------------------------------- metrics
+    def _live_learner_state(self) -> State:
+        return {k[2:]: v for k, v in self.state.items() if k.startswith("l.")}  # views, no copy
+
+    def leaders(self, names: list[str]) -> list[str] | None:
+        """For an ensemble, the name of each key's heaviest expert (None for a single learner)."""
+        labels = getattr(self.learner, "labels", None)
+        if labels is None or not names:
+            return None
+        rows = torch.tensor([self.index[n] for n in names], dtype=torch.int64)
+        best = self.learner.leader(self._live_learner_state()).index_select(0, rows)  # type: ignore[attr-defined]
+        return [labels[i] for i in best.tolist()]
+
+    def expert_weights(self) -> dict[str, float]:
+        """For an ensemble, each expert's mixture weight averaged over the live keys (empty otherwise)."""
+        labels = getattr(self.learner, "labels", None)
+        if labels is None or not self.names:
+            return {}
+        w = self.learner.weights(self._live_learner_state()).mean(dim=0)  # type: ignore[attr-defined]  # [E]
+        return dict(zip(labels, w.tolist(), strict=True))
+
     def coverage(self) -> float:
         ticks = int(self.state["b.ticks"].sum()) if self.state else 0
         return float(self.state["b.hits"].sum()) / ticks if ticks else float("nan")

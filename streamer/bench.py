@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models import defaults
 from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
 from models.learners import BASELINES, CONFIGS, make_learner
@@ -138,7 +139,7 @@ def run(
     spec: NetSpec,
     seed: int = 0,
     options: dict[str, Any] | None = None,
-    normalize: str = "none",
+    normalize: str = defaults.NORMALIZE,
     on_rows: Callable[[int], None] | None = None,
     theta0: torch.Tensor | dict[str, torch.Tensor] | None = None,
     head_steps: int = 500,
@@ -203,7 +204,11 @@ def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"--set {pair!r}: {learner} has no option {name!r} (have {sorted(fields)})")
         default = getattr(CONFIGS[learner](), name)
         typed: Any
-        if isinstance(default, bool):
+        if isinstance(default, tuple):  # e.g. ensemble.experts=persistence,linear,dekf
+            typed = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif not isinstance(default, (bool, int, float, str)):
+            raise ValueError(f"--set {pair!r}: {learner}.{name} is not a scalar option")
+        elif isinstance(default, bool):
             typed = value.lower() in ("1", "true", "yes", "on")
         elif isinstance(default, int):
             typed = int(value)

@@ -17,9 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from models import defaults  # torch-free: the default model's settings
+
 # torch, pandas and the models are imported inside the commands that need them, so that
 # `streamer broker` and `--help` start in a fraction of a second
-LEARNERS = ("sgd", "ekf", "dekf", "pf")
+LEARNERS = defaults.LEARNER_NAMES
 
 app = typer.Typer(add_completion=False, help="Online LSTM/GRU prediction for tick streams.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -118,13 +120,14 @@ def bench_cmd(
                          ] = 0,
     lags: Annotated[int, typer.Option(help="series: past values of its own in each key's regressor")] = 3,
     learners: Annotated[str, typer.Option(help="comma-separated: " + ",".join(LEARNERS))] = ",".join(LEARNERS),
-    cell: Annotated[str, typer.Option(help="lstm or gru")] = "lstm",
-    head: Annotated[str, typer.Option(help="plain, skip or gated")] = "skip",
+    cell: Annotated[str, typer.Option(help="lstm or gru")] = defaults.CELL,
+    head: Annotated[str, typer.Option(help="plain, skip or gated")] = defaults.HEAD,
     gate: Annotated[str, typer.Option(help="gated head: scalar or vector")] = "scalar",
-    hidden: Annotated[int, typer.Option(help="cell size m")] = 16,
+    hidden: Annotated[int, typer.Option(help="cell size m")] = defaults.HIDDEN,
     particles: Annotated[int, typer.Option(help="pf: particles per key")] = 64,
     seeds: Annotated[int, typer.Option(help="runs per learner, seeds 0..S-1; figures are means")] = 1,
-    normalize: Annotated[str, typer.Option(help="per-key online normalisation: none or online")] = "none",
+    normalize: Annotated[str, typer.Option(help="per-key online normalisation (the daemon's): online or none")
+                         ] = defaults.NORMALIZE,
     set_: Annotated[list[str] | None, typer.Option("--set", help="learner option, e.g. --set ekf.p0=25")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the table as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of cumulative MSE per learner here")] = None,
@@ -235,7 +238,7 @@ def run_cmd(
     output_topic: Annotated[str | None, typer.Option(help="STREAMER_OUTPUT_TOPIC")] = None,
     dlq_topic: Annotated[str | None, typer.Option(help="STREAMER_DLQ_TOPIC")] = None,
     group_id: Annotated[str | None, typer.Option(help="STREAMER_GROUP_ID")] = None,
-    learner: Annotated[str | None, typer.Option(help="STREAMER_LEARNER: sgd|ekf|dekf|pf")] = None,
+    learner: Annotated[str | None, typer.Option(help="STREAMER_LEARNER: " + "|".join(LEARNERS))] = None,
     cell: Annotated[str | None, typer.Option(help="STREAMER_CELL: lstm|gru")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="STREAMER_METRICS_PORT")] = None,
     warm_start: Annotated[str | None, typer.Option(help="STREAMER_WARM_START")] = None,
@@ -332,7 +335,7 @@ def replay_cmd(
 @app.command("demo")
 @one_line_errors
 def demo_cmd(
-    learner: Annotated[str, typer.Option(help="sgd, ekf, dekf or pf")] = "sgd",
+    learner: Annotated[str, typer.Option(help=", ".join(LEARNERS))] = defaults.LEARNER,
     rows: Annotated[int, typer.Option(help="rows replayed from each dataset")] = 3000,
     rate: Annotated[float | None, typer.Option(help="ticks/s offered (default: as fast as possible)")] = None,
     out: Annotated[Path, typer.Option(help="PNG of predictions against actuals")] = Path("demo-predictions.png"),

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models import defaults
 from models.learners import CONFIGS
 
 
@@ -55,10 +56,12 @@ class Settings(BaseSettings):
                            "counted in streamer_unkeyed_ticks_total and warned about once per key")
 
     # model
-    learner: Literal["sgd", "ekf", "dekf", "pf"] = Field("sgd", description="online learner")
-    cell: Literal["lstm", "gru"] = Field("lstm", description="recurrent cell")
-    head: Literal["plain", "skip", "gated"] = Field("skip", description="final-estimate architecture")
-    hidden: int = Field(16, ge=1, le=256, description="cell size m")
+    learner: defaults.LearnerName = Field(
+        defaults.LEARNER, description="online learner: ensemble (persistence, RLS, SGD and DEKF mixed per key by "
+                                      "fixed-share exponential weights), sgd, ekf, dekf or pf")
+    cell: Literal["lstm", "gru"] = Field(defaults.CELL, description="recurrent cell")
+    head: Literal["plain", "skip", "gated"] = Field(defaults.HEAD, description="final-estimate architecture")
+    hidden: int = Field(defaults.HIDDEN, ge=1, le=256, description="cell size m")
     lags: int = Field(4, ge=1, le=256, description="past values of the target in the regressor")
     particles: int = Field(64, ge=2, description="pf: particles per key")
     learner_options: dict[str, Any] = Field(

@@ -474,6 +474,8 @@ class Daemon:
                         key=key[:80], topic=s.input_topic)
         m.scored(result.scaled_errors, result.hits)
         m.live_keys.set(self.pipeline.live_keys)
+        for expert, w in self.pipeline.expert_weights().items():  # bounded: the configured experts
+            m.expert_weight.labels(expert).set(w)
         for tp in self.consumer.assignment():  # only partitions still ours: a rebalance may have moved some
             st, high = self.store.parts.get(tp.partition), self.consumer.highwater(tp)
             if st is not None and st.next_offset is not None and high is not None:

@@ -57,6 +57,8 @@ class Metrics:
                          "(1 = as good as the running mean; each square capped at 100)", ["learner"], registry=r)
         self.coverage = Gauge("streamer_interval_coverage", "rolling share of ticks inside the 90% interval",
                               ["learner"], registry=r)
+        self.expert_weight = Gauge("streamer_ensemble_weight", "ensemble learner: each expert's mixture weight, "
+                                   "averaged over the live keys", ["expert"], registry=r)
         self.lag = Gauge("streamer_consumer_lag", "messages behind the partition's high watermark", ["partition"],
                          registry=r)
         self.rebalances = Counter("streamer_rebalances", "partition assignments received", registry=r)

@@ -347,6 +347,17 @@ class Pipeline:
     def live_keys(self) -> int:
         return len(self.keys)
 
+    def expert_weights(self) -> dict[str, float]:
+        """The ensemble's mean weight per expert over every live key of every bank (empty for one learner)."""
+        total: dict[str, float] = {}
+        n = 0
+        for bank in self.banks.values():
+            if len(bank):
+                for name, w in bank.expert_weights().items():
+                    total[name] = total.get(name, 0.0) + w * len(bank)
+                n += len(bank)
+        return {name: w / n for name, w in total.items()} if n else {}
+
     # ------------------------------------------------------------- process
     def process(self, records: Sequence[RecordLike]) -> BatchResult:
         """A batch of records, every wave of it (tests, embedders; the daemon runs plans in chunks)."""
@@ -510,7 +521,8 @@ class Pipeline:
         mean, var = bank.predict(names, x_now)
         lower, upper = bank.interval(mean, var)
         mean_l, lo_l, hi_l = mean.tolist(), lower.tolist(), upper.tolist()
-        models = [self.model] * len(items)
+        leaders = bank.leaders(names)  # an ensemble: its heaviest expert per key names the model
+        models = [f"{self.model}/{lead}" for lead in leaders] if leaders else [self.model] * len(items)
         broken = torch.nonzero(~(torch.isfinite(lower) & torch.isfinite(upper))).squeeze(1).tolist()
         if broken:  # a value beyond the model's float range: reset the key, publish persistence instead
             bank.reset([names[i] for i in broken])
@@ -519,7 +531,7 @@ class Pipeline:
                 mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[i][0], lags[i][1] if L > 1 else lags[i][0])
                 models[i] = "persistence"
         for i, (_, tick) in enumerate(items):
-            if tick.key in fresh and models[i] == self.model:
+            if tick.key in fresh and models[i] != "persistence":
                 # a key's first tick: its normaliser has no level until the second, so the model's
                 # output would be on no scale at all; publish persistence, as wide as the value itself
                 v = tick.value

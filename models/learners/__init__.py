@@ -1,4 +1,7 @@
-"""Learners: SGD, EKF, DEKF, PF and the baselines, all behind `base.Learner`."""
+"""Learners: SGD, EKF, DEKF, PF, their ensemble and the baselines, all behind `base.Learner`.
+
+The registry below is the one list of learners: the daemon's settings, `streamer bench`, the
+conformance suite and the checkpoint code all read it."""
 
 from __future__ import annotations
 
@@ -6,16 +9,32 @@ from typing import Any
 
 import torch
 
+from models import defaults
 from models.cells import NetSpec
 from models.learners.base import Learner, State
 from models.learners.baselines import MeanLearner, PersistenceLearner, RLSConfig, RLSLearner
-from models.learners.ekf import DEKFLearner, EKFConfig, EKFLearner
+from models.learners.ekf import DEKFConfig, DEKFLearner, EKFConfig, EKFLearner
+from models.learners.ensemble import EnsembleConfig, EnsembleLearner
 from models.learners.pf import PFConfig, PFLearner
 from models.learners.sgd import SGDConfig, SGDLearner
 
-LEARNERS = ("sgd", "ekf", "dekf", "pf")
-BASELINES = ("mean", "persistence", "linear")
-CONFIGS: dict[str, type] = {"sgd": SGDConfig, "ekf": EKFConfig, "dekf": EKFConfig, "pf": PFConfig, "linear": RLSConfig}
+# name -> (learner class, its config dataclass or None when it takes no options)
+REGISTRY: dict[str, tuple[type, type | None]] = {
+    "ensemble": (EnsembleLearner, EnsembleConfig),
+    "sgd": (SGDLearner, SGDConfig),
+    "ekf": (EKFLearner, EKFConfig),
+    "dekf": (DEKFLearner, DEKFConfig),
+    "pf": (PFLearner, PFConfig),
+    "mean": (MeanLearner, None),
+    "persistence": (PersistenceLearner, None),
+    "linear": (RLSLearner, RLSConfig),
+}
+BASELINES = defaults.BASELINE_NAMES  # what every learner is judged against
+LEARNERS = defaults.LEARNER_NAMES  # the ones that train a recurrent net (or mix several)
+assert set(REGISTRY) == set(LEARNERS + BASELINES), "models.defaults and the registry list other learners"
+RECURRENT = tuple(n for n in LEARNERS if n != "ensemble")  # one recurrent net each (take a warm start's theta)
+CONFIGS: dict[str, type] = {n: c for n, (_, c) in REGISTRY.items() if c is not None}
+DEFAULT_LEARNER = defaults.LEARNER
 
 
 def make_learner(name: str, spec: NetSpec, dtype: torch.dtype = torch.float32, warm: bool = False,
@@ -25,17 +44,20 @@ def make_learner(name: str, spec: NetSpec, dtype: torch.dtype = torch.float32, w
     `warm`: its keys start from an offline-trained theta, so it fine-tunes rather than learns from
     nothing: the config's `*_warm` settings replace their cold counterparts (SGD a smaller step,
     PF a slower random walk of the read-out; EKF's smaller P_0 is applied by init_state)."""
-    if name not in LEARNERS + BASELINES:
-        raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS + BASELINES)}")
-    if name in ("mean", "persistence"):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown learner {name!r}; choose from {', '.join(REGISTRY)}")
+    cls, config_cls = REGISTRY[name]
+    if config_cls is None:
         if overrides:
             raise ValueError(f"{name} takes no options, got {sorted(overrides)}")
-        return (MeanLearner if name == "mean" else PersistenceLearner)(spec, dtype)
-    config = CONFIGS[name](**overrides)
+        return cls(spec, dtype)  # type: ignore[no-any-return]
+    config = config_cls(**overrides)
+    if name == "ensemble":
+        return EnsembleLearner(spec, config, dtype, warm=warm)
     if warm and hasattr(config, "for_warm_start"):
         config = config.for_warm_start()
-    cls = {"sgd": SGDLearner, "ekf": EKFLearner, "dekf": DEKFLearner, "pf": PFLearner, "linear": RLSLearner}[name]
-    return cls(spec, config, dtype)
+    return cls(spec, config, dtype)  # type: ignore[no-any-return]
 
 
-__all__ = ["LEARNERS", "BASELINES", "Learner", "State", "make_learner", "NetSpec"]
+__all__ = ["REGISTRY", "LEARNERS", "RECURRENT", "BASELINES", "CONFIGS", "DEFAULT_LEARNER", "Learner", "State",
+           "make_learner", "NetSpec"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models import kalman
 from models.cells import NetSpec
 from models.learners.base import Positive, Share, State, rows_finite
 
@@ -96,21 +97,28 @@ class RLSLearner:
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # [B, p+1]
 
+    # RLS is the Kalman filter of a constant beta observed through phi with R = lam, whose P is divided
+    # by lam after each update (exponential forgetting); with lam = 1, of the exact least-squares fit.
+    def _innovation(self, state: State, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        R = torch.full((phi.shape[0],), self.config.lam, dtype=phi.dtype)  # [B]
+        (Pphi,), S = kalman.innovation([(state["P"], phi)], R)  # [B, p+1], [B] = lam + phi^T P phi
+        return Pphi, S
+
     def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         phi = self._phi(x)
-        Pphi = torch.bmm(state["P"], phi.unsqueeze(2)).squeeze(2)  # [B, p+1]
-        return (state["beta"] * phi).sum(1), state["r2"] * (1 + (phi * Pphi).sum(1))
+        _, S = self._innovation(state, phi)
+        return (state["beta"] * phi).sum(1), state["r2"] * (1 + S - self.config.lam)
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor):
         lam = self.config.lam
-        phi = self._phi(x)
-        Pphi = torch.bmm(state["P"], phi.unsqueeze(2)).squeeze(2)  # [B, p+1]
-        s = (phi * Pphi).sum(1)  # [B]
-        mean, var = (state["beta"] * phi).sum(1), state["r2"] * (1 + s)
+        phi = self._phi(x)  # [B, p+1]
+        Pphi, S = self._innovation(state, phi)
+        mean, var = (state["beta"] * phi).sum(1), state["r2"] * (1 + S - lam)
         e = d - mean
-        k = Pphi / (lam + s).unsqueeze(1)  # [B, p+1]  gain
-        state["beta"] = state["beta"] + k * e.unsqueeze(1)
-        state["P"] = (state["P"] - k.unsqueeze(2) * Pphi.unsqueeze(1)) / lam
+        (dbeta,) = kalman.correct([state["P"]], [Pphi], e, S)  # P updated in place
+        state["beta"] = state["beta"] + dbeta
+        if lam != 1.0:
+            state["P"].div_(lam)
         _running_var(state, e)
         return mean, var, state
 

@@ -5,7 +5,8 @@ State-space form (PAPER-NOTES 1.4), with theta as the filter's state:
     theta_t = theta_{t-1} + eta_t,          eta_t ~ N(0, Q_t),  Q_t = q_t I
     d_t     = d_hat(x_t; theta_t) + eps_t,  eps_t ~ N(0, R_t)
 
-One step, written as in filterpy / Haykin ch. 2 (H_t is a row, so S_t is a scalar):
+One step, written as in filterpy / Haykin ch. 2 (H_t is a row, so S_t is a scalar; the measurement
+update is `models.kalman.update`, shared with the DEKF, the PF's read-out and RLS):
 
     H_t = d d_hat_t / d theta                    (autograd through the BPTT window)
     S_t = H_t P H_t^T + R_t                      predictive variance of d_t
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models import kalman
 from models.cells import NetSpec
 from models.learners.base import Count, NonNegative, Positive, State, cold_theta, linear_anneal, rows_finite
 from models.learners.window import has_closed_form, lstm_bptt, window_advance, window_init, window_jacobian
@@ -45,8 +47,12 @@ from models.learners.window import has_closed_form, lstm_bptt, window_advance, w
 class EKFConfig:
     p0: Positive = 100.0  # initial covariance P_0 = p0 I (cold start)
     p0_warm: Positive = 0.1  # initial covariance around warm-started weights: trust what history taught
-    r_init: Positive = 10.0
-    r_last: Positive = 3.0
+    # Vural et al.'s R 10 -> 3 is for targets of variance ~0.1 (the Delve sets scaled to [-0.8, 0.8]); the
+    # bank normalises targets to variance 1, where the same setting is R 100 -> 30. Measured with the
+    # defaults (RESULTS "How the defaults were chosen"): NMSE 0.273 against 0.307 on kin8nm, 0.447 against
+    # 0.528 on puma8nh, 0.194 against 0.187 on elevators.
+    r_init: Positive = 100.0
+    r_last: Positive = 30.0
     r_steps: Count = 2000
     q_init: NonNegative = 1e-4
     q_last: NonNegative = 1e-6
@@ -61,36 +67,14 @@ def _eye(B: int, n: int, scale: float, dtype: torch.dtype, lead: tuple[int, ...]
     return (scale * torch.eye(n, dtype=dtype)).expand(B, *lead, n, n).clone()
 
 
-def kalman_update(
-    theta: torch.Tensor, P: torch.Tensor, H: torch.Tensor, e: torch.Tensor, R: torch.Tensor, q: torch.Tensor,
-    joseph: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One measurement update with a scalar observation, then the random-walk time update.
-
-    theta [B, n], P [B, n, n], H [B, n], e = d - d_hat [B], R [B], q [B] -> (theta, P + q I, S [B]).
-    """
-    PH = torch.bmm(P, H.unsqueeze(2)).squeeze(2)  # [B, n]  P H^T
-    S = (H * PH).sum(dim=1) + R  # [B]
-    K = PH / S.unsqueeze(1)  # [B, n]
-    theta = theta + K * e.unsqueeze(1)
-    if joseph:
-        KPH = K.unsqueeze(2) * PH.unsqueeze(1)  # [B, n, n]  K (P H^T)^T
-        P = P - KPH - KPH.transpose(1, 2) + S.view(-1, 1, 1) * K.unsqueeze(2) * K.unsqueeze(1)
-        P = 0.5 * (P + P.transpose(1, 2))
-    else:
-        a = PH / S.sqrt().unsqueeze(1)  # [B, n]  so that a a^T = K S K^T
-        P = P.baddbmm_(a.unsqueeze(2), a.unsqueeze(1), alpha=-1.0)  # in place: P is the largest tensor
-    P.diagonal(dim1=1, dim2=2).add_(q.unsqueeze(1))
-    return theta, P, S
-
-
 class _KalmanBase:
     """The parts EKF and DEKF share: state layout, schedules, the window."""
 
     name = "ekf"
 
-    def __init__(self, spec: NetSpec, config: EKFConfig = EKFConfig(), dtype: torch.dtype = torch.float32):
-        self.spec, self.config, self.dtype = spec, config, dtype
+    def __init__(self, spec: NetSpec, config: EKFConfig | None = None, dtype: torch.dtype = torch.float32):
+        self.spec, self.dtype = spec, dtype
+        self.config = config if config is not None else (DEKFConfig() if self.name == "dekf" else EKFConfig())
 
     def _base_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None) -> tuple[State, float]:
         B, c = seeds.shape[0], self.config
@@ -124,12 +108,13 @@ class _KalmanBase:
     def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d_hat, H, _ = self._jacobian(state, x)
         R, _ = self._noise(state)
-        return d_hat, self._hph(state, H) + R
+        return d_hat, kalman.innovation(self._blocks(state, H), R)[1]
 
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]  # type: ignore[attr-defined]
 
-    def _hph(self, state: State, H: torch.Tensor) -> torch.Tensor:
+    def _blocks(self, state: State, H: torch.Tensor) -> list[kalman.Block]:
+        """The filter's covariance blocks, each with its part of H."""
         raise NotImplementedError
 
 
@@ -143,22 +128,31 @@ class EKFLearner(_KalmanBase):
         state["P"] = _eye(seeds.shape[0], self.spec.n_theta, p0, self.dtype)  # [B, n, n]
         return state
 
-    def _hph(self, state: State, H: torch.Tensor) -> torch.Tensor:
-        PH = torch.bmm(state["P"], H.unsqueeze(2)).squeeze(2)  # [B, n]
-        return (H * PH).sum(dim=1)
+    def _blocks(self, state: State, H: torch.Tensor) -> list[kalman.Block]:
+        return [(state["P"], H)]  # P [B, n, n], H [B, n]
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
         d_hat, H, h_first = self._jacobian(state, x)
         R, q = self._noise(state)
         with torch.no_grad():
-            state["theta"], state["P"], S = kalman_update(state["theta"], state["P"], H, d - d_hat, R, q,
-                                                          self.config.joseph)
+            (dtheta,), S = kalman.update(self._blocks(state, H), d - d_hat, R, self.config.joseph)  # [B, n], [B]
+            state["theta"] = state["theta"] + dtheta
+            kalman.add_diagonal(state["P"], q)
             state["t"] = state["t"] + 1
             window_advance(state, x, h_first)
         return d_hat, S, state
 
     def healthy(self, state: State) -> torch.Tensor:
         return rows_finite(state["theta"], state["h0"], state["P"].diagonal(dim1=1, dim2=2))
+
+
+@dataclass(frozen=True)
+class DEKFConfig(EKFConfig):
+    # The decoupled filter, measured the same way, does best at the reference's R 10 -> 3 (100 -> 30:
+    # kin8nm 0.322 against 0.331, elevators 0.218 against 0.199; ETTh1 better, 0.239 against 0.265):
+    # without cross-covariances each block's step is smaller, and a larger R shrinks it further.
+    r_init: Positive = 10.0
+    r_last: Positive = 3.0
 
 
 class DEKFLearner(_KalmanBase):
@@ -173,41 +167,20 @@ class DEKFLearner(_KalmanBase):
         state["Ph"] = _eye(B, s.n_head, p0, self.dtype)  # [B, nh, nh]
         return state
 
-    def _split(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _blocks(self, state: State, H: torch.Tensor) -> list[kalman.Block]:
         s = self.spec
-        return s.blocks_of(H[:, : s.n_cell]), H[:, s.n_cell :]  # [B, m, Gq], [B, nh]
-
-    def _products(self, state: State, H: torch.Tensor):
-        Hc, Hh = self._split(H)
-        PHc = torch.matmul(state["Pc"], Hc.unsqueeze(3)).squeeze(3)  # [B, m, Gq]
-        PHh = torch.bmm(state["Ph"], Hh.unsqueeze(2)).squeeze(2)  # [B, nh]
-        hph = (Hc * PHc).sum(dim=(1, 2)) + (Hh * PHh).sum(dim=1)  # [B]
-        return PHc, PHh, hph
-
-    def _hph(self, state: State, H: torch.Tensor) -> torch.Tensor:
-        return self._products(state, H)[2]
+        Hc, Hh = s.blocks_of(H[:, : s.n_cell]), H[:, s.n_cell :]  # [B, m, Gq], [B, nh]
+        return [(state["Pc"], Hc), (state["Ph"], Hh)]  # Pc [B, m, Gq, Gq], Ph [B, nh, nh]
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
-        s = self.spec
         d_hat, H, h_first = self._jacobian(state, x)
         R, q = self._noise(state)
         with torch.no_grad():
-            PHc, PHh, hph = self._products(state, H)
-            S = hph + R  # [B]
-            e = d - d_hat  # [B]
-            B = S.shape[0]
-            gain = (e / S).unsqueeze(1)  # [B, 1]
-            dtheta = torch.cat([s.cell_of(PHc), PHh], dim=1) * gain  # [B, n]
-            state["theta"] = state["theta"] + dtheta
-            root = S.sqrt()
-            ac = (PHc / root.view(B, 1, 1)).reshape(B * s.hidden, s.block_size, 1)  # [B*m, Gq, 1]
-            Pc = state["Pc"].view(B * s.hidden, s.block_size, s.block_size)
-            Pc = Pc.baddbmm_(ac, ac.transpose(1, 2), alpha=-1.0).view(B, s.hidden, s.block_size, s.block_size)
-            Pc.diagonal(dim1=2, dim2=3).add_(q.view(B, 1, 1))
-            ah = (PHh / root.unsqueeze(1)).unsqueeze(2)  # [B, nh, 1]
-            Ph = state["Ph"].baddbmm_(ah, ah.transpose(1, 2), alpha=-1.0)
-            Ph.diagonal(dim1=1, dim2=2).add_(q.unsqueeze(1))
-            state["Pc"], state["Ph"] = Pc, Ph
+            # steps [B, m, Gq] and [B, nh], S [B]
+            (step_c, step_h), S = kalman.update(self._blocks(state, H), d - d_hat, R, self.config.joseph)
+            state["theta"] = state["theta"] + torch.cat([self.spec.cell_of(step_c), step_h], dim=1)
+            kalman.add_diagonal(state["Pc"], q)
+            kalman.add_diagonal(state["Ph"], q)
             state["t"] = state["t"] + 1
             window_advance(state, x, h_first)
         return d_hat, S, state

@@ -8,6 +8,7 @@ import math
 import orjson
 import pytest
 
+from models.learners.ensemble import EnsembleConfig
 from streamer.daemon import Daemon
 from tests.helpers import BAD, settings_for
 from tests.kafka_helpers import consume, create_topics, http_status, produce, scrape
@@ -16,11 +17,14 @@ K, N = 20, 15
 # HTTP calls below go through a thread: the daemon under test answers on this same event loop
 
 
+EXPERTS = EnsembleConfig().experts
+
+
 def tick(key: str, t: int) -> bytes:
     return orjson.dumps({"key": key, "ts": 1_700_000_000 + 60 * t, "value": 20 + math.sin(t / 3) + 0.1 * len(key)})
 
 
-@pytest.mark.parametrize("learner", ["sgd", "pf"])
+@pytest.mark.parametrize("learner", ["ensemble", "sgd", "pf"])
 def test_every_valid_tick_predicted_in_order_and_bad_ones_dead_lettered(broker, learner):
     s = settings_for(broker, learner=learner, particles=8, burst=False)
     items: list[tuple[bytes | None, bytes]] = []
@@ -60,7 +64,12 @@ def test_every_valid_tick_predicted_in_order_and_bad_ones_dead_lettered(broker, 
     for m in preds:
         p = orjson.loads(m.value)
         assert m.key.decode() == p["key"]
-        assert p["model"] == (f"lstm+{learner}" if p["seq"] > 1 else "persistence")  # a key's first: no level yet
+        if p["seq"] == 1:  # a key's first: no level yet
+            assert p["model"] == "persistence"
+        elif learner == "ensemble":  # the heaviest expert leads
+            assert p["model"] in {f"lstm+ensemble/{e}" for e in EXPERTS}, p["model"]
+        else:
+            assert p["model"] == f"lstm+{learner}"
         assert math.isfinite(p["prediction"]) and p["lower"] <= p["prediction"] <= p["upper"]
         by_key.setdefault(p["key"], []).append(p)
     assert len(by_key) == K
@@ -76,6 +85,12 @@ def test_every_valid_tick_predicted_in_order_and_bad_ones_dead_lettered(broker, 
     assert metrics[f"streamer_update_seconds_count{{learner={learner}}}"] >= 1
     assert 0 <= metrics[f"streamer_interval_coverage{{learner={learner}}}"] <= 1
     assert metrics["streamer_tick_to_prediction_seconds_count"] == len(items)
+    weights = {k: v for k, v in metrics.items() if k.startswith("streamer_ensemble_weight")}
+    if learner == "ensemble":  # one bounded series per expert, a mixture's weights
+        assert set(weights) == {f"streamer_ensemble_weight{{expert={e}}}" for e in EXPERTS}
+        assert sum(weights.values()) == pytest.approx(1.0, abs=1e-4) and min(weights.values()) > 0
+    else:
+        assert not weights
     assert metrics["streamer_ready"] == 1
 
 
@@ -103,7 +118,7 @@ def test_metrics_change_between_scrapes_and_health_answers(broker):
     assert code == 0 and health == (200, 404)
     assert before["streamer_ticks_consumed_total"] == 0 and after["streamer_ticks_consumed_total"] == 30
     assert after["streamer_predictions_published_total"] == 30
-    assert after["streamer_prequential_mse{learner=sgd}"] > 0
+    assert after[f"streamer_prequential_mse{{learner={s.learner}}}"] > 0
     assert after["streamer_rebalances_total"] >= 1 and after["streamer_assigned_partitions"] == 2
     assert not any("sensor" in name or "key=" in name for name in after)  # no series key as a label
 

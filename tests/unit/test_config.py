@@ -21,6 +21,18 @@ def test_readme_configuration_table_matches_settings():
         assert table[name] == shown, f"README default of STREAMER_{name.upper()} is {table[name]!r}, code {shown!r}"
 
 
+def test_one_learner_list():
+    """The settings' choices, the CLI's and the registry's are the same list (models.defaults)."""
+    import typing
+
+    from models import defaults
+    from models.learners import BASELINES, LEARNERS, REGISTRY
+
+    assert typing.get_args(defaults.LearnerName) == defaults.LEARNER_NAMES == LEARNERS
+    assert set(REGISTRY) == set(LEARNERS + BASELINES)
+    assert Settings().learner == defaults.LEARNER and Settings().hidden == defaults.HIDDEN
+
+
 def test_environment_then_overrides(monkeypatch):
     monkeypatch.setenv("STREAMER_LEARNER", "pf")
     monkeypatch.setenv("STREAMER_LEARNER_OPTIONS", '{"threshold": 0.3}')
@@ -33,7 +45,7 @@ def test_environment_then_overrides(monkeypatch):
 
 def test_unknown_learner_option_and_incomplete_sasl_are_refused():
     with pytest.raises(ValueError, match="not options of sgd"):
-        Settings(learner_options={"nope": 1}).learner_config()
+        Settings(learner="sgd", learner_options={"nope": 1}).learner_config()
     with pytest.raises(ValueError, match="SASL needs"):
         Settings(security_protocol="SASL_PLAINTEXT").kafka_security()
     sasl = Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u",
@@ -128,17 +140,18 @@ async def test_metrics_server_binds_only_the_configured_address():
 
 
 def test_learner_options_are_type_checked_at_start_not_at_the_first_tick():
-    assert Settings(learner_options={"lr": "0.05", "betas": [0.8, 0.9]}).learner_config() == {
+    assert Settings(learner="sgd", learner_options={"lr": "0.05", "betas": [0.8, 0.9]}).learner_config() == {
         "lr": 0.05, "betas": (0.8, 0.9)}
     with pytest.raises(ValueError, match=r"STREAMER_LEARNER_OPTIONS for sgd: lr='fast'"):
-        Settings(learner_options={"lr": "fast"}).learner_config()
+        Settings(learner="sgd", learner_options={"lr": "fast"}).learner_config()
     with pytest.raises(ValueError, match=r"schedule='sometimes'"):
-        Settings(learner_options={"schedule": "sometimes"}).learner_config()
+        Settings(learner="sgd", learner_options={"schedule": "sometimes"}).learner_config()
     # and their ranges, where the learners' configs declare them
     for learner, options, message in (("sgd", {"lr": -0.1}, "greater than or equal to 0"),
                                       ("sgd", {"window": 0}, "window"),
                                       ("pf", {"threshold": 1.5}, "less than or equal to 1"),
                                       ("pf", {"n_particles": 1}, "greater than or equal to 2"),
-                                      ("ekf", {"p0": 0}, "p0=0"), ("dekf", {"q_init": -1e-3}, "q_init")):
+                                      ("ekf", {"p0": 0}, "p0=0"), ("dekf", {"q_init": -1e-3}, "q_init"),
+                                      ("ensemble", {"share": 0}, "share"), ("ensemble", {"eta": -1}, "eta")):
         with pytest.raises(ValueError, match=message):
             Settings(learner=learner, learner_options=options).learner_config()

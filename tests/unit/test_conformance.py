@@ -13,6 +13,7 @@ from models.learners import BASELINES, LEARNERS, make_learner
 
 SPEC = NetSpec(n_in=3, hidden=4)
 SMALL = {"pf": {"n_particles": 16}, "sgd": {"window": 3}, "ekf": {"window": 3}, "dekf": {"window": 3}}
+SMALL["ensemble"] = {"expert_options": {k: SMALL[k] for k in ("sgd", "dekf")}}
 ALL = LEARNERS + BASELINES
 
 
@@ -132,14 +133,14 @@ def test_memory_flat_over_10k_ticks(name):
     assert _rss_mb() - rss < 20, "resident memory grew by more than 20 MiB over 9k ticks"
 
 
-@pytest.mark.parametrize("name", ["sgd", "ekf", "dekf", "pf"])
+@pytest.mark.parametrize("name", LEARNERS)
 def test_non_finite_state_is_reset_and_counted(name):
     bank = ModelBank(learner(name))
     x, d = stream(10, 2)
     for t in range(5):
         bank.step(["a", "b"], x[t], d[t])
     healthy_b = bank.snapshot("b")
-    field = "l.cell" if name == "pf" else "l.theta"
+    field = {"pf": "l.cell", "ensemble": "l.x3.theta"}.get(name, "l.theta")  # the ensemble's DEKF expert
     bank.state[field][bank.index["a"]] = float("nan")
     res = bank.step(["a", "b"], x[5], d[5])
     assert bool(res.reset[0]) and not bool(res.reset[1])

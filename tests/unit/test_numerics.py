@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import rng
+from models import kalman, rng
 from models.cells import NetSpec, cell_step, pack, unpack
 from models.learners import make_learner
-from models.learners.ekf import DEKFLearner, EKFConfig, EKFLearner, kalman_update
+from models.learners.ekf import DEKFLearner, EKFConfig, EKFLearner
 from models.learners.pf import PFConfig, PFLearner, systematic_indices
 from models.learners.window import window_forward, window_jacobian
 
@@ -79,7 +79,7 @@ def test_window_jacobian_matches_finite_differences(cell, head, gate):
 
 def test_sgd_step_is_gradient_descent_on_squared_error():
     spec = NetSpec(n_in=3, hidden=4)
-    L = make_learner("sgd", spec, dtype=D, window=1, lr=0.05, clip=1e9)
+    L = make_learner("sgd", spec, dtype=D, window=1, lr=0.05, clip=1e9, optimizer="sgd")
     st = L.init_state(torch.arange(2))
     x, d = torch.randn(2, 3, dtype=D), torch.randn(2, dtype=D)
     theta = st["theta"].clone().requires_grad_(True)
@@ -89,15 +89,57 @@ def test_sgd_step_is_gradient_descent_on_squared_error():
     torch.testing.assert_close(st["theta"], theta.detach() - 0.05 * grad)
 
 
+def test_sgd_default_adam_equals_torch_adam_on_squared_error():
+    """The default optimiser, step for step against torch.optim.Adam on each tick's 0.5 e^2."""
+    spec = NetSpec(n_in=3, hidden=4)
+    L = make_learner("sgd", spec, dtype=D, clip=1e9, head_step=0.0)
+    assert L.config.optimizer == "adam" and L.config.window == 1
+    st = L.init_state(torch.arange(2))
+    theta = st["theta"].clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=L.config.lr, betas=L.config.betas, eps=L.config.eps)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        x, d = torch.randn(2, 3, generator=g, dtype=D), torch.randn(2, generator=g, dtype=D)
+        opt.zero_grad()
+        (0.5 * ((d - window_forward(spec, theta, st["h0"], st["xbuf"], x)[0]) ** 2).sum()).backward()
+        opt.step()
+        _, _, st = L.step(st, x, d)
+        torch.testing.assert_close(st["theta"], theta.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_sgd_default_read_out_takes_the_nlms_step():
+    """With head_step (the default), the read-out r moves by head_step e phi / (1 + |phi|^2), the
+    cell weights as Adam moves them."""
+    spec = NetSpec(n_in=3, hidden=4, head="skip")
+    L = make_learner("sgd", spec, dtype=D, clip=1e9)
+    adam_only = make_learner("sgd", spec, dtype=D, clip=1e9, head_step=0.0)
+    st = L.init_state(torch.arange(2))
+    st2 = {k: v.clone() for k, v in st.items()}
+    x, d = torch.randn(2, 3, dtype=D), torch.randn(2, dtype=D)
+    theta = st["theta"].clone().requires_grad_(True)
+    d_hat = window_forward(spec, theta, st["h0"], st["xbuf"], x)[0]
+    (phi,) = torch.autograd.grad(d_hat.sum(), theta)
+    phi = phi[:, spec.n_cell : spec.n_cell + spec.n_readout]  # d d_hat / d r
+    e = d - d_hat.detach()
+    L.step(st, x, d)
+    adam_only.step(st2, x, d)
+    r = slice(spec.n_cell, spec.n_cell + spec.n_readout)
+    want = theta.detach()[:, r] + L.config.head_step * e.unsqueeze(1) * phi / (1 + (phi * phi).sum(1, keepdim=True))
+    torch.testing.assert_close(st["theta"][:, r], want)
+    torch.testing.assert_close(st["theta"][:, : spec.n_cell], st2["theta"][:, : spec.n_cell])
+
+
 @pytest.mark.parametrize("joseph", [False, True])
 def test_kalman_update_equals_exact_kalman_filter(joseph):
-    """Linear-Gaussian model d_t = h_t^T theta_t + eps, theta_t = theta_{t-1} + eta: the update used
-    by the EKF must reproduce the textbook Kalman filter (numpy, float64) step for step."""
+    """Linear-Gaussian model d_t = h_t^T theta_t + eps, theta_t = theta_{t-1} + eta: the one update
+    every filter uses (models.kalman) must reproduce the textbook Kalman filter (numpy, float64)
+    step for step, with the batch laid out as one series or as [2, 3] rows of particles."""
     rs = np.random.default_rng(0)
     n, T, R, q = 5, 200, 0.3, 1e-3
     theta_true = rs.normal(size=n)
     m_ref, P_ref = np.zeros(n), 10 * np.eye(n)
     theta, P = torch.zeros(1, n, dtype=D), 10 * torch.eye(n, dtype=D)[None]
+    theta_b, Pb = torch.zeros(2, 3, n, dtype=D), 10 * torch.eye(n, dtype=D).expand(2, 3, n, n).clone()
     for _ in range(T):
         theta_true = theta_true + math.sqrt(q) * rs.normal(size=n)
         h = rs.normal(size=n)
@@ -107,12 +149,41 @@ def test_kalman_update_equals_exact_kalman_filter(joseph):
         K = P_ref @ h / S_ref
         m_ref = m_ref + K * (d - h @ m_ref)
         P_ref = (np.eye(n) - np.outer(K, h)) @ P_ref + q * np.eye(n)
-        e = torch.tensor([d], dtype=D) - (theta * torch.from_numpy(h)).sum(1)
-        theta, P, S = kalman_update(theta, P, torch.from_numpy(h)[None], e, torch.tensor([R], dtype=D),
-                                    torch.tensor([q], dtype=D), joseph)
+        H = torch.from_numpy(h)[None]  # [1, n]
+        e = torch.tensor([d], dtype=D) - (theta * H).sum(1)
+        (step,), S = kalman.update([(P, H)], e, torch.tensor([R], dtype=D), joseph)
+        theta = theta + step
+        kalman.add_diagonal(P, torch.tensor([q], dtype=D))
         assert abs(float(S[0]) - S_ref) < 1e-9 * S_ref
+        # the same filter six times over, batch [2, 3] (a particle layout): each row is the textbook one
+        Hb = H.expand(2, 3, n)
+        (step_b,), S_b = kalman.update([(Pb, Hb)], d - (theta_b * Hb).sum(-1), torch.full((2, 3), R, dtype=D), joseph)
+        theta_b = theta_b + step_b
+        kalman.add_diagonal(Pb, q)
+        torch.testing.assert_close(S_b, S.expand(2, 3), rtol=1e-12, atol=0)
     np.testing.assert_allclose(theta[0].numpy(), m_ref, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(P[0].numpy(), P_ref, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(theta_b.reshape(6, n).numpy(), np.tile(m_ref, (6, 1)), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(Pb.reshape(6, n, n).numpy(), np.tile(P_ref, (6, 1, 1)), rtol=1e-8, atol=1e-12)
+
+
+def test_decoupled_blocks_share_one_innovation_and_equal_the_global_filter_on_a_block_prior():
+    """Two blocks (the DEKF's split) from a block-diagonal prior: one update gives the global filter's
+    S, mean step and within-block covariances (its cross-covariance is what decoupling drops)."""
+    rs = np.random.default_rng(1)
+    B, n1, n2 = 4, 3, 2
+    P1 = torch.from_numpy(np.stack([np.eye(n1) * (1 + i) for i in range(B)]))  # [B, n1, n1]
+    P2 = torch.from_numpy(np.stack([np.eye(n2) * 0.5 for _ in range(B)]))  # [B, n2, n2]
+    H1, H2 = torch.from_numpy(rs.normal(size=(B, n1))), torch.from_numpy(rs.normal(size=(B, n2)))
+    e, R = torch.from_numpy(rs.normal(size=B)), torch.full((B,), 0.3, dtype=D)
+    Pg = torch.zeros(B, n1 + n2, n1 + n2, dtype=D)
+    Pg[:, :n1, :n1], Pg[:, n1:, n1:] = P1, P2
+    (g,), Sg = kalman.update([(Pg, torch.cat([H1, H2], 1))], e, R)
+    (s1, s2), S = kalman.update([(P1, H1), (P2, H2)], e, R)
+    torch.testing.assert_close(S, Sg)
+    torch.testing.assert_close(torch.cat([s1, s2], 1), g)
+    torch.testing.assert_close(P1, Pg[:, :n1, :n1])
+    torch.testing.assert_close(P2, Pg[:, n1:, n1:])
 
 
 def test_ekf_learner_on_linear_head_is_the_kalman_filter_on_v():
@@ -154,6 +225,35 @@ def test_dekf_first_step_equals_ekf_with_diagonal_prior():
     torch.testing.assert_close(se["theta"], sd["theta"])
     idx = spec.blocks_of(torch.arange(spec.n_cell)[None])[0, 1]  # theta indices of neuron 1's block
     torch.testing.assert_close(sd["Pc"][:, 1], se["P"][:, idx][:, :, idx])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_pf_ekf_move_is_each_particles_diagonal_ekf_step(cell):
+    """move="ekf": particle i's cell weights take the EKF step of a diagonal P_i, with H_i its own
+    Jacobian (autograd here) and S_i = H_i P_i H_i^T + phi^T Sigma^i phi + R."""
+    spec = NetSpec(n_in=2, hidden=3, cell=cell, head="skip")
+    c = PFConfig(n_particles=3, move="ekf", move_p0=0.5, move_q=0.0, theta_noise=0.0, threshold=0.01)
+    L = PFLearner(spec, c, dtype=D)
+    st = L.init_state(torch.arange(2))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # away from the zero read-out, so H is not zero
+        st = L.update(st, torch.randn(2, 2, generator=g, dtype=D), torch.randn(2, generator=g, dtype=D))
+    x, d = torch.randn(2, 2, generator=g, dtype=D), torch.randn(2, generator=g, dtype=D)
+    before = {k: v.clone() for k, v in st.items()}
+
+    def particle_mean(cell_flat: torch.Tensor) -> torch.Tensor:  # [B*N, n_cell] -> d_hat^i [B*N]
+        probe = {**before, "cell": cell_flat.view_as(before["cell"])}
+        return L._propagate(probe, x)[1].reshape(-1)
+
+    cell0 = before["cell"].reshape(6, -1)
+    H = torch.autograd.functional.jacobian(particle_mean, cell0).diagonal(dim1=0, dim2=1).T  # [6, n_cell]
+    _, mean_i, _, var_i, _ = L._propagate(before, x)
+    P = before["Pcell"].reshape(6, -1)
+    S = (P * H * H).sum(1) + var_i.reshape(-1)
+    innov = (d.unsqueeze(1) - mean_i).reshape(-1)
+    L.step(st, x, d)
+    torch.testing.assert_close(st["cell"].reshape(6, -1), cell0 + P * H * (innov / S).unsqueeze(1))
+    torch.testing.assert_close(st["Pcell"].reshape(6, -1), P - (P * H) ** 2 / S.unsqueeze(1))
 
 
 def test_pf_posterior_matches_conjugate_gaussian():
@@ -255,9 +355,10 @@ def test_closed_form_bptt_matches_autograd(head, window):
 
 
 @pytest.mark.parametrize("window", [1, 4])
-def test_sgd_closed_form_path_equals_autograd_path(window):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_sgd_closed_form_path_equals_autograd_path(window, optimizer):
     spec = NetSpec(n_in=3, hidden=4)
-    fast = make_learner("sgd", spec, dtype=D, window=window, clip=0.5)
+    fast = make_learner("sgd", spec, dtype=D, window=window, clip=0.5, optimizer=optimizer)
     st_fast = fast.init_state(torch.arange(3))
     st_slow = {k: v.clone() for k, v in st_fast.items()}
     x, d = torch.randn(20, 3, 3, dtype=D), 3 * torch.randn(20, 3, dtype=D)

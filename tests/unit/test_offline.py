@@ -143,7 +143,7 @@ def test_warm_start_is_the_online_models_parameterisation(warm, ett):
     stream = B.series_stream(ett, COLS, 400, cfg.lags, 600, 700, "ETTh1", feed_from=600)
     spec = NetSpec(n_in=stream.x.shape[2], hidden=cfg.hidden, cell="lstm", head="skip")
     B.check_warm_start(ws, stream, spec, cfg.lags, "test file")
-    bank = ModelBank(make_learner("sgd", spec, lr=0.0), BankConfig(norm=NormConfig(mode="none")),
+    bank = ModelBank(make_learner("sgd", spec, lr=0.0, head_step=0.0), BankConfig(norm=NormConfig(mode="none")),
                      ws.for_bank(stream.keys))  # streamer bench's setting: the stream is z-scaled already
     online = np.stack([bank.step(stream.keys, torch.from_numpy(stream.x[t]), torch.from_numpy(stream.d[t])
                                  ).mean.numpy() for t in range(len(stream.d))])  # [T, K]
@@ -235,7 +235,8 @@ def test_the_daemon_starts_new_keys_from_the_warm_start(tick_warm, ett):
     from streamer.pipeline import Pipeline, Record
 
     model, path = tick_warm
-    p = Pipeline(Settings(lags=4, hidden=4, learner="sgd", warm_start=str(path), learner_options={"lr_warm": 0.0}))
+    p = Pipeline(Settings(lags=4, hidden=4, learner="sgd", warm_start=str(path),
+                          learner_options={"lr_warm": 0.0, "window": 10}))  # lr_warm 0: the head's step is 0 too
     values = ett[["OT", "HUFL"]].to_numpy(np.float64)[600:680]  # [T, 2]: two keys the model never saw
     published = []
     for t in range(len(values)):

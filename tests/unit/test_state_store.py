@@ -134,10 +134,12 @@ def test_the_model_is_tried_at_start_and_the_key_bound_follows_memory(monkeypatc
         m.setattr(pipeline_module, "make_learner", broken)
         with pytest.raises(ValueError, match="cannot run with these settings.*shapes"):
             Pipeline(Settings(hidden=4))
-    sgd, pf = Pipeline(Settings()), Pipeline(Settings(learner="pf", particles=128))
+    sgd, pf = Pipeline(Settings(learner="sgd")), Pipeline(Settings(learner="pf", particles=128))
     assert pf.bytes_per_key > 50 * sgd.bytes_per_key
     assert pf.max_keys == Settings().memory_mb * 2**20 // pf.bytes_per_key
-    assert sgd.max_keys == 100_000 and Pipeline(Settings(max_keys=7)).max_keys == 7
+    assert sgd.max_keys == Settings().memory_mb * 2**20 // sgd.bytes_per_key
+    assert Pipeline(Settings(learner="sgd", hidden=4)).max_keys == 100_000  # the cap
+    assert Pipeline(Settings(max_keys=7)).max_keys == 7
 
 
 def records_of(writer: ChangelogWriter, key: bytes, blob: bytes) -> list[tuple[bytes, bytes | None]]:

@@ -1,0 +1,24 @@
+"""The default model, in one place: the daemon's settings and `streamer bench` both read it, so
+bench's table predicts what the daemon does with no flags. Torch-free (the CLI imports it at start).
+
+Chosen by measurement on every stream in ../shared/data and the demo's keys (benchmarks/RESULTS.md,
+"How the defaults were chosen"): the per-key ensemble, an LSTM of 16 with the skip head (a lone
+learner on a tick stream needs its direct path v^T x on the lags: without it SGD loses to persistence
+by 2-3x on the demo's keys), online normalisation of every key's inputs and target. The ensemble's
+recurrent experts use the plain head (`EnsembleConfig.expert_head`): its RLS expert carries the
+linear part, and without the direct path they are 3-12% better on every regression stream."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# the learners a key can run (each trains a recurrent net, or mixes several), and the baselines
+LEARNER_NAMES = ("ensemble", "sgd", "ekf", "dekf", "pf")
+BASELINE_NAMES = ("mean", "persistence", "linear")
+LearnerName = Literal["ensemble", "sgd", "ekf", "dekf", "pf"]  # the same list, for pydantic (a test checks it)
+
+LEARNER: LearnerName = "ensemble"
+CELL: Literal["lstm", "gru"] = "lstm"
+HEAD: Literal["plain", "skip", "gated"] = "skip"
+HIDDEN = 16
+NORMALIZE: Literal["online", "none"] = "online"

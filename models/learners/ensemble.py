@@ -1,0 +1,179 @@
+"""A per-key online ensemble: several learners stepped side by side, mixed by exponential weights.
+
+No single learner is best on every stream: "next = last" wins on a slow random walk, recursive
+least squares on a stream that is linear in its regressor, a recurrent net where there is
+structure in time. Each key therefore runs E experts (each a batched learner over all keys,
+with its own state rows) and mixes their predictions with weights it learns online:
+
+    d_hat_t  = sum_i w_i,t d_hat_i,t                          (before the label)
+    loss_i,t = (d_t - d_hat_i,t)^2                            squared error, normalised scale
+    v_i      = w_i,t exp(-eta loss_i,t) / Z                   exponentially weighted average
+    w_i,t+1  = (1 - alpha) v_i + alpha / E                    fixed share
+
+The exponentially weighted average forecaster has regret O(log E / eta) against the best expert
+for an exp-concave loss such as the squared error on a bounded range (Kivinen & Warmuth 1999;
+Cesa-Bianchi & Lugosi 2006, ch. 3); fixed share (Herbster & Warmuth 1998) keeps every weight at
+least alpha / E, so the ensemble can switch to another expert when the stream changes regime, with
+regret against the best *sequence* of experts. `rule="likelihood"` replaces the squared error by
+the negative log predictive likelihood -log N(d; d_hat_i, v_i) (Bayesian model averaging with the
+same forgetting), which trusts an expert's own variance.
+
+Each expert's variance is calibrated inside the ensemble (lam_i = running mean of e_i^2 / var_i,
+as the ModelBank does for a lone learner) so that the mixture's variance, by the law of total
+variance
+
+    var_t = sum_i w_i (lam_i var_i + d_hat_i^2) - d_hat_t^2,
+
+weighs like with like; the bank calibrates the mixture once more. Cost: the sum of the experts'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from models.cells import NetSpec
+from models.learners.base import Learner, NonNegative, Positive, Share, State, rows_finite
+
+# Chosen by measurement (benchmarks/RESULTS.md, "The default learner"): persistence and RLS
+# win where the stream is a random walk or linear, the recurrent experts where it is not.
+DEFAULT_EXPERTS = ("persistence", "linear", "sgd", "dekf")
+_SEED_STRIDE = 0x5DEECE66D  # expert i's keys draw from seed ^ (i * stride): duplicates start apart
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    experts: tuple[str, ...] = DEFAULT_EXPERTS
+    rule: Literal["squared", "likelihood"] = "squared"
+    eta: Positive = 0.5  # exponential-weights rate, per unit of squared error on the normalised scale
+    share: Share = 0.01  # fixed share alpha: the weight spread back evenly over the experts each tick
+    var_decay: Share = 0.02  # weight of the newest e^2 / var in each expert's calibration
+    expert_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # expert -> its config fields
+    min_var: NonNegative = 1e-6
+    # The recurrent experts' head when the keys start cold (a warm start brings its own, the model's):
+    # "plain", since the RLS expert already is the linear path; None keeps the model's head.
+    expert_head: Literal["plain", "skip", "gated"] | None = "plain"
+
+
+def expert_labels(experts: tuple[str, ...]) -> list[str]:
+    """Names for the experts that are unique: a repeated learner gets its position (dekf, dekf2)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in experts:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}{seen[name]}")
+    return out
+
+
+class EnsembleLearner:
+    name = "ensemble"
+
+    def __init__(self, spec: NetSpec, config: EnsembleConfig = EnsembleConfig(), dtype: torch.dtype = torch.float32,
+                 warm: bool = False):
+        from models.learners import RECURRENT, make_learner  # the registry imports this module
+
+        if not config.experts:
+            raise ValueError("an ensemble needs at least one expert")
+        if "ensemble" in config.experts:
+            raise ValueError("an ensemble cannot hold an ensemble")
+        self.spec, self.config, self.dtype = spec, config, dtype
+        options = config.expert_options
+        # a warm start's theta is laid out for the model's head, so warm experts keep it
+        head = spec.head if warm or config.expert_head is None else config.expert_head
+        self.expert_spec = dataclasses.replace(spec, head=head)
+        self.experts: list[Learner] = [
+            make_learner(n, self.expert_spec if n in RECURRENT else spec, dtype, warm=warm, **dict(options.get(n, {})))
+            for n in config.experts]
+        self.labels = expert_labels(config.experts)
+        self._recurrent = [n in RECURRENT for n in config.experts]  # the ones a warm start's theta is for
+
+    # ------------------------------------------------------------ state layout
+    @staticmethod
+    def _sub(state: State, i: int) -> State:
+        prefix = f"x{i}."
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    @staticmethod
+    def _put(state: State, i: int, sub: State) -> None:
+        for k, v in sub.items():
+            state[f"x{i}.{k}"] = v
+
+    def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
+        B, E = seeds.shape[0], len(self.experts)
+        state: State = {
+            "logw": torch.full((B, E), -math.log(E), dtype=self.dtype),  # [B, E]  log mixture weights
+            "lam": torch.ones(B, E, dtype=self.dtype),  # [B, E]  each expert's variance calibration
+            "seed": seeds.clone(),
+        }
+        for i, (expert, recurrent) in enumerate(zip(self.experts, self._recurrent, strict=True)):
+            sub = expert.init_state(seeds ^ (i * _SEED_STRIDE), theta0 if recurrent else None)
+            self._put(state, i, sub)
+        return state
+
+    # ---------------------------------------------------------------- mixture
+    def _mixture(self, state: State, means: torch.Tensor, variances: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean [B], var [B], calibrated expert variances [B, E]) from means, variances [B, E]."""
+        w = torch.softmax(state["logw"], dim=1)  # [B, E]
+        v = torch.clamp(state["lam"] * variances, min=self.config.min_var)  # [B, E]
+        mean = (w * means).sum(dim=1)  # [B]
+        var = (w * (v + means * means)).sum(dim=1) - mean * mean  # [B]  law of total variance
+        return mean, torch.clamp(var, min=self.config.min_var), v
+
+    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = [e.predict(self._sub(state, i), x) for i, e in enumerate(self.experts)]
+            means = torch.stack([m for m, _ in out], dim=1)  # [B, E]
+            variances = torch.stack([v for _, v in out], dim=1)  # [B, E]
+            mean, var, _ = self._mixture(state, means, variances)
+        return mean, var
+
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+        c = self.config
+        means, variances = [], []
+        for i, expert in enumerate(self.experts):
+            m, v, sub = expert.step(self._sub(state, i), x, d)
+            self._put(state, i, sub)
+            means.append(m)
+            variances.append(v)
+        with torch.no_grad():
+            M = torch.stack(means, dim=1).to(self.dtype)  # [B, E]  each expert's prediction before the label
+            V = torch.stack(variances, dim=1).to(self.dtype)  # [B, E]
+            mean, var, v_cal = self._mixture(state, M, V)
+            e2 = (d.unsqueeze(1) - M) ** 2  # [B, E]
+            e2 = torch.nan_to_num(e2, nan=1e6, posinf=1e6)  # an expert that broke loses its weight, not the key
+            if c.rule == "squared":
+                loss = c.eta * torch.clamp(e2, max=1e6)  # [B, E]
+            else:
+                loss = 0.5 * (torch.log(2 * math.pi * v_cal) + e2 / v_cal)  # [B, E]  -log N(d; m_i, v_i)
+            logw = state["logw"] - loss
+            logw = logw - torch.logsumexp(logw, dim=1, keepdim=True)
+            E = M.shape[1]
+            w = (1 - c.share) * torch.exp(logw) + c.share / E  # [B, E]  fixed share
+            state["logw"] = torch.log(w)
+            ratio = torch.clamp(e2 / torch.clamp(V, min=c.min_var), max=1e6)  # [B, E]
+            state["lam"] = (1 - c.var_decay) * state["lam"] + c.var_decay * ratio
+        return mean, var, state
+
+    def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
+        return self.step(state, x, d)[2]
+
+    def healthy(self, state: State) -> torch.Tensor:
+        ok = rows_finite(state["logw"], state["lam"])
+        for i, expert in enumerate(self.experts):
+            ok &= expert.healthy(self._sub(state, i))
+        return ok
+
+    # ------------------------------------------------------------- read-outs
+    def weights(self, state: State) -> torch.Tensor:
+        """Mixture weights [B, E] (columns in the order of `labels`)."""
+        return torch.softmax(state["logw"], dim=1)
+
+    def leader(self, state: State) -> torch.Tensor:
+        """Index [B] of each key's heaviest expert."""
+        return torch.argmax(state["logw"], dim=1)

@@ -1,0 +1,106 @@
+"""The ensemble learner against its equations: fixed-share exponential weights, the mixture's moments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.bank import ModelBank
+from models.cells import NetSpec
+from models.learners import make_learner
+from models.learners.ensemble import EnsembleConfig, expert_labels
+
+D = torch.float64
+SPEC = NetSpec(n_in=2, hidden=3)
+EXPERTS = ("mean", "persistence", "linear")  # deterministic experts: their predictions are easy to replay
+
+
+def replay_experts(x: torch.Tensor, d: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each expert run alone over the stream: predictions and raw variances [T, B, E]."""
+    means, variances = [], []
+    for name in EXPERTS:
+        L = make_learner(name, SPEC, D)
+        st = L.init_state(torch.arange(x.shape[1]))
+        m_t, v_t = [], []
+        for t in range(len(x)):
+            m, v, st = L.step(st, x[t], d[t])
+            m_t.append(m.numpy())
+            v_t.append(v.numpy())
+        means.append(np.stack(m_t))
+        variances.append(np.stack(v_t))
+    return np.stack(means, axis=2), np.stack(variances, axis=2)
+
+
+@pytest.mark.parametrize("rule", ["squared", "likelihood"])
+def test_weights_and_moments_follow_fixed_share_exponential_weights(rule):
+    T, B = 60, 3
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, B, 2, generator=g, dtype=D)
+    d = 0.8 * x[..., 0] - 0.3 * x[..., 1] + 0.2 * torch.randn(T, B, generator=g, dtype=D)
+    c = EnsembleConfig(experts=EXPERTS, rule=rule, eta=0.7, share=0.05, var_decay=0.1)
+    L = make_learner("ensemble", SPEC, D, **vars(c))
+    st = L.init_state(torch.arange(B) + 100)  # the experts' seeds differ from the stand-alone runs' (no use here)
+    M, V = replay_experts(x, d)
+    E = len(EXPERTS)
+    w, lam = np.full((B, E), 1 / E), np.ones((B, E))
+    for t in range(T):
+        mean, var, st = L.step(st, x[t], d[t])
+        v = lam * V[t]
+        ref_mean = (w * M[t]).sum(1)
+        ref_var = (w * (v + M[t] ** 2)).sum(1) - ref_mean**2  # law of total variance
+        np.testing.assert_allclose(mean.numpy(), ref_mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(var.numpy(), ref_var, rtol=1e-8, atol=1e-10)
+        e2 = (d[t].numpy()[:, None] - M[t]) ** 2
+        loss = c.eta * e2 if rule == "squared" else 0.5 * (np.log(2 * math.pi * v) + e2 / v)
+        w = w * np.exp(-loss)
+        w = (1 - c.share) * w / w.sum(1, keepdims=True) + c.share / E
+        lam = (1 - c.var_decay) * lam + c.var_decay * e2 / V[t]
+        np.testing.assert_allclose(L.weights(st).numpy(), w, rtol=1e-9, atol=1e-12)
+    assert (w.min(axis=1) >= c.share / E - 1e-12).all()  # fixed share: no expert's weight reaches 0
+
+
+def test_leader_follows_a_change_of_regime():
+    """First a random walk ('next = last' is right), then a target linear in x (RLS is right): the
+    heaviest expert switches from persistence to linear within a few dozen ticks of the change."""
+    g = torch.Generator().manual_seed(1)
+    T1, T2 = 300, 300
+    walk = torch.cumsum(torch.randn(T1, 1, generator=g, dtype=D), 0)
+    x = torch.randn(T1 + T2, 1, 2, generator=g, dtype=D)
+    lin = 3 * x[T1:, :, 0] - 2 * x[T1:, :, 1] + walk[-1] + 0.01 * torch.randn(T2, 1, generator=g, dtype=D)
+    d = torch.cat([walk, lin])
+    # RLS that forgets (lam 0.98), or its fit of the first regime would take 100+ ticks to unlearn
+    L = make_learner("ensemble", SPEC, D, experts=EXPERTS, expert_options={"linear": {"lam": 0.98}})
+    bank = ModelBank(L)
+    leaders = []
+    for t in range(T1 + T2):
+        bank.step(["k"], x[t], d[t])
+        leaders.append(bank.leaders(["k"])[0])
+    assert leaders[T1 - 1] == "persistence"
+    switched = next(t for t in range(T1, T1 + T2) if leaders[t] == "linear")
+    assert switched - T1 < 60 and set(leaders[switched + 20 :]) == {"linear"}
+    assert bank.expert_weights()["linear"] > 0.9
+
+
+def test_recurrent_experts_take_the_warm_start_and_baselines_ignore_it():
+    theta0 = torch.linspace(-0.1, 0.1, SPEC.n_theta, dtype=D)
+    L = make_learner("ensemble", SPEC, D, warm=True, experts=("persistence", "sgd", "dekf"))
+    st = L.init_state(torch.arange(2), theta0)
+    assert torch.equal(st["x1.theta"], theta0.expand(2, -1)) and torch.equal(st["x2.theta"], theta0.expand(2, -1))
+    assert L.experts[1].config.lr == L.experts[1].config.lr_warm  # each expert fine-tunes as it would alone
+    cold_learner = make_learner("ensemble", SPEC, D, experts=("persistence", "sgd", "dekf", "dekf"))
+    cold = cold_learner.init_state(torch.arange(2))
+    assert not torch.equal(cold["x2.theta"], cold["x3.theta"])  # the same learner twice: two seeds
+    # cold, the recurrent experts use the plain head (RLS is the linear path); warm, the model's head
+    assert cold_learner.expert_spec.head == "plain" and cold["x1.theta"].shape[1] == SPEC.n_theta - SPEC.n_in
+    assert L.expert_spec == SPEC
+
+
+def test_expert_labels_and_bad_expert_lists():
+    assert expert_labels(("dekf", "linear", "dekf")) == ["dekf", "linear", "dekf2"]
+    with pytest.raises(ValueError, match="unknown learner"):
+        make_learner("ensemble", SPEC, experts=("persistence", "lstm"))
+    with pytest.raises(ValueError, match="cannot hold an ensemble"):
+        make_learner("ensemble", SPEC, experts=("ensemble",))
