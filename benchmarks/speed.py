@@ -34,7 +34,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("dekf", {"window": 1}, "dekf (window 1)"),
     ("dekf", {"window": 10}, "dekf (window 10)"),
     ("pf", {"n_particles": 64}, "pf (N=64)"),
-    ("pf", {"n_particles": 64, "grad_step": 0.0}, "pf (N=64, no grad move)"),
+    ("pf", {"n_particles": 64, "move": "gradient"}, "pf (N=64, gradient move)"),
+    ("pf", {"n_particles": 64, "move": "gradient", "grad_step": 0.0}, "pf (N=64, no move)"),
 ]
 
 
