@@ -375,8 +375,9 @@ What the rows decided:
 ### GRU in place of the LSTM, kin8nm (previous revision's settings)
 
 ```bash
-streamer bench ../shared/data/regression/kin8nm.csv --target target --hidden 16 --head plain --cell gru \
-    --normalize none --seeds 5 --set sgd.lr=0.2 --set sgd.optimizer=sgd --set sgd.window=10
+streamer bench ../shared/data/regression/kin8nm.csv --target target --hidden 16 --head plain --cell gru \\
+    --normalize none --seeds 5 --learners sgd,ekf,dekf,pf --set sgd.lr=0.2 --set sgd.optimizer=sgd \\
+    --set sgd.window=10 --set ekf.r_init=10 --set ekf.r_last=3 --set pf.move=gradient
 ```
 
 {gru}
