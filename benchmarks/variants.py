@@ -39,6 +39,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("ensemble", "eta 0.25", {"eta": 0.25}),
         ("ensemble", "share 0.001", {"share": 0.001}),
         ("ensemble", "recurrent experts with the model's (skip) head", {"expert_head": None}),
+        ("ensemble", "its dekf at R 100 -> 30", {"expert_options": {"dekf": {"r_init": 100.0, "r_last": 30.0}}}),
         ("ensemble", "+ a second dekf (another seed)", {"experts": ("persistence", "linear", "sgd", "dekf", "dekf")}),
         ("ensemble", "without sgd", {"experts": ("persistence", "linear", "dekf")}),
         ("ensemble", "without dekf (17 KB a key)", {"experts": ("persistence", "linear", "sgd")}),
@@ -78,12 +79,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--ett-seeds", type=int, default=1)
     ap.add_argument("--streams", default=",".join((*REGRESSION, "ETTh1")), help="a subset of the streams")
+    ap.add_argument("--match", default="", help="only the variants whose label contains this")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/variants.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     console = Console()
     data = [st for st in streams() if st.name in args.streams.split(",")]
-    plan = [(g, *v, st, seed) for g in args.group.split(",") for v in GROUPS[g] for st in data
+    plan = [(g, *v, st, seed) for g in args.group.split(",") for v in GROUPS[g] if args.match in v[1] for st in data
             for seed in range(args.ett_seeds if st.name == "ETTh1" else args.seeds) if (v[0], st.name) not in SLOW]
     results: dict[tuple[str, str, str], list[tuple[str, float, float]]] = {}  # (stream, score, seconds)
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -40,7 +40,7 @@ import torch
 from models.cells import NetSpec
 from models.learners.base import Learner, NonNegative, Positive, Share, State, rows_finite
 
-# Chosen by measurement (benchmarks/RESULTS.md, "The default learner"): persistence and RLS
+# Chosen by measurement (benchmarks/RESULTS.md, "How the defaults were chosen"): persistence and RLS
 # win where the stream is a random walk or linear, the recurrent experts where it is not.
 DEFAULT_EXPERTS = ("persistence", "linear", "sgd", "dekf")
 _SEED_STRIDE = 0x5DEECE66D  # expert i's keys draw from seed ^ (i * stride): duplicates start apart
@@ -86,11 +86,11 @@ class EnsembleLearner:
         # a warm start's theta is laid out for the model's head, so warm experts keep it
         head = spec.head if warm or config.expert_head is None else config.expert_head
         self.expert_spec = dataclasses.replace(spec, head=head)
-        self.experts: list[Learner] = [
-            make_learner(n, self.expert_spec if n in RECURRENT else spec, dtype, warm=warm, **dict(options.get(n, {})))
-            for n in config.experts]
-        self.labels = expert_labels(config.experts)
         self._recurrent = [n in RECURRENT for n in config.experts]  # the ones a warm start's theta is for
+        self.experts: list[Learner] = [
+            make_learner(n, self.expert_spec if recurrent else spec, dtype, warm=warm, **dict(options.get(n, {})))
+            for n, recurrent in zip(config.experts, self._recurrent, strict=True)]
+        self.labels = expert_labels(config.experts)
 
     # ------------------------------------------------------------ state layout
     @staticmethod

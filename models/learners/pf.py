@@ -76,8 +76,9 @@ class PFConfig:
     # "gradient": the fixed step grad_step (HySIR); "ekf": each particle carries a diagonal Gaussian
     # over its cell weights and moves by its own EKF step (a Gaussian-sum / particle-EKF filter)
     # measured with the defaults (RESULTS "How the defaults were chosen"): the particle-EKF move beats the
-    # fixed gradient step on every stream (kin8nm 0.344 against 0.424, elevators 0.258 against 0.308,
-    # puma8nh 0.482 against 0.534, ETTh1 0.256 against 0.262), and P0 0.1 beats 1 on three of four
+    # fixed gradient step on every stream (kin8nm 0.362 against 0.433, elevators 0.211 against 0.216,
+    # puma8nh 0.547 against 0.619, ETTh1 0.250 against 0.252); P0 0.1 against 1 is better on elevators
+    # and ETTh1 (0.211 against 0.216, 0.250 against 0.261), within 2% worse on kin8nm and puma8nh
     move: Literal["gradient", "ekf"] = "ekf"
     move_p0: Positive = 0.1  # ekf move: prior variance of each cell weight
     move_q: NonNegative = 1e-6  # ekf move: random walk on the cell weights' variance, per tick
