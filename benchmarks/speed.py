@@ -1,30 +1,45 @@
-"""Throughput of the batched ModelBank against a per-key Python loop, and memory per key.
+"""Throughput of the batched ModelBank against a per-key Python loop, memory per key, and few keys.
 
-Bank of K keys (default 1,000), LSTM m=16, p=8, one tick per key per step. For each learner:
-ticks/s of `ModelBank.step` over all keys (steady state, after warm-up steps; this includes the
-per-key normaliser, calibration and health checks), ticks/s of the bare batched `learner.step`,
-ticks/s of a naive loop that calls the same learner once per key (on a subset of keys, since it
-is slow), the speed-up batched learner / per-key loop (like for like), and the bytes of state
-per key. Ratios are what to read: the machine is shared and noisy.
+1. Bank of K keys (default 1,000), LSTM m=16, p=8, one tick per key per step. For each case:
+   ticks/s of `ModelBank.step` over all keys (steady state, after warm-up steps; this includes the
+   per-key normaliser, calibration and health checks), ticks/s of the bare batched `learner.step`,
+   ticks/s of a naive loop that calls the same learner once per key (on a subset of keys, since it
+   is slow), the speed-up batched learner / per-key loop (like for like), and the bytes of state
+   per key.
+2. Few keys (K = 1, 4, 16, 1000), every learner with its defaults, one tick per key per wave, the
+   daemon's work per tick: the bank learning from the previous tick and predicting the next
+   (`ModelBank.step` + `ModelBank.predict`), and the daemon's whole `Pipeline.process` on records
+   built in memory (decode, lags, the bank, the message; no Kafka). For few keys at a high rate
+   each wave's fixed cost is the cost, so ticks/s per key is given too. Torch threads as the
+   daemon sets them (one for a wave under `WIDE_WAVE_TICKS` ticks).
 
-    python benchmarks/speed.py [--keys 1000] [--steps 20] [--json benchmarks/out/speed.json]
+Ratios are what to read: the machine is shared and noisy.
+
+    python benchmarks/speed.py [--keys 1000] [--steps 20] [--few-keys 1,4,16,1000] [--json benchmarks/out/speed.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from models.bank import ModelBank
 from models.cells import NetSpec
-from models.learners import make_learner
+from models.learners import LEARNERS, make_learner
+from streamer.config import Settings
+from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
     ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf)"),
@@ -77,6 +92,73 @@ def naive_rate(name: str, opts: dict, spec: NetSpec, K: int, steps: int) -> floa
     return K * steps / (time.perf_counter() - t0)
 
 
+def daemon_threads(K: int) -> int:
+    """The torch threads the daemon steps a wave of K ticks with (STREAMER_TORCH_THREADS=0)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores)) if K >= WIDE_WAVE_TICKS else 1
+
+
+def timed_waves(wave, seconds: float, least: int = 5) -> float:
+    """Seconds per wave of `wave(t)` over at least `least` waves and about `seconds` (after 3 warm-up waves)."""
+    for t in range(3):
+        wave(t)
+    n, t0 = 0, time.perf_counter()
+    while n < least or time.perf_counter() - t0 < seconds:
+        wave(3 + n)
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float) -> float:
+    """Seconds per wave of K keys: learn from the previous tick, predict the next (the daemon's bank calls)."""
+    bank = ModelBank(make_learner(name, spec))
+    keys = [f"k{i}" for i in range(K)]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, K, spec.n_in, generator=g, dtype=torch.float64)
+    d = torch.randn(64, K, generator=g, dtype=torch.float64)
+
+    def wave(t: int) -> None:
+        bank.step(keys, x[t % 63], d[t % 63])
+        bank.predict(keys, x[t % 63 + 1])
+
+    return timed_waves(wave, seconds)
+
+
+def few_keys_pipeline(name: str, K: int, seconds: float) -> tuple[float, int]:
+    """Seconds per wave of the daemon's Pipeline.process on K records, one per key (no Kafka), and the
+    default memory budget's key bound (raised to K for the run if below: this measures a wave, not
+    the eviction of idle keys that a budget too small for the key set causes)."""
+    bound = Pipeline(Settings(learner=name)).max_keys
+    p = Pipeline(Settings(learner=name, max_keys=max(K, bound)))
+    offsets = itertools.count()
+    values = [[orjson.dumps({"key": f"k{k}", "ts": t, "value": math.sin(t / 7 + k) + 0.01 * k})
+               for k in range(K)] for t in range(64)]
+    names = [f"k{k}".encode() for k in range(K)]
+
+    def wave(t: int) -> None:
+        p.process([Record("ticks", 0, next(offsets), names[k], values[t % 64][k]) for k in range(K)])
+
+    return timed_waves(wave, seconds), bound
+
+
+def few_keys(spec: NetSpec, counts: list[int], seconds: float, console: Console) -> list[dict]:
+    rows = []
+    cases = [(name, K) for name in LEARNERS for K in counts]
+    for name, K in track(cases, description="few keys", console=console):
+        per_key = ModelBank(make_learner(name, spec)).bytes_per_key()
+        if per_key * K > 4 << 30:  # the global EKF's dense P: 10 MiB a key
+            rows.append({"learner": name, "keys": K, "skipped": f"state {per_key * K / 2**30:.1f} GiB"})
+            continue
+        torch.set_num_threads(daemon_threads(K))
+        bank_s = few_keys_bank(name, spec, K, seconds)
+        pipe_s, bound = few_keys_pipeline(name, K, seconds)  # sets its own threads per wave, as the daemon
+        rows.append({"learner": name, "keys": K, "default_key_bound": bound,
+                     "bank_ticks_per_s": K / bank_s, "pipeline_ticks_per_s": K / pipe_s,
+                     "pipeline_ticks_per_s_per_key": 1 / pipe_s, "bank_ms_per_wave": bank_s * 1e3,
+                     "pipeline_ms_per_wave": pipe_s * 1e3})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1000)
@@ -85,9 +167,11 @@ def main() -> None:
     ap.add_argument("--naive-steps", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--inputs", type=int, default=8)
+    ap.add_argument("--few-keys", default="1,4,16,1000", help="key counts of the few-keys table ('' skips it)")
+    ap.add_argument("--few-seconds", type=float, default=2.0, help="seconds measured per few-keys case and path")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/speed.json"))
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    threads = torch.get_num_threads()
     spec = NetSpec(n_in=args.inputs, hidden=args.hidden)
     console = Console()
     rows = []
@@ -108,8 +192,24 @@ def main() -> None:
         table.add_row(r["case"], *(f"{v:,.0f}" for v in rates), f"{r['speedup']:.0f}x",
                       f"{r['bytes_per_key'] / 1024:,.1f} KiB")
     console.print(table)
+    counts = [int(k) for k in args.few_keys.split(",") if k]
+    few = few_keys(spec, counts, args.few_seconds, console) if counts else []
+    table = Table(title=f"few keys: the daemon's work per wave of K keys (one tick each), {spec.describe()}")
+    few_cols = ("learner", "keys", "bank ticks/s", "pipeline ticks/s", "pipeline ticks/s per key",
+                "pipeline ms/wave", "keys in 1536 MB")
+    for col in few_cols:
+        table.add_column(col, justify="left" if col == "learner" else "right")
+    for r in few:
+        if "skipped" in r:
+            table.add_row(r["learner"], str(r["keys"]), "-", "-", "-", "-", f"skipped: {r['skipped']}")
+            continue
+        table.add_row(r["learner"], str(r["keys"]), f"{r['bank_ticks_per_s']:,.0f}",
+                      f"{r['pipeline_ticks_per_s']:,.0f}", f"{r['pipeline_ticks_per_s_per_key']:,.0f}",
+                      f"{r['pipeline_ms_per_wave']:.2f}", f"{r['default_key_bound']:,}")
+    if few:
+        console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"spec": spec.describe(), "threads": torch.get_num_threads(), "rows": rows},
+    args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few},
                                     indent=2))
     console.print(f"wrote {args.json}")
 

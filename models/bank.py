@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import rng
+from models import normalize, rng
 from models.checkpoint import frame, unframe
 from models.learners.base import Learner, State
-from models.normalize import NormConfig, norm_apply, norm_init, norm_update
+from models.normalize import NormConfig, norm_init
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
 
@@ -85,6 +85,12 @@ class ModelBank:
         # rows stay 0..len-1 and a wave of every key reads them in place.
         self._buf: State = {}
         self._view: State | None = None  # the live rows of every tensor, rebuilt when they move
+        self._book_view: dict[str, np.ndarray] | None = None  # the bank's own part of _view, as numpy arrays
+        # A learner that memoises (`models.learners.base`) leaves its prediction's intermediates in a memo,
+        # which the next step of the same rows uses if nothing moved them and x is the same: (which rows,
+        # the normalised x, the memo). Whatever writes state clears it (`_forget_memo`).
+        self._memoise = bool(getattr(learner, "memoises", False))
+        self._memo: tuple[bytes | int, np.ndarray, dict] | None = None
         self._layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
@@ -113,10 +119,12 @@ class ModelBank:
 
     @property
     def state(self) -> State:
-        """Every state tensor's live rows [K, ...] (views: writing into them writes the bank)."""
+        """Every state tensor's live rows [K, ...] (views: writing into them writes the bank, and whoever
+        does so outside the bank's own methods calls `_forget_memo()`: a memo assumes the rows unmoved)."""
         if self._view is None:
             n = len(self.names)
             self._view = {k: v[:n] for k, v in self._buf.items()}
+            self._book_view = None
         return self._view
 
     @property
@@ -173,6 +181,7 @@ class ModelBank:
 
     def drop(self, names: list[str]) -> None:
         """Forget keys: the last live rows move into their places (O(dropped), not O(keys))."""
+        self._forget_memo()
         gone = sorted({self.index[n] for n in names if n in self.index})
         if not gone:
             return
@@ -204,6 +213,7 @@ class ModelBank:
         return {k: v.index_select(0, rows) for k, v in self.state.items()}
 
     def _put(self, rows: torch.Tensor | None, sub: State) -> None:
+        self._forget_memo()
         if rows is None:  # every live row, in order
             for k, v in sub.items():
                 view = self.state[k]
@@ -219,30 +229,71 @@ class ModelBank:
 
     def interval(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The published central interval: mean +- z sqrt(var)."""
-        half = self.config.z * var.sqrt()
-        return mean - half, mean + half
+        lower, upper = self._interval(mean.numpy(), var.numpy())
+        return torch.from_numpy(lower), torch.from_numpy(upper)
+
+    def _interval(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(all="ignore"):
+            half = self.config.z * np.sqrt(var)
+            return mean - half, mean + half
 
     # ------------------------------------------------------------------ predict
+    def _book(self, st: State | None) -> dict[str, np.ndarray]:
+        """The bank's own part of a state (normaliser n.*, calibration and counters b.*; None: every live
+        row) as numpy arrays sharing the tensors' memory: this bookkeeping is a few dozen operations on
+        tiny arrays a wave, where numpy's per-operation cost is a quarter of torch's (`models.normalize`)."""
+        if st is None:
+            live = self.state
+            if self._book_view is None:
+                self._book_view = {k: v.numpy() for k, v in live.items() if k[0] != "l"}
+            return self._book_view
+        return {k: v.numpy() for k, v in st.items() if k[0] != "l"}
+
     def predict(self, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and calibrated variance [T] of the next target, original scale; state untouched.
         Keys must be distinct (it is a read of the current state)."""
         if len(set(names)) != len(names):
             raise ValueError("predict takes each key once; use step for sequences of ticks")
-        rows = self.rows(names)
-        order = torch.argsort(rows)
-        full = len(rows) == len(self.names) and bool((rows[order] == torch.arange(len(rows))).all())
-        st = self.state if full else self._take(rows)  # all keys: read the state in place, no copy
-        xs = x.to(self._dtype)[order] if full else x.to(self._dtype)
-        nst = {k[2:]: v for k, v in st.items() if k.startswith("n.")}
-        xn = norm_apply(nst, xs, self.config.norm)
-        mean_n, var_n = self.learner.predict(self._learner_part(st), xn)
+        rows, order, full = self._wave_rows(names)
+        xs = x.to(self._dtype)
+        if order is not None:  # rows in increasing order, as a step of them reads them
+            rows, xs = rows[order], xs[torch.from_numpy(order)]
+        st = self.state if full else self._take(torch.from_numpy(rows))  # all keys: read in place, no copy
+        book = self._book(None if full else st)
+        nst = {k[2:]: v for k, v in book.items() if k[0] == "n"}
+        xn = normalize.apply(nst, xs.numpy(), self.config.norm)
+        if self._memoise:
+            memo: dict = {}
+            mean_n, var_n = self.learner.predict(self._learner_part(st), torch.from_numpy(xn),  # type: ignore[call-arg]
+                                                 memo=memo)
+            self._memo = (self._memo_key(None if full else rows), xn.copy(), memo)
+        else:
+            mean_n, var_n = self.learner.predict(self._learner_part(st), torch.from_numpy(xn))
         sd = nst["d_sd"]
-        mean, var = nst["d_mean"] + sd * mean_n, st["b.lam"] * var_n * sd * sd
-        if full:  # back to the caller's order
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(len(order))
+        with np.errstate(all="ignore"):
+            mean = nst["d_mean"] + sd * mean_n.detach().numpy()
+            var = book["b.lam"] * var_n.detach().numpy() * sd * sd
+        if order is not None:  # back to the caller's order
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
             mean, var = mean[inverse], var[inverse]
-        return mean, var
+        return torch.from_numpy(mean), torch.from_numpy(var)
+
+    def _memo_key(self, rows: np.ndarray | None) -> bytes | int:
+        return len(self.names) if rows is None else rows.tobytes()
+
+    def _forget_memo(self) -> None:
+        self._memo = None
+
+    def _wave_rows(self, names: list[str]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Rows of distinct keys (admitting new ones), the order that sorts them (None: already
+        sorted), and whether they are every live row (then a wave reads the state in place)."""
+        self.add(names)
+        rows = np.fromiter((self.index[n] for n in names), dtype=np.int64, count=len(names))
+        in_order = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
+        order = None if in_order else np.argsort(rows, kind="stable")
+        # distinct sorted rows in [0, n) are 0..n-1 exactly when there are n of them
+        return rows, order, len(rows) == len(self.names)
 
     # --------------------------------------------------------------------- step
     def step(self, names: list[str], x: torch.Tensor, d: torch.Tensor) -> StepResult:
@@ -251,78 +302,115 @@ class ModelBank:
         if x.shape != (T, self.learner.spec.n_in) or d.shape != (T,):
             want = f"x [{T}, {self.learner.spec.n_in}] and d [{T}]"
             raise ValueError(f"want {want}, got {tuple(x.shape)}, {tuple(d.shape)}")
-        rows = self.rows(names).numpy()
         x, d = x.to(self._dtype), d.to(self._dtype)
-        out = {k: torch.empty(T, dtype=self._dtype) for k in ("mean", "var", "lower", "upper", "scale")}
-        reset = torch.zeros(T, dtype=torch.bool)
+        if len(set(names)) == T:  # distinct keys, one wave: the few-keys-at-a-high-rate case costs no more
+            rows, order, full = self._wave_rows(names)
+            if order is None:
+                res = self._step_rows(None if full else torch.from_numpy(rows), x, d)
+            else:
+                idx = torch.from_numpy(order)
+                res = self._step_rows(None if full else torch.from_numpy(rows[order]), x[idx], d[idx])
+                inverse = np.empty_like(order)
+                inverse[order] = np.arange(T)
+                res = {k: v[inverse] for k, v in res.items()}
+            return _result(res)
+        rows = self.rows(names).numpy()
+        out = {k: np.empty(T, dtype=x.numpy().dtype) for k in ("mean", "var", "lower", "upper", "scale")}
+        reset = np.zeros(T, dtype=bool)
         for wave in _waves(rows):
             wrows = rows[wave]
             order = np.argsort(wrows, kind="stable")
             wave, wrows = wave[order], wrows[order]
-            full = len(wrows) == len(self.names) and bool((wrows == np.arange(len(wrows))).all())
-            r = None if full else torch.from_numpy(wrows)
+            full = len(wrows) == len(self.names)  # distinct and sorted: 0..n-1 when there are n
             idx = torch.from_numpy(wave)
-            res = self._step_rows(r, x.index_select(0, idx), d.index_select(0, idx))
+            res = self._step_rows(None if full else torch.from_numpy(wrows), x.index_select(0, idx),
+                                  d.index_select(0, idx))
             for k in out:
-                out[k][idx] = res[k]
-            reset[idx] = res["reset"]
-        return StepResult(out["mean"], out["var"], out["lower"], out["upper"], reset, out["scale"])
+                out[k][wave] = res[k]
+            reset[wave] = res["reset"]
+        return _result({**out, "reset": reset})
 
-    def _step_rows(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _step_rows(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndarray]:
         c = self.config
         st = self._take(rows)
-        nst = {k[2:]: v for k, v in st.items() if k.startswith("n.")}
-        first = st["n.n"] == 0  # [B] a new key, or one just reset: its next tick sets the level
-        if c.norm.mode == "online" and bool(first.any()):
+        book = self._book(None if rows is None else st)
+        nst = {k[2:]: v for k, v in book.items() if k[0] == "n"}
+        xa, da = x.numpy(), d.numpy()
+        online = c.norm.mode == "online"
+        first = nst["n"] == 0  # [B] a new key, or one just reset: its next tick sets the level
+        if online and first.any():
             # a key's first tick sets its level before it is standardised
-            seeded = norm_update(nst, x, d, c.norm)
-            nst = _where_rows(first, seeded, nst)
-            nst["n"] = torch.where(first, 0, nst["n"])
-        xn = norm_apply(nst, x, c.norm)  # [B, p]
-        sd, mu = nst["d_sd"], nst["d_mean"]  # [B]
-        dn = (d - mu) / sd  # [B]
-        # A tick far from the running level is held out (statistics, model, calibration) until it
-        # proves to be a new level: shift_ticks in a row, then the key is reset below. One spike
-        # cannot inflate the variance or throw the weights, and a real shift stays "far" long
-        # enough to be recognised.
-        far = hold = torch.zeros_like(first)  # [B]; without normalisation there is no running level
-        if c.norm.mode == "online":
-            far = (dn.abs() > c.shift_z) & ~first
-            # the ticks after a spike carry it in their lags: no learning from a regressor that far out either
-            hold = far | ((xn.abs() >= c.norm.clip).any(dim=1) & ~first)
-        held = bool(hold.any())
+            seeded = normalize.update(nst, xa, da, c.norm)
+            nst = _where_arrays(first, seeded, nst)
+            nst["n"] = np.where(first, 0, nst["n"])
+        xn = normalize.apply(nst, xa, c.norm)  # [B, p]
+        sd, mu = nst["d_sd"].copy(), nst["d_mean"].copy()  # [B] at this tick (the state's own move on below)
+        with np.errstate(all="ignore"):
+            dn = (da - mu) / sd  # [B]
+            # A tick far from the running level is held out (statistics, model, calibration) until it
+            # proves to be a new level: shift_ticks in a row, then the key is reset below. One spike
+            # cannot inflate the variance or throw the weights, and a real shift stays "far" long
+            # enough to be recognised.
+            far = hold = np.zeros_like(first)  # [B]; without normalisation there is no running level
+            if online:
+                settled = ~first
+                far = (np.abs(dn) > c.shift_z) & settled
+                # the ticks after a spike carry it in their lags: no learning from a regressor that far out either
+                hold = far | ((np.abs(xn) >= c.norm.clip).any(axis=1) & settled)
+        held_rows = np.flatnonzero(hold)
         learner_st = self._learner_part(st)
-        if held:  # learners update in place: keep the held rows' state aside
-            learner_st = {k: v.clone() for k, v in learner_st.items()}
-        mean_n, var_raw, lst = self.learner.step(learner_st, xn, dn)
-        if held:
-            lst = _where_rows(hold, self._learner_part(st), lst)
-        lam = st["b.lam"]
-        var_n = lam * var_raw  # [B] calibrated
-        mean, var = mu + sd * mean_n, var_n * sd * sd
-        lower, upper = self.interval(mean, var)
-        e_n = dn - mean_n
+        saved: State = {}
+        if len(held_rows):  # learners update in place: keep the held rows' state aside (those rows only)
+            at = torch.from_numpy(held_rows)
+            saved = {k: v.index_select(0, at) for k, v in learner_st.items()}
+        memo, self._memo = self._memo, None  # a step moves these rows: no memo outlives it
+        if memo is not None and (memo[0] != self._memo_key(None if rows is None else rows.numpy())
+                                 or not np.array_equal(memo[1], xn)):
+            memo = None
+        if memo is not None:
+            mean_t, var_t, lst = self.learner.step(learner_st, torch.from_numpy(xn), torch.from_numpy(dn),
+                                                   memo=memo[2])  # type: ignore[call-arg]
+        else:
+            mean_t, var_t, lst = self.learner.step(learner_st, torch.from_numpy(xn), torch.from_numpy(dn))
+        for k, v in saved.items():
+            lst[k].index_copy_(0, at, v)
+        mean_n, var_raw = mean_t.detach().numpy(), var_t.detach().numpy()
+        lam = book["b.lam"]
+        with np.errstate(all="ignore"):
+            var_n = lam * var_raw  # [B] calibrated
+            mean, var = mu + sd * mean_n, var_n * sd * sd
+            lower, upper = self._interval(mean, var)
+            e_n = dn - mean_n
+            updated = normalize.update(nst, xa, da, c.norm)
+            if len(held_rows):
+                updated = _where_arrays(far, nst, updated)
+            new_book = {f"n.{k}": v for k, v in updated.items()}
+            new_book["b.shift"] = np.where(far, book["b.shift"] + 1, 0)
+            ratio = np.minimum(e_n * e_n / var_raw, 1e6)
+            new_book["b.lam"] = np.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
+            new_book["b.ticks"] = book["b.ticks"] + 1
+            new_book["b.hits"] = book["b.hits"] + ((da >= lower) & (da <= upper))
+            new_book["b.resets"] = book["b.resets"]
+            finite = np.isfinite(mean_n) & np.isfinite(var_n) & np.isfinite(new_book["b.lam"])
+        bad = ~(self.learner.healthy(lst).numpy() & finite)
+        bad |= ~np.isfinite(xa).all(axis=1) | ~np.isfinite(da) | (new_book["b.shift"] >= c.shift_ticks)
         new: State = {f"l.{k}": v for k, v in lst.items()}
-        updated = norm_update(nst, x, d, c.norm)
-        if held:
-            updated = _where_rows(far, nst, updated)
-        new.update({f"n.{k}": v for k, v in updated.items()})
-        new["b.shift"] = torch.where(far, st["b.shift"] + 1, 0)
-        ratio = torch.clamp(e_n * e_n / var_raw, max=1e6)
-        new["b.lam"] = torch.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
-        new["b.ticks"] = st["b.ticks"] + 1
-        new["b.hits"] = st["b.hits"] + ((d >= lower) & (d <= upper)).to(torch.int64)
-        new["b.resets"] = st["b.resets"]
-        finite = torch.isfinite(mean_n) & torch.isfinite(var_n) & torch.isfinite(new["b.lam"])
-        bad = ~(self.learner.healthy(lst) & finite)
-        bad |= ~torch.isfinite(x).all(dim=1) | ~torch.isfinite(d) | (new["b.shift"] >= c.shift_ticks)
-        if bool(bad.any()):
-            self._reset_rows(new, bad)
+        if bad.any():
+            new.update({k: torch.from_numpy(v) for k, v in new_book.items()})  # views: a reset writes new_book
+            self._reset_rows(new, torch.from_numpy(bad))
             # a non-finite prediction is never handed out: fall back to the key's running mean
-            mean = torch.where(torch.isfinite(mean), mean, mu)
-            var = torch.where(torch.isfinite(var), var, sd * sd)
-            lower, upper = self.interval(mean, var)
+            mean = np.where(np.isfinite(mean), mean, mu)
+            var = np.where(np.isfinite(var), var, sd * sd)
+            lower, upper = self._interval(mean, var)
+            new = {k: v for k, v in new.items() if k[0] == "l"}
         self._put(rows, new)
+        if rows is None:  # every live row in order: write the bank's arrays in place
+            for k, arr in new_book.items():
+                book[k][...] = arr
+        else:
+            live, where = self._book(None), rows.numpy()
+            for k, arr in new_book.items():
+                live[k][where] = arr
         return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad, "scale": sd}
 
     def reset(self, names: list[str]) -> None:
@@ -336,6 +424,7 @@ class ModelBank:
         self._put(rows, st)
 
     def _reset_rows(self, st: State, bad: torch.Tensor) -> None:
+        self._forget_memo()
         idx = torch.nonzero(bad).squeeze(1)
         fresh = self._fresh(st["l.seed"][idx])
         for k, v in fresh.items():
@@ -391,6 +480,7 @@ class ModelBank:
         before any row is written, and the good ones are written in one pass per tensor. Returns the
         keys restored and, for each refused blob (by position), why: a refused blob changes nothing,
         so a key already here keeps the state it had. Cost: O(keys), with no per-key tensor copy."""
+        self._forget_memo()
         head = self._head()
         want_tensors = head["tensors"]
         size = self.bytes_per_key()
@@ -469,9 +559,14 @@ class ModelBank:
 _SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets")  # a key's counters outlive its model
 
 
-def _where_rows(mask: torch.Tensor, if_true: State, if_false: State) -> State:
-    """Row-wise choice between two states: row b from `if_true` where mask[b], else from `if_false`."""
-    return {k: torch.where(mask.view(-1, *([1] * (v.dim() - 1))), if_true[k], v) for k, v in if_false.items()}
+def _result(arrays: dict[str, np.ndarray]) -> StepResult:
+    return StepResult(**{k: torch.from_numpy(arrays[k]) for k in ("mean", "var", "lower", "upper", "reset", "scale")})
+
+
+def _where_arrays(mask: np.ndarray, if_true: dict[str, np.ndarray], if_false: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+    """Row-wise choice between two sets of arrays: row b from `if_true` where mask[b], else from `if_false`."""
+    return {k: np.where(mask.reshape(-1, *([1] * (v.ndim - 1))), if_true[k], v) for k, v in if_false.items()}
 
 
 def _waves(rows: np.ndarray) -> list[np.ndarray]:

@@ -8,16 +8,25 @@ standardised inputs are clipped to +-clip; after a short warm-up each update's d
 clipped too (winsorised), so a single absurd value cannot blow the scale up. mode="none"
 passes values through unchanged (for data already on a fixed scale, such as the benchmark
 streams).
+
+The arithmetic is numpy's (`apply`, `update`, on arrays that may be views of the bank's
+tensors): it runs once per wave on a handful of small arrays, where a numpy operation costs a
+quarter of a torch one (measured: 19 us against 79 us for an update of one key, 78 against 121
+at 1,000 keys), and for a few keys at a high rate that per-operation cost is the wave's cost.
+`norm_apply` / `norm_update` are the same functions on torch tensors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 State = dict[str, torch.Tensor]
+Arrays = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -45,32 +54,50 @@ def norm_init(B: int, p: int, dtype: torch.dtype) -> State:
     }
 
 
-def _sd(mean: torch.Tensor, var: torch.Tensor, c: NormConfig) -> torch.Tensor:
-    return torch.sqrt(var + c.rel_floor * mean * mean + c.abs_floor)
+def _sd(mean: np.ndarray, var: np.ndarray, c: NormConfig) -> np.ndarray:
+    return np.sqrt(var + c.rel_floor * mean * mean + c.abs_floor)
+
+
+def apply(st: Arrays, x: np.ndarray, c: NormConfig) -> np.ndarray:
+    """Standardised, clipped x [B, p]."""
+    if c.mode == "none":
+        return x
+    with np.errstate(all="ignore"):  # a non-finite input is the caller's to catch (the bank resets the key)
+        return np.clip((x - st["x_mean"]) / _sd(st["x_mean"], st["x_var"], c), -c.clip, c.clip)
+
+
+def update(st: Arrays, x: np.ndarray, d: np.ndarray, c: NormConfig) -> dict[str, np.ndarray]:
+    """The statistics after one more tick (x [B, p], d [B]); `st` is not written."""
+    n = st["n"] + 1
+    if c.mode == "none":
+        return {**st, "n": n}
+    p = x.shape[1]
+    with np.errstate(all="ignore"):
+        # x and d in one [B, p + 1] pass: the same arithmetic on each column
+        v = np.concatenate([x, d[:, None]], axis=1)
+        mean = np.concatenate([st["x_mean"], st["d_mean"][:, None]], axis=1)  # [B, p+1]
+        var = np.concatenate([st["x_var"], st["d_var"][:, None]], axis=1)  # [B, p+1]
+        a = (1.0 / np.minimum(n, c.horizon).astype(x.dtype))[:, None]  # [B, 1]
+        delta = v - mean
+        delta = np.where(np.isfinite(delta), delta, 0.0)  # a non-finite value moves nothing
+        bound = c.robust_z * _sd(mean, var, c)
+        delta = np.where((n > c.robust_after)[:, None], np.clip(delta, -bound, bound), delta)
+        new_mean = mean + a * delta
+        # the first tick sets the level; its variance stays the prior 1 until a second one
+        new_var = np.where((n == 1)[:, None], var, (1 - a) * (var + a * delta * delta))
+        d_sd = _sd(new_mean[:, p], new_var[:, p], c)
+    return {"n": n, "x_mean": new_mean[:, :p], "x_var": new_var[:, :p], "d_mean": new_mean[:, p],
+            "d_var": new_var[:, p], "d_sd": d_sd}
 
 
 def norm_apply(st: State, x: torch.Tensor, c: NormConfig) -> torch.Tensor:
+    """`apply` on tensors."""
     if c.mode == "none":
         return x
-    return torch.clamp((x - st["x_mean"]) / _sd(st["x_mean"], st["x_var"], c), -c.clip, c.clip)
+    return torch.from_numpy(apply({k: v.numpy() for k, v in st.items()}, x.numpy(), c))
 
 
 def norm_update(st: State, x: torch.Tensor, d: torch.Tensor, c: NormConfig) -> State:
-    if c.mode == "none":
-        return {**st, "n": st["n"] + 1}
-    n = st["n"] + 1
-    alpha = 1.0 / torch.clamp(n, max=c.horizon).to(x.dtype)  # [B]
-    out: State = {"n": n}
-    for name, v in (("x", x), ("d", d)):
-        mean, var = st[f"{name}_mean"], st[f"{name}_var"]
-        a = alpha.view(-1, *([1] * (v.dim() - 1)))
-        delta = torch.nan_to_num(v - mean, nan=0.0, posinf=0.0, neginf=0.0)
-        settled = (n > c.robust_after).view_as(a)
-        bound = c.robust_z * _sd(mean, var, c)
-        delta = torch.where(settled, torch.clamp(delta, -bound, bound), delta)
-        out[f"{name}_mean"] = mean + a * delta
-        # the first tick sets the level; its variance stays the prior 1 until a second one
-        first = (n == 1).view_as(a)
-        out[f"{name}_var"] = torch.where(first, var, (1 - a) * (var + a * delta * delta))
-    out["d_sd"] = _sd(out["d_mean"], out["d_var"], c)
-    return out
+    """`update` on tensors."""
+    out = update({k: v.numpy() for k, v in st.items()}, x.numpy(), d.numpy(), c)
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}

@@ -517,13 +517,13 @@ class Pipeline:
             x_prev = torch.from_numpy(np.array(learn_x, dtype=np.float64))  # [n_learn, p]
             res = bank.step(learn_names, x_prev, torch.tensor(learn_d, dtype=torch.float64))
             scale = dict(zip(learn_names, res.scale.tolist(), strict=True))
-            resets = int(res.reset.sum())
+            resets = int(res.reset.numpy().sum())
         mean, var = bank.predict(names, x_now)
         lower, upper = bank.interval(mean, var)
         mean_l, lo_l, hi_l = mean.tolist(), lower.tolist(), upper.tolist()
         leaders = bank.leaders(names)  # an ensemble: its heaviest expert per key names the model
         models = [f"{self.model}/{lead}" for lead in leaders] if leaders else [self.model] * len(items)
-        broken = torch.nonzero(~(torch.isfinite(lower) & torch.isfinite(upper))).squeeze(1).tolist()
+        broken = np.flatnonzero(~(np.isfinite(lower.numpy()) & np.isfinite(upper.numpy()))).tolist()
         if broken:  # a value beyond the model's float range: reset the key, publish persistence instead
             bank.reset([names[i] for i in broken])
             resets += len(broken)

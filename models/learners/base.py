@@ -12,12 +12,19 @@ applied to a bank of series).
 
 `step` may update the tensors of the state it is given in place; pass a copy to keep the old.
 Means and variances are on the learner's (normalised) scale. `x` is [B, p], `d` is [B].
+
+A learner whose prediction already computes what its next update needs (the EKF's Jacobian at x)
+sets `memoises = True` and takes an optional `memo` dict in both: `predict(state, x, memo)` leaves
+its intermediates there, and `step(state, x, d, memo)` uses them instead of computing them again.
+The caller owns the promise that makes that valid: the same state rows, unchanged since, and the
+same x (the ModelBank keeps it; a streaming predict-then-learn pays for one Jacobian a tick, not two).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from annotated_types import Ge, Gt, Interval
 
@@ -66,11 +73,13 @@ def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
     """Bool [B]: every entry of each row of every tensor is finite.
 
     One pass per tensor: a row holding NaN or +-inf sums to NaN or +-inf (a finite row whose
-    sum overflows is reported too, and is as much a sign of trouble)."""
-    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool)
-    for t in tensors:
-        ok &= torch.isfinite(t.reshape(t.shape[0], -1).sum(dim=1))
-    return ok
+    sum overflows is reported too, and is as much a sign of trouble). Summed by numpy, whose
+    per-call cost is a fraction of torch's for the few-keys waves where it shows."""
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(tensors[0].detach().numpy().reshape(tensors[0].shape[0], -1).sum(axis=1))
+        for t in tensors[1:]:
+            ok &= np.isfinite(t.detach().numpy().reshape(t.shape[0], -1).sum(axis=1))
+    return torch.from_numpy(ok)
 
 
 def cold_theta(spec: NetSpec, seeds: torch.Tensor, scale: float, gate_bias: float, dtype: torch.dtype) -> torch.Tensor:

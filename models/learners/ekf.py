@@ -72,6 +72,7 @@ class _KalmanBase:
 
     name = "ekf"
     default_config: type[EKFConfig] = EKFConfig
+    memoises = True  # predict's Jacobian is the next step's (see `models.learners.base`)
 
     def __init__(self, spec: NetSpec, config: EKFConfig | None = None, dtype: torch.dtype = torch.float32):
         self.spec, self.dtype = spec, dtype
@@ -106,10 +107,20 @@ class _KalmanBase:
                 return d_hat, torch.cat([Hc, phi], dim=1), h_first
         return window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
 
-    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d_hat, H, _ = self._jacobian(state, x)
+    def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        d_hat, H, h_first = self._jacobian(state, x)
         R, _ = self._noise(state)
-        return d_hat, kalman.innovation(self._blocks(state, H), R)[1]
+        PH, S = kalman.innovation(self._blocks(state, H), R)
+        if memo is not None:  # the next step of this state at this x: the same H, P H^T and S
+            memo["jacobian"], memo["innovation"] = (d_hat, H, h_first), (PH, S)
+        return d_hat, S
+
+    def _update(self, state: State, H: torch.Tensor, e: torch.Tensor, R: torch.Tensor,
+                memo: dict | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`kalman.update` of the filter's blocks (P in place), its innovation from the memo when given."""
+        blocks = self._blocks(state, H)
+        PH, S = memo["innovation"] if memo else kalman.innovation(blocks, R)
+        return kalman.correct([P for P, _ in blocks], PH, e, S, self.config.joseph), S
 
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]  # type: ignore[attr-defined]
@@ -132,11 +143,12 @@ class EKFLearner(_KalmanBase):
     def _blocks(self, state: State, H: torch.Tensor) -> list[kalman.Block]:
         return [(state["P"], H)]  # P [B, n, n], H [B, n]
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
-        d_hat, H, h_first = self._jacobian(state, x)
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
         R, q = self._noise(state)
         with torch.no_grad():
-            (dtheta,), S = kalman.update(self._blocks(state, H), d - d_hat, R, self.config.joseph)  # [B, n], [B]
+            (dtheta,), S = self._update(state, H, d - d_hat, R, memo)  # [B, n], [B]
             state["theta"] = state["theta"] + dtheta
             kalman.add_diagonal(state["P"], q)
             state["t"] = state["t"] + 1
@@ -176,12 +188,13 @@ class DEKFLearner(_KalmanBase):
         Hc, Hh = s.blocks_of(H[:, : s.n_cell]), H[:, s.n_cell :]  # [B, m, Gq], [B, nh]
         return [(state["Pc"], Hc), (state["Ph"], Hh)]  # Pc [B, m, Gq, Gq], Ph [B, nh, nh]
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
-        d_hat, H, h_first = self._jacobian(state, x)
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
         R, q = self._noise(state)
         with torch.no_grad():
             # steps [B, m, Gq] and [B, nh], S [B]
-            (step_c, step_h), S = kalman.update(self._blocks(state, H), d - d_hat, R, self.config.joseph)
+            (step_c, step_h), S = self._update(state, H, d - d_hat, R, memo)
             state["theta"] = state["theta"] + torch.cat([self.spec.cell_of(step_c), step_h], dim=1)
             kalman.add_diagonal(state["Pc"], q)
             kalman.add_diagonal(state["Ph"], q)

@@ -72,6 +72,7 @@ def expert_labels(experts: tuple[str, ...]) -> list[str]:
 
 class EnsembleLearner:
     name = "ensemble"
+    memoises = True  # on behalf of the experts that do (a memo holds one sub-memo per expert)
 
     def __init__(self, spec: NetSpec, config: EnsembleConfig = EnsembleConfig(), dtype: torch.dtype = torch.float32,
                  warm: bool = False):
@@ -91,12 +92,15 @@ class EnsembleLearner:
             make_learner(n, self.expert_spec if recurrent else spec, dtype, warm=warm, **dict(options.get(n, {})))
             for n, recurrent in zip(config.experts, self._recurrent, strict=True)]
         self.labels = expert_labels(config.experts)
+        self._names: dict[tuple[int, int], list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------ state layout
-    @staticmethod
-    def _sub(state: State, i: int) -> State:
-        prefix = f"x{i}."
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    def _sub(self, state: State, i: int) -> State:
+        names = self._names.get((i, len(state)))
+        if names is None:  # which of the state's keys are expert i's, worked out once per layout
+            prefix = f"x{i}."
+            names = self._names[(i, len(state))] = [(k, k[len(prefix):]) for k in state if k.startswith(prefix)]
+        return {sub: state[k] for k, sub in names}
 
     @staticmethod
     def _put(state: State, i: int, sub: State) -> None:
@@ -125,19 +129,26 @@ class EnsembleLearner:
         var = (w * (v + means * means)).sum(dim=1) - mean * mean  # [B]  law of total variance
         return mean, torch.clamp(var, min=self.config.min_var), v
 
-    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            out = [e.predict(self._sub(state, i), x) for i, e in enumerate(self.experts)]
+            out = [e.predict(self._sub(state, i), x, memo=memo.setdefault(i, {}))  # type: ignore[call-arg]
+                   if memo is not None and getattr(e, "memoises", False) else e.predict(self._sub(state, i), x)
+                   for i, e in enumerate(self.experts)]
             means = torch.stack([m for m, _ in out], dim=1)  # [B, E]
             variances = torch.stack([v for _, v in out], dim=1)  # [B, E]
             mean, var, _ = self._mixture(state, means, variances)
         return mean, var
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
         c = self.config
         means, variances = [], []
         for i, expert in enumerate(self.experts):
-            m, v, sub = expert.step(self._sub(state, i), x, d)
+            sub_memo = memo.get(i) if memo else None
+            if sub_memo:
+                m, v, sub = expert.step(self._sub(state, i), x, d, memo=sub_memo)  # type: ignore[call-arg]
+            else:
+                m, v, sub = expert.step(self._sub(state, i), x, d)
             self._put(state, i, sub)
             means.append(m)
             variances.append(v)

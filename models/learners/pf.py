@@ -61,6 +61,12 @@ from models.cells import (
 )
 from models.heads import readout_features
 from models.learners.base import NonNegative, Positive, Share, State, rows_finite
+from models.learners.window import has_closed_form, lstm_bptt
+
+# The moves and the random walk touch every particle's every cell weight (~100M numbers at 1,000 keys) a
+# few times each: done a block of keys at a time, each block's temporaries stay in a core's L2 cache
+# instead of streaming through memory once per operation (measured in RESULTS, speed.py).
+_BLOCK_BYTES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,10 @@ class PFLearner:
 
     def __init__(self, spec: NetSpec, config: PFConfig = PFConfig(), dtype: torch.dtype = torch.float32):
         self.spec, self.config, self.dtype = spec, config, dtype
+        # LSTM with a plain/skip head: each particle's d d_hat^i / d a^i in closed form (`lstm_bptt`, window 1),
+        # so the moves need no autograd, and a prediction's pass is the next step's (`models.learners.base`)
+        self.closed_form = has_closed_form(spec)
+        self.memoises = self.closed_form
 
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
         s, c, B, N = self.spec, self.config, seeds.shape[0], self.config.n_particles
@@ -128,35 +138,41 @@ class PFLearner:
     def _propagate(self, state: State, x: torch.Tensor, grad: bool = False):
         """One cell step for every particle; returns per-particle predictive moments.
 
-        With grad=True (LSTM) the gate pre-activations `a` are made a leaf, so the gradient move
-        needs d/da only and never materialises a [B, N, n_cell] gradient."""
+        The last item holds what the moves need: with the closed form (LSTM, plain/skip head) u [BN, q]
+        and g = d d_hat^i / d a^i [BN, mG], so H_i = u (x) g; otherwise, with grad=True, autograd leaves
+        (the gate pre-activations `a` for an LSTM, which never materialise a [B, N, n_cell] gradient)."""
         s = self.spec
         B, N, _ = state["cell"].shape
         BN = B * N
-        head = state["head"].view(BN, -1)
-        if grad and s.head == "gated":
-            head = head.detach().requires_grad_(True)
-        cell_flat = state["cell"].view(BN, -1)
-        if grad and s.cell == "gru":
-            cell_flat = cell_flat.detach().requires_grad_(True)
-        params = unpack_parts(s, cell_flat, head)
         h = state["h"].view(BN, -1)  # [BN, S]
         xr = x.unsqueeze(1).expand(B, N, s.n_in).reshape(BN, s.n_in)  # [BN, p]
-        y_prev = split_state(s, h)[1]  # [BN, m]
-        u = a = None
-        if s.cell == "lstm":
-            u, a = lstm_preactivation(params.cell, h, xr, s.hidden)  # [BN, q], [BN, m, 4]
-            if grad:
-                a.requires_grad_(True)
-            h_new = lstm_activation(a, h[:, : s.hidden])  # [BN, 2m]
+        if self.closed_form:
+            params = unpack_parts(s, state["cell"].view(BN, -1), state["head"].view(BN, -1))
+            mean_i, U, Delta, phi, h_new = lstm_bptt(s, params, h, xr.new_empty(BN, 0, s.n_in), xr)
+            leaves: dict = {"u": U[:, 0], "g": Delta[:, 0]}  # [BN, q], [BN, mG]
         else:
-            h_new = cell_step(s, params.cell, h, xr)  # [BN, m]
-        phi = readout_features(s, params, split_state(s, h_new)[1], y_prev, xr)  # [BN, nr]
-        mean_i = (params.r * phi).sum(dim=1)  # [BN]
+            head = state["head"].view(BN, -1)
+            if grad and s.head == "gated":
+                head = head.detach().requires_grad_(True)
+            cell_flat = state["cell"].view(BN, -1)
+            if grad and s.cell == "gru":
+                cell_flat = cell_flat.detach().requires_grad_(True)
+            params = unpack_parts(s, cell_flat, head)
+            y_prev = split_state(s, h)[1]  # [BN, m]
+            u = a = None
+            if s.cell == "lstm":
+                u, a = lstm_preactivation(params.cell, h, xr, s.hidden)  # [BN, q], [BN, m, 4]
+                if grad:
+                    a.requires_grad_(True)
+                h_new = lstm_activation(a, h[:, : s.hidden])  # [BN, 2m]
+            else:
+                h_new = cell_step(s, params.cell, h, xr)  # [BN, m]
+            phi = readout_features(s, params, split_state(s, h_new)[1], y_prev, xr)  # [BN, nr]
+            mean_i = (params.r * phi).sum(dim=1)  # [BN]
+            leaves = {"u": u, "a": a, "cell": cell_flat, "head": head}
         R = torch.full((BN,), self.config.r, dtype=phi.dtype)  # [BN]
         Sigma = state["Sigma"].view(BN, s.n_readout, s.n_readout)  # [BN, nr, nr]
         (Sphi,), var_i = kalman.innovation([(Sigma, phi)], R)  # [BN, nr], [BN]
-        leaves = {"u": u, "a": a, "cell": cell_flat, "head": head}
         return h_new.view(B, N, -1), mean_i.view(B, N), Sphi.view(B, N, -1), var_i.view(B, N), leaves
 
     @staticmethod
@@ -166,17 +182,25 @@ class PFLearner:
         var = (w * (var_i + mean_i * mean_i)).sum(dim=1) - mean * mean  # [B]
         return mean, torch.clamp(var, min=1e-12)
 
-    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            _, mean_i, _, var_i, _ = self._propagate(state, x)
+            out = self._propagate(state, x)
+            if memo is not None and self.memoises:
+                memo["propagate"] = out
+            _, mean_i, _, var_i, _ = out
             return self._mixture(state["logw"], mean_i, var_i)
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
         s, c = self.spec, self.config
         B, N, _ = state["cell"].shape
         move = c.grad_step > 0
-        with torch.set_grad_enabled(move):
-            h_new, mean_i, Sphi, var_i, leaves = self._propagate(state, x, grad=move)
+        if memo:
+            h_new, mean_i, Sphi, var_i, leaves = memo["propagate"]
+        else:
+            grad = move and not self.closed_form
+            with torch.set_grad_enabled(grad):
+                h_new, mean_i, Sphi, var_i, leaves = self._propagate(state, x, grad=grad)
         innov = (d.unsqueeze(1) - mean_i).detach()  # [B, N]
         var_i = var_i.detach()
         mean, var = self._mixture(state["logw"], mean_i.detach(), var_i)  # the prediction, as `predict` makes it
@@ -208,6 +232,11 @@ class PFLearner:
         """HySIR move: theta^i += grad_step * e_i * d d_hat^i / d theta^i on the nonlinear weights."""
         s, c = self.spec, self.config
         BN = innov.numel()
+        if self.closed_form:  # e_i d d_hat^i / d a^i = e_i g_i, and the weights' step is u (x) that
+            with torch.no_grad():
+                delta = (leaves["g"] * innov.view(BN, 1)).unsqueeze(1)  # [BN, 1, mG]
+                state["cell"].view(BN, s.q, -1).baddbmm_(leaves["u"].unsqueeze(2), delta, alpha=c.grad_step)
+            return
         objective = (mean_i * innov).sum()
         wrt = [leaves["a"] if s.cell == "lstm" else leaves["cell"]]
         if s.head == "gated":
@@ -232,6 +261,8 @@ class PFLearner:
         s, c = self.spec, self.config
         B, N = innov.shape
         BN = B * N
+        if self.closed_form:
+            return self._ekf_move_blocked(state, innov, var_i, leaves["u"].view(B, N, -1), leaves["g"].view(B, N, -1))
         wrt = leaves["a"] if s.cell == "lstm" else leaves["cell"]
         (g,) = torch.autograd.grad(mean_i.sum(), [wrt])  # each particle's own d d_hat^i / d (a or cell)
         with torch.no_grad():
@@ -245,6 +276,34 @@ class PFLearner:
             state["cell"].addcmul_(PH, (innov / S).unsqueeze(2))
             P.addcmul_(PH, PH / S.unsqueeze(2), value=-1.0).add_(c.move_q)
             torch.clamp_(P, min=1e-12)
+        return S
+
+    def _ekf_move_blocked(self, state: State, innov: torch.Tensor, var_i: torch.Tensor, u: torch.Tensor,
+                          g: torch.Tensor) -> torch.Tensor:
+        """`_ekf_move` with H_i = u_i (x) g_i never formed whole: per block of keys, with P the diagonal of
+        particle i's covariance laid out [q, mG] like its cell weights,
+
+            S_i     = (u_i^2)^T P_i (g_i^2) + phi^T Sigma^i phi + R
+            cell_i += P_i * (u_i e_i / S_i) (x) g_i
+            P_i    -= P_i * P_i * (u_i^2 / S_i) (x) g_i^2,   + q,  clamped at 1e-12
+
+        (the same arithmetic as `_ekf_move`, in another order). u [B, N, q], g [B, N, mG] -> S [B, N]."""
+        s, c = self.spec, self.config
+        B, N = innov.shape
+        q, mG = s.q, s.hidden * s.n_gates
+        cell = state["cell"].view(B, N, q, mG)
+        P = state["Pcell"].view(B, N, q, mG)
+        u2, g2 = u * u, g * g  # [B, N, q], [B, N, mG]
+        S = torch.empty_like(var_i)  # [B, N]
+        for b in _blocks(B, N * s.n_cell * P.element_size()):
+            Pb = P[b]  # [b, N, q, mG]
+            Sb = (torch.matmul(u2[b].unsqueeze(2), Pb).squeeze(2) * g2[b]).sum(dim=2) + var_i[b]  # [b, N]
+            step = (u[b] * (innov[b] / Sb).unsqueeze(2)).unsqueeze(3) * g[b].unsqueeze(2)  # [b, N, q, mG]  H e / S
+            cell[b].addcmul_(Pb, step)
+            shrink = (u2[b] / Sb.unsqueeze(2)).unsqueeze(3) * g2[b].unsqueeze(2)  # [b, N, q, mG]  H^2 / S
+            shrink.mul_(Pb)
+            Pb.addcmul_(Pb, shrink, value=-1.0).add_(c.move_q).clamp_(min=1e-12)
+            S[b] = Sb
         return S
 
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
@@ -280,10 +339,12 @@ class PFLearner:
         for k, part in enumerate(parts):
             B, N, n = part.shape
             stream = rng.STREAM_WALK + 16 * k
-            eps = rng.normal_rows(state["seed"], state["t"], stream, N, n, self.dtype)  # [B, N, n]
-            if c.transition == "random_walk":
-                part.add_(eps, alpha=c.theta_noise)
+            if c.transition == "random_walk":  # a block of keys at a time: its noise stays in cache
+                for b in _blocks(B, N * n * part.element_size()):
+                    eps = rng.normal_rows(state["seed"][b], state["t"][b], stream, N, n, self.dtype)  # [b, N, n]
+                    part[b].add_(eps, alpha=c.theta_noise)
                 continue
+            eps = rng.normal_rows(state["seed"], state["t"], stream, N, n, self.dtype)  # [B, N, n]
             w = torch.softmax(state["logw"], dim=1).unsqueeze(2)  # [B, N, 1]
             mean = (w * part).sum(dim=1, keepdim=True)  # [B, 1, n]
             sd = ((w * (part - mean) ** 2).sum(dim=1, keepdim=True)).sqrt()  # [B, 1, n]
@@ -292,6 +353,12 @@ class PFLearner:
 
     def healthy(self, state: State) -> torch.Tensor:
         return rows_finite(state["logw"], state["h"])
+
+
+def _blocks(B: int, bytes_per_key: int) -> list[slice]:
+    """Consecutive slices of B keys, each about _BLOCK_BYTES of one [key, ...] tensor (at least one key)."""
+    step = max(1, _BLOCK_BYTES // max(1, bytes_per_key))
+    return [slice(b, min(B, b + step)) for b in range(0, B, step)]
 
 
 def systematic_indices(w: torch.Tensor, u0: torch.Tensor) -> torch.Tensor:

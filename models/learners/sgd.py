@@ -73,6 +73,9 @@ class SGDLearner:
 
     def __init__(self, spec: NetSpec, config: SGDConfig = SGDConfig(), dtype: torch.dtype = torch.float32):
         self.spec, self.config, self.dtype = spec, config, dtype
+        # with the closed-form gradient, a prediction can run its forward pass as the gradient's and leave
+        # it for the next step (`models.learners.base`): one pass a tick instead of two
+        self.memoises = has_closed_form(spec)
 
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
         B, c = seeds.shape[0], self.config
@@ -92,14 +95,18 @@ class SGDLearner:
             state["m2"] = torch.zeros_like(theta)
         return state
 
-    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
+            if memo is not None and self.memoises:
+                memo["bptt"] = lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+                return memo["bptt"][0], state["r2"].clone()
             d_hat, _ = window_forward(self.spec, state["theta"], state["h0"], state["xbuf"], x)
         return d_hat, state["r2"].clone()
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
-        if has_closed_form(self.spec):
-            return self._closed_form_step(state, x, d)
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        if self.memoises:
+            return self._closed_form_step(state, x, d, memo)
         return self._autograd_step(state, x, d)
 
     def _autograd_step(
@@ -130,12 +137,13 @@ class SGDLearner:
         return d_hat, var, state
 
     def _closed_form_step(
-        self, state: State, x: torch.Tensor, d: torch.Tensor
+        self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """LSTM with a plain/skip head: the closed-form BPTT gradient, applied without autograd."""
         s = self.spec
         with torch.no_grad():
-            d_hat, U, Delta, phi, h_first = lstm_bptt(s, state["theta"], state["h0"], state["xbuf"], x)
+            d_hat, U, Delta, phi, h_first = (memo["bptt"] if memo else
+                                             lstm_bptt(s, state["theta"], state["h0"], state["xbuf"], x))
             var = state["r2"].clone()
             e = d - d_hat  # [B]
             if U.shape[1] == 1:  # |u (x) delta| = |u| |delta|: no need to form H_cell
@@ -148,10 +156,15 @@ class SGDLearner:
             t = state["t"].to(self.dtype)
             if self.config.optimizer == "adam":
                 scale = self._clipped(e, h_norm)  # [B]
-                if Hc is None:
-                    Hc = U[:, 0].unsqueeze(2) * Delta[:, 0].unsqueeze(1)  # [B, q, mG]  u delta^T
-                self._adam(state, torch.cat([Hc.reshape(Hc.shape[0], -1), phi], dim=1) * scale.unsqueeze(1), t,
-                           self._lr(t), (phi * phi).sum(dim=1))
+                B = x.shape[0]
+                g = x.new_empty(B, s.n_theta)  # [B, n]  the ascent direction e H, scaled, built in place
+                if Hc is None:  # u (x) delta, one pass
+                    torch.mul((U[:, 0] * scale.unsqueeze(1)).unsqueeze(2), Delta[:, 0].unsqueeze(1),
+                              out=g[:, : s.n_cell].view(B, s.q, -1))
+                else:
+                    torch.mul(Hc.reshape(B, -1), scale.unsqueeze(1), out=g[:, : s.n_cell])
+                torch.mul(phi, scale.unsqueeze(1), out=g[:, s.n_cell :])
+                self._adam(state, g, t, self._lr(t), (phi * phi).sum(dim=1))
                 self._finish(state, x, e, h_first)
                 return d_hat, var, state
             gain = self._lr(t) * self._clipped(e, h_norm)  # [B]
@@ -167,20 +180,22 @@ class SGDLearner:
         return d_hat, var, state
 
     def _adam(self, state: State, g: torch.Tensor, t: torch.Tensor, lr: torch.Tensor, phi2: torch.Tensor) -> None:
-        """theta += lr m_hat / (sqrt(v_hat) + eps) for the ascent direction g = e H [B, n], per series; with
-        head_step > 0 the read-out r instead takes r += head_step e phi / (1 + |phi|^2) (phi2 = |phi|^2 [B])."""
+        """theta += lr m_hat / (sqrt(v_hat) + eps) for the ascent direction g = e H [B, n], per series (in
+        torch.optim.Adam's arrangement: few passes over [B, n], theta in place); with head_step > 0 the
+        read-out r instead takes r += head_step e phi / (1 + |phi|^2) (phi2 = |phi|^2 [B])."""
         c = self.config
         b1, b2 = c.betas
         state["m1"].mul_(b1).add_(g, alpha=1 - b1)
         state["m2"].mul_(b2).addcmul_(g, g, value=1 - b2)
         k = (t + 1).unsqueeze(1)  # [B, 1]  the series' own step count
-        m_hat = state["m1"] / (1 - b1**k)
-        v_hat = state["m2"] / (1 - b2**k)
-        theta = state["theta"] + lr.unsqueeze(1) * m_hat / (v_hat.sqrt() + c.eps)  # [B, n]
-        if c.head_step > 0:
-            r = slice(self.spec.n_cell, self.spec.n_cell + self.spec.n_readout)
-            theta[:, r] = state["theta"][:, r] + g[:, r] * (c.head_step / (1.0 + phi2)).unsqueeze(1)
-        state["theta"] = theta
+        step = lr.unsqueeze(1) / (1 - b1**k)  # [B, 1]  lr / (1 - b1^k)
+        denom = state["m2"].sqrt().div_(torch.sqrt(1 - b2**k)).add_(c.eps)  # [B, n]  sqrt(v_hat) + eps
+        theta = state["theta"]
+        r = slice(self.spec.n_cell, self.spec.n_cell + self.spec.n_readout)
+        r_old = theta[:, r].clone() if c.head_step > 0 else None
+        theta.addcdiv_(state["m1"] * step, denom)
+        if r_old is not None:
+            theta[:, r] = r_old + g[:, r] * (c.head_step / (1.0 + phi2)).unsqueeze(1)
 
     def _lr(self, t: torch.Tensor) -> torch.Tensor:
         c = self.config

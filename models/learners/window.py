@@ -81,7 +81,7 @@ def has_closed_form(spec: NetSpec) -> bool:
 
 
 def lstm_bptt(
-    spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+    spec: NetSpec, theta: torch.Tensor | Params, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Truncated BPTT over the window in closed form (no autograd), for the LSTM.
 
@@ -96,8 +96,8 @@ def lstm_bptt(
     phi [B, n_readout], state after the first input [B, 2m]); H_cell = U^T Delta.
     """
     m, p = spec.hidden, spec.n_in
-    params = unpack(spec, theta)
-    xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1)  # [B, W, p]
+    params = theta if isinstance(theta, Params) else unpack(spec, theta)
+    xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1) if xbuf.shape[1] else x.unsqueeze(1)  # [B, W, p]
     B, W = xs.shape[0], xs.shape[1]
     ones = x.new_ones(B, 1)
     c, y = h0[:, :m], h0[:, m:]  # [B, m] each
@@ -121,21 +121,30 @@ def lstm_bptt(
     y_prev = h0[:, m:] if W == 1 else us[-1][:, p : p + m]  # y_{W-1}
     phi = readout_features(spec, params, y, y_prev, x)  # [B, nr]
     d_hat = (params.r * phi).sum(dim=1)  # [B]
+    # The local derivatives of every step at once (elementwise in the stored activations), so the
+    # backward recursion is a few operations a step: for few keys the number of torch calls is the cost.
+    Z = torch.stack(zs, dim=1) if W > 1 else zs[0].unsqueeze(1)  # [B, W, m]
+    Gt = torch.stack(gs, dim=1) if W > 1 else gs[0].unsqueeze(1)  # [B, W, m, 3]  i, f, o
+    TC = torch.stack(tcs, dim=1) if W > 1 else tcs[0].unsqueeze(1)  # [B, W, m]
+    CP = torch.stack(c_prevs, dim=1) if W > 1 else c_prevs[0].unsqueeze(1)  # [B, W, m]
+    dG = Gt * (1 - Gt)  # [B, W, m, 3]  sigma' of i, f, o
+    # d a / d c_k per gate z, i, f ([B, W, m, 3]) and d a_o / d y_k ([B, W, m])
+    Ac = torch.stack([Gt[..., 0] * (1 - Z * Z), Z * dG[..., 0], CP * dG[..., 1]], dim=3)
+    Ao = TC * dG[..., 2]  # [B, W, m]
+    Oc = Gt[..., 2] * (1 - TC * TC)  # [B, W, m]  d y_k / d c_k
     deltas = [torch.empty(0)] * W
     dy = params.w  # [B, m]  d d_hat / d y_W
-    dc = torch.zeros_like(dy)  # [B, m]
+    dc = None  # [B, m]
     # recurrent rows of the gate matrix, transposed once: row-vector products are the fast kind
     RT = params.cell[:, p : p + m, :].transpose(1, 2).contiguous() if W > 1 else None  # [B, mG, m]
     for k in range(W - 1, -1, -1):
-        z, g, tc = zs[k], gs[k], tcs[k]
-        i, f, o = g[:, :, 0], g[:, :, 1], g[:, :, 2]
-        dc = dc + dy * o * (1 - tc * tc)  # [B, m]
-        delta = torch.stack(
-            [dc * i * (1 - z * z), dc * z * i * (1 - i), dc * c_prevs[k] * f * (1 - f), dy * tc * o * (1 - o)], dim=2
-        ).reshape(B, -1)  # [B, m*4]
+        dc = dy * Oc[:, k] if dc is None else dc + dy * Oc[:, k]  # [B, m]
+        delta = torch.cat([dc.unsqueeze(2) * Ac[:, k], (dy * Ao[:, k]).unsqueeze(2)], dim=2).view(B, -1)  # [B, m*4]
         deltas[k] = delta
         if k > 0:
             assert RT is not None
             dy = torch.bmm(delta.unsqueeze(1), RT).squeeze(1)  # [B, m]  through u_k's y_{k-1} entries
-            dc = dc * f
-    return d_hat, torch.stack(us, dim=1), torch.stack(deltas, dim=1), phi, h_first
+            dc = dc * Gt[:, k, :, 1]
+    U = torch.stack(us, dim=1) if W > 1 else us[0].unsqueeze(1)  # [B, W, q]
+    Delta = torch.stack(deltas, dim=1) if W > 1 else deltas[0].unsqueeze(1)  # [B, W, m*4]
+    return d_hat, U, Delta, phi, h_first

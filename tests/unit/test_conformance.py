@@ -163,3 +163,92 @@ def test_snapshot_refuses_wrong_spec_and_garbage():
         bank.restore(b"\x80\x04pickle")
     with pytest.raises(ValueError):
         bank.restore(blob[:-4])
+
+
+MEMOISING = [n for n in ALL if getattr(learner(n), "memoises", False)]
+
+
+def _predict_then_learn(bank: ModelBank, x: torch.Tensor, d: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
+    """The daemon's pattern: predict each key's next value, learn from it when the label comes; now and then
+    a subset of the keys in another order, which a memo of all of them must not serve."""
+    out = []
+    for t in range(len(x) - 1):
+        r = bank.step(keys, x[t], d[t])
+        out += [r.mean, r.var, r.lower]
+        ks = keys if t % 5 else keys[::-1][:2]
+        pos = [keys.index(k) for k in ks]
+        out += list(bank.predict(ks, x[t + 1][pos]))
+    return out + [v.clone() for v in bank.state.values()]
+
+
+@pytest.mark.parametrize("name", MEMOISING)
+def test_memo_of_a_prediction_changes_no_step(name):
+    """A memoising learner (`models.learners.base`): the step that uses the prediction's intermediates is
+    bit-identical to the one that recomputes them, states included."""
+    x, d = stream(40, 3)
+    runs = []
+    for memo in (True, False):
+        bank = ModelBank(learner(name))
+        bank._memoise = memo
+        runs.append(_predict_then_learn(bank, x, d, ["a", "b", "c"]))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+@pytest.mark.parametrize("name", MEMOISING)
+def test_memo_is_not_used_after_the_state_moved(name):
+    """predict, then the rows change (restore of an older snapshot, a reset, a key dropped, another x):
+    the next step is the one a bank that never predicted makes."""
+    x, d = stream(12, 2)
+    keys = ["a", "b"]
+
+    def fresh(blobs: list[bytes]) -> ModelBank:
+        b = ModelBank(learner(name))
+        for blob in blobs:
+            b.restore(blob)
+        return b
+
+    bank = ModelBank(learner(name))
+    for t in range(4):
+        bank.step(keys, x[t], d[t])
+    old = [bank.snapshot(k) for k in keys]
+    for t in range(4, 8):
+        bank.step(keys, x[t], d[t])
+    cases = {
+        "restore": lambda b: b.restore(old[0]),
+        "reset": lambda b: b.reset(["a"]),
+        "drop": lambda b: (b.drop(["a"]), b.restore(old[0])),
+        "other x": lambda b: None,
+    }
+    for case, move in cases.items():
+        blobs = [bank.snapshot(k) for k in keys]
+        a = fresh(blobs)
+        a.predict(keys, x[8])
+        move(a)
+        b = fresh(blobs)
+        move(b)
+        xs = x[9] if case == "other x" else x[8]
+        ra, rb = a.step(keys, xs, d[8]), b.step(keys, xs, d[8])
+        assert torch.equal(ra.mean, rb.mean) and torch.equal(ra.var, rb.var), case
+        for k in a.state:
+            assert torch.equal(a.state[k][[a.index[n] for n in keys]], b.state[k][[b.index[n] for n in keys]]), \
+                (case, k)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_held_out_spike_moves_no_state_and_its_neighbours_learn(name):
+    """A tick far from its key's running level is held out: that key's learner state is what it was, and
+    the other keys of the same wave learn as they would alone (up to a batch's float rounding)."""
+    x, d = stream(40, 2)
+    bank, alone = ModelBank(learner(name)), ModelBank(learner(name))
+    for t in range(30):
+        bank.step(["a", "b"], x[t], d[t])
+        alone.step(["b"], x[t, 1:], d[t, 1:])
+    before = {k: v[bank.index["a"]].clone() for k, v in bank.state.items() if k.startswith("l.")}
+    spike = d[30].clone()
+    spike[0] = 1e4  # key a: far beyond shift_z running standard deviations
+    bank.step(["a", "b"], x[30], spike)
+    alone.step(["b"], x[30, 1:], d[30, 1:])
+    for k, v in before.items():
+        assert torch.equal(bank.state[k][bank.index["a"]], v), k
+        torch.testing.assert_close(bank.state[k][bank.index["b"]], alone.state[k][alone.index["b"]], rtol=1e-4,
+                                   atol=1e-5, msg=k)

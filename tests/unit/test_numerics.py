@@ -367,3 +367,25 @@ def test_sgd_closed_form_path_equals_autograd_path(window, optimizer):
         m2, _, st_slow = fast._autograd_step(st_slow, x[t], d[t])
         torch.testing.assert_close(m1, m2)
     torch.testing.assert_close(st_fast["theta"], st_slow["theta"])
+
+
+@pytest.mark.parametrize("move", ["ekf", "gradient"])
+def test_pf_closed_form_moves_match_autograd(move):
+    """The LSTM particle filter's moves use each particle's d d_hat / d a in closed form (`lstm_bptt`,
+    window 1) and the particle-EKF step a block of keys at a time; the autograd path (what a GRU or a gated
+    head takes) must give the same filter, step for step."""
+    spec = NetSpec(n_in=2, hidden=3, head="skip")
+    c = PFConfig(n_particles=5, move=move, threshold=0.6)  # resampling happens too
+    fast, slow = PFLearner(spec, c, dtype=D), PFLearner(spec, c, dtype=D)
+    slow.closed_form = slow.memoises = False
+    assert fast.closed_form
+    sf, ss = fast.init_state(torch.arange(3)), slow.init_state(torch.arange(3))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        x, d = torch.randn(3, 2, generator=g, dtype=D), torch.randn(3, generator=g, dtype=D)
+        mf, vf, sf = fast.step(sf, x, d)
+        ms, vs, ss = slow.step(ss, x, d)
+        torch.testing.assert_close(mf, ms)
+        torch.testing.assert_close(vf, vs)
+    for k in sf:
+        torch.testing.assert_close(sf[k], ss[k], msg=k)
