@@ -40,6 +40,7 @@ from models.cells import NetSpec
 from models.learners import LEARNERS, make_learner
 from streamer.config import Settings
 from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record
+from streamer.runtime import tune_allocator
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
     ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf)"),
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--few-seconds", type=float, default=2.0, help="seconds measured per few-keys case and path")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/speed.json"))
     args = ap.parse_args()
+    tune_allocator()  # as the daemon's process has it (`streamer.runtime`)
     threads = torch.get_num_threads()
     spec = NetSpec(n_in=args.inputs, hidden=args.hidden)
     console = Console()

@@ -288,8 +288,11 @@ class ModelBank:
     def _wave_rows(self, names: list[str]) -> tuple[np.ndarray, np.ndarray | None, bool]:
         """Rows of distinct keys (admitting new ones), the order that sorts them (None: already
         sorted), and whether they are every live row (then a wave reads the state in place)."""
-        self.add(names)
-        rows = np.fromiter((self.index[n] for n in names), dtype=np.int64, count=len(names))
+        try:
+            rows = np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=len(names))
+        except KeyError:  # new keys
+            self.add(names)
+            rows = np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=len(names))
         in_order = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
         order = None if in_order else np.argsort(rows, kind="stable")
         # distinct sorted rows in [0, n) are 0..n-1 exactly when there are n of them

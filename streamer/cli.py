@@ -105,6 +105,9 @@ def one_line_errors(command: F) -> F:
 @app.callback()
 def main() -> None:
     """Online LSTM/GRU prediction for tick streams."""
+    from streamer.runtime import tune_allocator
+
+    tune_allocator()  # every command steps models: their per-wave temporaries are reused, not re-mapped
 
 
 @app.command("bench")

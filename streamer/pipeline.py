@@ -102,6 +102,7 @@ class Plan:
     unkeyed_new: list[str] = field(default_factory=list)  # series keys seen without a Kafka key for the first time
     ends: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset + 1
     spread: bool = False  # some key's ticks came on more than one partition
+    signatures: set[tuple[str, ...]] = field(default_factory=set)  # the feature sets (banks) the waves touch
 
     @property
     def done(self) -> bool:
@@ -405,7 +406,8 @@ class Pipeline:
         count: dict[str, int] = {}
         partition_of: dict[str, int] = {}
         new_keys: dict[str, tuple[str, ...]] = {}  # keys first seen in this batch: their feature names
-        self._readmit([t.key for _, t in ticks if t.key in self.spilled_partition and t.key not in self.keys])
+        if self.spilled_partition:
+            self._readmit([t.key for _, t in ticks if t.key in self.spilled_partition and t.key not in self.keys])
         for r, tick in ticks:
             ks = self.keys.get(tick.key)
             if ks is not None and r.offset < ks.applied and r.partition == ks.partition:
@@ -424,6 +426,7 @@ class Pipeline:
             if j == len(plan.waves):
                 plan.waves.append([])
             plan.waves[j].append((r, tick))
+            plan.signatures.add(signature)
         return plan
 
     def run(self, plan: Plan, budget_s: float | None = None) -> BatchResult:
@@ -439,9 +442,12 @@ class Pipeline:
             plan.next_wave += 1
             self._threads_for(len(wave))
             out.records += [r for r, _ in wave]
-            by_bank: dict[tuple[str, ...], list[tuple[RecordLike, Tick]]] = {}
-            for r, tick in wave:
-                by_bank.setdefault(tick.feature_names, []).append((r, tick))
+            if len(plan.signatures) == 1:  # one feature set, one bank: the wave as it is
+                by_bank = {next(iter(plan.signatures)): wave}
+            else:
+                by_bank = {}
+                for r, tick in wave:
+                    by_bank.setdefault(tick.feature_names, []).append((r, tick))
             for signature, items in by_bank.items():
                 self._run_wave(signature, items, out)
             if budget_s is not None and time.perf_counter() - t0 >= budget_s:
@@ -530,7 +536,7 @@ class Pipeline:
             for i in broken:
                 mean_l[i], lo_l[i], hi_l[i] = persistence_forecast(lags[i][0], lags[i][1] if L > 1 else lags[i][0])
                 models[i] = "persistence"
-        for i, (_, tick) in enumerate(items):
+        for i, (_, tick) in enumerate(items if fresh else ()):
             if tick.key in fresh and models[i] != "persistence":
                 # a key's first tick: its normaliser has no level until the second, so the model's
                 # output would be on no scale at all; publish persistence, as wide as the value itself

@@ -61,12 +61,16 @@ class Learner(Protocol):
         ...
 
 
+def anneal_fraction(t: torch.Tensor, steps: int) -> torch.Tensor:
+    """How far each series is through a `steps`-tick schedule: t / steps, at most 1. t [B] -> [B] float64."""
+    if steps <= 0:
+        return torch.ones(t.shape, dtype=torch.float64)
+    return torch.clamp(t.to(torch.float64) / steps, max=1.0)
+
+
 def linear_anneal(t: torch.Tensor, start: float, end: float, steps: int) -> torch.Tensor:
     """start -> end linearly over `steps` ticks of each series, then constant. t [B] -> [B]."""
-    if steps <= 0:
-        return torch.full(t.shape, end, dtype=torch.float64)
-    frac = torch.clamp(t.to(torch.float64) / steps, max=1.0)
-    return start + (end - start) * frac
+    return start + (end - start) * anneal_fraction(t, steps)
 
 
 def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,16 @@ import torch
 
 from models import kalman
 from models.cells import NetSpec
-from models.learners.base import Count, NonNegative, Positive, State, cold_theta, linear_anneal, rows_finite
+from models.learners.base import (
+    Count,
+    NonNegative,
+    Positive,
+    State,
+    anneal_fraction,
+    cold_theta,
+    linear_anneal,
+    rows_finite,
+)
 from models.learners.window import has_closed_form, lstm_bptt, window_advance, window_init, window_jacobian
 
 
@@ -94,6 +103,10 @@ class _KalmanBase:
 
     def _noise(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
+        if c.r_steps == c.q_steps:  # one schedule for both (the default): its fraction once
+            frac = anneal_fraction(state["t"], c.r_steps)  # [B]
+            return ((c.r_init + (c.r_last - c.r_init) * frac).to(self.dtype),
+                    (c.q_init + (c.q_last - c.q_init) * frac).to(self.dtype))
         R = linear_anneal(state["t"], c.r_init, c.r_last, c.r_steps).to(self.dtype)  # [B]
         q = linear_anneal(state["t"], c.q_init, c.q_last, c.q_steps).to(self.dtype)  # [B]
         return R, q
