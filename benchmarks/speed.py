@@ -6,9 +6,10 @@
    ticks/s of a naive loop that calls the same learner once per key (on a subset of keys, since it
    is slow), the speed-up batched learner / per-key loop (like for like), and the bytes of state
    per key.
-2. Few keys (K = 1, 4, 16, 1000), every learner with its defaults, one tick per key per wave, the
-   daemon's work per tick: the bank learning from the previous tick and predicting the next
-   (`ModelBank.step` + `ModelBank.predict`), and the daemon's whole `Pipeline.process` on records
+2. Few keys (K = 1, 4, 16, 1000), every learner with its defaults and the daemon's model (4 lags,
+   m=16), one tick per key per wave, the daemon's work per tick: the bank learning from the
+   previous tick and predicting the next (`ModelBank.step` + `ModelBank.predict`), and the
+   daemon's whole `Pipeline.process` on records
    built in memory (decode, lags, the bank, the message; no Kafka). For few keys at a high rate
    each wave's fixed cost is the cost, so ticks/s per key is given too. Torch threads as the
    daemon sets them (one for a wave under `WIDE_WAVE_TICKS` ticks).
@@ -142,7 +143,14 @@ def few_keys_pipeline(name: str, K: int, seconds: float) -> tuple[float, int]:
     return timed_waves(wave, seconds), bound
 
 
-def few_keys(spec: NetSpec, counts: list[int], seconds: float, console: Console) -> list[dict]:
+def daemon_spec() -> NetSpec:
+    """The model a key gets in the daemon with its defaults (lags, hidden size, cell, head)."""
+    s = Settings()
+    return NetSpec(n_in=s.lags, hidden=s.hidden, cell=s.cell, head=s.head)
+
+
+def few_keys(counts: list[int], seconds: float, console: Console) -> list[dict]:
+    spec = daemon_spec()
     rows = []
     cases = [(name, K) for name in LEARNERS for K in counts]
     for name, K in track(cases, description="few keys", console=console):
@@ -195,8 +203,8 @@ def main() -> None:
                       f"{r['bytes_per_key'] / 1024:,.1f} KiB")
     console.print(table)
     counts = [int(k) for k in args.few_keys.split(",") if k]
-    few = few_keys(spec, counts, args.few_seconds, console) if counts else []
-    table = Table(title=f"few keys: the daemon's work per wave of K keys (one tick each), {spec.describe()}")
+    few = few_keys(counts, args.few_seconds, console) if counts else []
+    table = Table(title=f"few keys: the daemon's work per wave of K keys (one tick each), {daemon_spec().describe()}")
     few_cols = ("learner", "keys", "bank ticks/s", "pipeline ticks/s", "pipeline ticks/s per key",
                 "pipeline ms/wave", "keys in 1536 MB")
     for col in few_cols:
@@ -211,8 +219,8 @@ def main() -> None:
     if few:
         console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few},
-                                    indent=2))
+    args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
+                                     "few_keys_spec": daemon_spec().describe()}, indent=2))
     console.print(f"wrote {args.json}")
 
 
