@@ -562,9 +562,13 @@ What is left at K=1 for the default learner is the DEKF expert's own arithmetic:
 BPTT (~20 kernel calls a step, 10 steps, forward and backward) and its 16 blocks of 100 x 100
 covariance (a batched mat-vec and a rank-1 update), about 1 ms of the ensemble's 1.7 ms; the
 target of 2,000 ticks/s (0.5 ms a wave) would need the DEKF to cost less than a fifth of itself.
-The demo's wall time also carries the broker's start and the daemon's group join (the first
-prediction comes {dt[first_prediction_s]:.1f} s after start), and the demo runs the replay, the daemon and the reader in one
-process and one event loop.
+The demo is bound by the same cost. Its daemon starts after the replay has sent everything, so
+its first fetch holds all 12,003 messages; the FR and BE ticks carry two features and the Demand
+and Temperature ticks none, so they are two banks, and the batch is stepped as 6,000 waves of 2
+keys (counted by instrumenting `Pipeline._run_wave`): ~6,000 x the ensemble's K=2 wave, plus
+the daemon's start (its group join on the embedded broker takes ~4 s: the first prediction comes
+{dt[first_prediction_s]:.1f} s after start). At 2.0-2.1 ms a 2-key wave, 10 s would need the wave at about
+0.9 ms.
 
 ## The daemon on the embedded broker
 
