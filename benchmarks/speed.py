@@ -25,7 +25,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from models.bank import ModelBank
 from models.cells import NetSpec
 from models.learners import LEARNERS, make_learner
 from streamer.config import Settings
-from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record
+from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record, wide_wave_threads
 from streamer.runtime import tune_allocator
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
@@ -96,8 +95,7 @@ def naive_rate(name: str, opts: dict, spec: NetSpec, K: int, steps: int) -> floa
 
 def daemon_threads(K: int) -> int:
     """The torch threads the daemon steps a wave of K ticks with (STREAMER_TORCH_THREADS=0)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores)) if K >= WIDE_WAVE_TICKS else 1
+    return wide_wave_threads() if K >= WIDE_WAVE_TICKS else 1
 
 
 def timed_waves(wave, seconds: float, least: int = 5) -> float:

@@ -254,10 +254,10 @@ class ModelBank:
         Keys must be distinct (it is a read of the current state)."""
         if len(set(names)) != len(names):
             raise ValueError("predict takes each key once; use step for sequences of ticks")
-        rows, order, full = self._wave_rows(names)
+        rows, order, full = self._sorted(self._wave_rows(names))
         xs = x.to(self._dtype)
         if order is not None:  # rows in increasing order, as a step of them reads them
-            rows, xs = rows[order], xs[torch.from_numpy(order)]
+            xs = xs[torch.from_numpy(order)]
         st = self.state if full else self._take(torch.from_numpy(rows))  # all keys: read in place, no copy
         book = self._book(None if full else st)
         nst = {k[2:]: v for k, v in book.items() if k[0] == "n"}
@@ -274,8 +274,7 @@ class ModelBank:
             mean = nst["d_mean"] + sd * mean_n.detach().numpy()
             var = book["b.lam"] * var_n.detach().numpy() * sd * sd
         if order is not None:  # back to the caller's order
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
+            inverse = _inverse(order)
             mean, var = mean[inverse], var[inverse]
         return torch.from_numpy(mean), torch.from_numpy(var)
 
@@ -285,18 +284,33 @@ class ModelBank:
     def _forget_memo(self) -> None:
         self._memo = None
 
-    def _wave_rows(self, names: list[str]) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        """Rows of distinct keys (admitting new ones), the order that sorts them (None: already
-        sorted), and whether they are every live row (then a wave reads the state in place)."""
+    def _wave_rows(self, names: list[str]) -> np.ndarray:
+        """Rows of these keys, admitting new ones (`rows`, without a tensor)."""
         try:
-            rows = np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=len(names))
+            return np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=len(names))
         except KeyError:  # new keys
             self.add(names)
-            rows = np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=len(names))
+            return np.fromiter(map(self.index.__getitem__, names), dtype=np.int64, count=len(names))
+
+    def _sorted(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """Distinct rows in increasing order, the order that sorts them (None: they were), and whether
+        they are every live row (then a wave reads the state in place)."""
         in_order = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
         order = None if in_order else np.argsort(rows, kind="stable")
         # distinct sorted rows in [0, n) are 0..n-1 exactly when there are n of them
-        return rows, order, len(rows) == len(self.names)
+        return (rows if order is None else rows[order]), order, len(rows) == len(self.names)
+
+    def _step_wave(self, rows: np.ndarray, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndarray]:
+        """`_step_rows` on distinct rows in any order, results in that order."""
+        rows, order, full = self._sorted(rows)
+        if order is not None:
+            idx = torch.from_numpy(order)
+            x, d = x[idx], d[idx]
+        res = self._step_rows(None if full else torch.from_numpy(rows), x, d)
+        if order is None:
+            return res
+        inverse = _inverse(order)
+        return {k: v[inverse] for k, v in res.items()}
 
     # --------------------------------------------------------------------- step
     def step(self, names: list[str], x: torch.Tensor, d: torch.Tensor) -> StepResult:
@@ -306,28 +320,14 @@ class ModelBank:
             want = f"x [{T}, {self.learner.spec.n_in}] and d [{T}]"
             raise ValueError(f"want {want}, got {tuple(x.shape)}, {tuple(d.shape)}")
         x, d = x.to(self._dtype), d.to(self._dtype)
+        rows = self._wave_rows(names)
         if len(set(names)) == T:  # distinct keys, one wave: the few-keys-at-a-high-rate case costs no more
-            rows, order, full = self._wave_rows(names)
-            if order is None:
-                res = self._step_rows(None if full else torch.from_numpy(rows), x, d)
-            else:
-                idx = torch.from_numpy(order)
-                res = self._step_rows(None if full else torch.from_numpy(rows[order]), x[idx], d[idx])
-                inverse = np.empty_like(order)
-                inverse[order] = np.arange(T)
-                res = {k: v[inverse] for k, v in res.items()}
-            return _result(res)
-        rows = self.rows(names).numpy()
+            return _result(self._step_wave(rows, x, d))
         out = {k: np.empty(T, dtype=x.numpy().dtype) for k in ("mean", "var", "lower", "upper", "scale")}
         reset = np.zeros(T, dtype=bool)
         for wave in _waves(rows):
-            wrows = rows[wave]
-            order = np.argsort(wrows, kind="stable")
-            wave, wrows = wave[order], wrows[order]
-            full = len(wrows) == len(self.names)  # distinct and sorted: 0..n-1 when there are n
             idx = torch.from_numpy(wave)
-            res = self._step_rows(None if full else torch.from_numpy(wrows), x.index_select(0, idx),
-                                  d.index_select(0, idx))
+            res = self._step_wave(rows[wave], x.index_select(0, idx), d.index_select(0, idx))
             for k in out:
                 out[k][wave] = res[k]
             reset[wave] = res["reset"]
@@ -560,6 +560,13 @@ class ModelBank:
 
 
 _SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets")  # a key's counters outlive its model
+
+
+def _inverse(order: np.ndarray) -> np.ndarray:
+    """The permutation that undoes `order`."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return inverse
 
 
 def _result(arrays: dict[str, np.ndarray]) -> StepResult:

@@ -158,6 +158,13 @@ class KeyState:
     recent: list[float] | None = None  # the anomaly model's window of values (refills after a restore)
 
 
+def wide_wave_threads() -> int:
+    """Torch threads for a wave of at least WIDE_WAVE_TICKS ticks (STREAMER_TORCH_THREADS=0): the cores
+    this process may use, at most 4; a smaller wave steps on one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
 def persistence_forecast(value: float, previous: float, z: float = 1.645) -> tuple[float, float, float]:
     """The fallback when the model cannot give a finite prediction: the next value equals this one,
     with a 90% interval as wide as z times the last change, all within the float range."""
@@ -223,8 +230,7 @@ class Pipeline:
         self.spilled_partition: dict[str, int] = {}
         self._unkeyed_seen: set[str] = set()  # series keys already warned about (ticks without a Kafka key)
         self.carried_seq: dict[str, int] = {}  # keys whose checkpoint was of other settings: their seq goes on
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._wide_threads = max(1, min(4, cores))  # torch threads for a big wave (STREAMER_TORCH_THREADS=0)
+        self._wide_threads = wide_wave_threads()
         self.batches = 0
         self.resets_total = 0
         self._learner_options = settings.learner_config()
