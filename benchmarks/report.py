@@ -532,7 +532,8 @@ wave, which is a different measurement).
 
 What a wave of one key cost, and what took it down (measured with `py-spy` and line profiles of
 `Pipeline.process`, one key, one tick a call; before: ensemble 354 ticks/s, sgd 1,245, dekf 448,
-pf 744):
+pf 744; the before/after figures in this list were measured ad hoc while profiling, not by a script
+in `benchmarks/`, and are for orientation: the tables above are the measurement):
 - The bank's own bookkeeping (normaliser, calibration, counters, health and shift checks) is a few
   dozen operations on arrays of one to a few thousand numbers a wave; in torch each costs 1-3 us
   of dispatch, in numpy a quarter of that (an update of the normaliser: 79 us against 19 us for one
@@ -617,7 +618,7 @@ Found in these runs and not fixed in this revision:
   third of its ticks is 23-59 ms, over the last third 127-132 ms (`latency` in `benchmarks/daemon.py`
   now reports both). The bare broker does not drift (produce to consume with aiokafka, linger 0:
   p99 29-37 ms over 15 s at ~700 messages/s, so the broker alone is above the 20 ms target on this
-  machine), and between the first and the last third the worker thread's share of time in
+  machine; measured ad hoc, not by a script here), and between the first and the last third the worker thread's share of time in
   `Pipeline.run` grows from 53% to 66% (py-spy): the daemon does more work per tick as the run goes
   on. The cause is not found yet; it is the next thing to look at for latency.
 
