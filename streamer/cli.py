@@ -121,7 +121,8 @@ def bench_cmd(
     end: Annotated[int | None, typer.Option(help="series: end (exclusive) of the scored rows")] = None,
     feed_from: Annotated[int, typer.Option(help="series: first row the learners see (0: all rows before --start too)")
                          ] = 0,
-    lags: Annotated[int, typer.Option(help="series: past values of its own in each key's regressor")] = 3,
+    lags: Annotated[int, typer.Option(help="series: past values of its own in each key's regressor")
+                    ] = defaults.LAGS - 1,
     learners: Annotated[str, typer.Option(help="comma-separated: " + ",".join(LEARNERS))] = ",".join(LEARNERS),
     cell: Annotated[str, typer.Option(help="lstm or gru")] = defaults.CELL,
     head: Annotated[str, typer.Option(help="plain, skip or gated")] = defaults.HEAD,

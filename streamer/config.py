@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     cell: Literal["lstm", "gru"] = Field(defaults.CELL, description="recurrent cell")
     head: Literal["plain", "skip", "gated"] = Field(defaults.HEAD, description="final-estimate architecture")
     hidden: int = Field(defaults.HIDDEN, ge=1, le=256, description="cell size m")
-    lags: int = Field(4, ge=1, le=256, description="past values of the target in the regressor")
+    lags: int = Field(defaults.LAGS, ge=1, le=256, description="past values of the target in the regressor")
     particles: int = Field(64, ge=2, description="pf: particles per key")
     learner_options: dict[str, Any] = Field(
         default_factory=dict, description='JSON of learner config fields, e.g. {"lr": 0.05}')

@@ -511,3 +511,29 @@ def test_the_daemon_publishes_an_anomaly_score(ett, tmp_path):
                                         None, 1.0))
     with pytest.raises(ValueError, match="one column"):
         Pipeline(Settings(anomaly_model=str(seven)))
+
+
+def test_offline_warm_start_defaults_fit_the_daemons_defaults(tmp_path):
+    """`--layout ticks` with no model flags writes a file the daemon's default settings accept: its lags and
+    size are the daemon's, and it trains with the ticks layout's own dropout and step (LAYOUT_DEFAULTS)."""
+    from typer.testing import CliRunner
+
+    from offline.cli import app
+    from streamer.config import Settings
+    from streamer.pipeline import Pipeline
+
+    f = tmp_path / "w.tsmf"
+    res = CliRunner().invoke(app, ["train", "warm-start", str(data_file("ett", "ETTh1.csv")), "--series", "OT,HUFL",
+                                   "--train-rows", "300", "--val-rows", "400", "--layout", "ticks", "--epochs", "1",
+                                   "--out", str(f)])
+    assert res.exit_code == 0, res.output
+    ws = Pipeline._load_warm_start(Settings(warm_start=str(f)))  # raises if it does not fit
+    assert ws is not None and ws.layout["lags"] == Settings().lags
+    config = ws.manifest["training"]["config"]
+    assert (config["hidden"], config["dropout"], config["lr"]) == (Settings().hidden, 0.0, 0.01)
+    series = CliRunner().invoke(app, ["train", "warm-start", str(data_file("ett", "ETTh1.csv")), "--series", "OT,HUFL",
+                                      "--train-rows", "300", "--val-rows", "400", "--epochs", "1",
+                                      "--out", str(tmp_path / "s.tsmf")])
+    assert series.exit_code == 0, series.output
+    config = warmstart.load(tmp_path / "s.tsmf").manifest["training"]["config"]
+    assert (config["lags"], config["dropout"], config["lr"]) == (3, 0.5, 0.003)  # the series layout's, unchanged
