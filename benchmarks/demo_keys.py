@@ -30,6 +30,9 @@ from streamer.pipeline import Pipeline, Record
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("defaults (ensemble)", {}),
     ("ensemble, recurrent experts with the skip head", {"learner_options": {"expert_head": None}}),
+    ("ensemble, eta per unit of squared error at every scale (the previous default)",
+     {"learner_options": {"eta_scale": "fixed"}}),
+    ("ensemble, eta relative at every scale, 0.25", {"learner_options": {"scale_ref": 0.0, "eta": 0.25}}),
     ("sgd", {"learner": "sgd"}),
     ("sgd, Adam on every weight", {"learner": "sgd", "learner_options": {"head_step": 0.0}}),
     ("sgd, the previous default (plain step 0.02, window 10)",

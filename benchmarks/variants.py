@@ -33,11 +33,15 @@ ETT = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 
 GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "ensemble": [
-        ("ensemble", "default: persistence, linear, sgd, dekf; squared loss, eta 0.5, share 0.01", {}),
+        ("ensemble", "default: persistence, linear, sgd, dekf; squared loss, eta 0.5 (relative below 0.05), share 0.01",
+         {}),
         ("ensemble", "rule=likelihood (Bayesian model averaging, same share)", {"rule": "likelihood"}),
         ("ensemble", "eta 1.0", {"eta": 1.0}),
         ("ensemble", "eta 0.25", {"eta": 0.25}),
         ("ensemble", "share 0.001", {"share": 0.001}),
+        ("ensemble", "eta per unit of squared error at every scale (fixed: the previous default)",
+         {"eta_scale": "fixed"}),
+        ("ensemble", "eta relative at every scale (scale-free Hedge), eta 0.25", {"scale_ref": 0.0, "eta": 0.25}),
         ("ensemble", "recurrent experts with the model's (skip) head", {"expert_head": None}),
         ("ensemble", "its dekf at R 100 -> 30", {"expert_options": {"dekf": {"r_init": 100.0, "r_last": 30.0}}}),
         ("ensemble", "+ a second dekf (another seed)", {"experts": ("persistence", "linear", "sgd", "dekf", "dekf")}),
@@ -79,13 +83,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--ett-seeds", type=int, default=1)
     ap.add_argument("--streams", default=",".join((*REGRESSION, "ETTh1")), help="a subset of the streams")
-    ap.add_argument("--match", default="", help="only the variants whose label contains this")
+    ap.add_argument("--match", default="", help="only the variants whose label contains one of these ('|' between)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/variants.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     console = Console()
     data = [st for st in streams() if st.name in args.streams.split(",")]
-    plan = [(g, *v, st, seed) for g in args.group.split(",") for v in GROUPS[g] if args.match in v[1] for st in data
+    plan = [(g, *v, st, seed) for g in args.group.split(",") for v in GROUPS[g]
+            if any(m in v[1] for m in args.match.split("|")) for st in data
             for seed in range(args.ett_seeds if st.name == "ETTh1" else args.seeds) if (v[0], st.name) not in SLOW]
     results: dict[tuple[str, str, str], list[tuple[str, float, float]]] = {}  # (stream, score, seconds)
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -497,7 +497,10 @@ class ModelBank:
                     raise ValueError(f"{OTHER_MODEL}snapshot is for {meta.get('learner')} {meta.get('spec')}, "
                                      f"bank runs {head['learner']} {head['spec']}")
                 if meta.get("tensors") != want_tensors:
-                    raise ValueError("snapshot tensors do not match this bank's state layout")
+                    # the same learner and net with other state (a version of it, or an option, that keeps
+                    # more or less): an intact snapshot of another model, not a damaged one
+                    raise ValueError(f"{OTHER_MODEL}snapshot's state tensors are another layout than this bank's "
+                                     f"({self.learner.name} with other options or of another version)")
                 if len(blob) - off != size:
                     what = "truncated" if len(blob) - off < size else "has trailing bytes"
                     raise ValueError(f"snapshot {what} ({len(blob) - off} payload bytes, want {size})")

@@ -6,7 +6,8 @@ structure in time. Each key therefore runs E experts (each a batched learner ove
 with its own state rows) and mixes their predictions with weights it learns online:
 
     d_hat_t  = sum_i w_i,t d_hat_i,t                          (before the label)
-    loss_i,t = (d_t - d_hat_i,t)^2                            squared error, normalised scale
+    loss_i,t = (d_t - d_hat_i,t)^2 / min(1, s_t / s_ref)      squared error, normalised scale, relative
+                                                              to the experts' typical one s_t below s_ref
     v_i      = w_i,t exp(-eta loss_i,t) / Z                   exponentially weighted average
     w_i,t+1  = (1 - alpha) v_i + alpha / E                    fixed share
 
@@ -43,6 +44,7 @@ from models.learners.base import Learner, NonNegative, Positive, Share, State, r
 # Chosen by measurement (benchmarks/RESULTS.md, "How the defaults were chosen"): persistence and RLS
 # win where the stream is a random walk or linear, the recurrent experts where it is not.
 DEFAULT_EXPERTS = ("persistence", "linear", "sgd", "dekf")
+SCALE_PRIOR_TICKS = 10.0
 _SEED_STRIDE = 0x5DEECE66D  # expert i's keys draw from seed ^ (i * stride): duplicates start apart
 
 
@@ -51,6 +53,17 @@ class EnsembleConfig:
     experts: tuple[str, ...] = DEFAULT_EXPERTS
     rule: Literal["squared", "likelihood"] = "squared"
     eta: Positive = 0.5  # exponential-weights rate, per unit of squared error on the normalised scale
+    # On a smooth tick stream every normalised error is tiny, so a rate per unit of squared error barely
+    # moves the weights, and the fixed share keeps a poor expert near 40% for good (a sine: the ensemble's
+    # MAE 40x its DEKF's). "relative" measures the loss against the experts' typical (median) squared error
+    # lately (a running mean, weight max(1/n, scale_decay)) once that is below scale_ref: there eta grows as
+    # the errors shrink, as a scale-free Hedge's does; at or above it (noisy streams) nothing changes.
+    # Measured (RESULTS "How the defaults were chosen"): the same NMSE to 4 digits on every regression
+    # stream and ETTh1, +6 and +11 points of skill on the demo's Demand and Temperature, the same on BE, FR.
+    # "fixed": per unit of squared error at every scale (the previous default); scale_ref 0: relative always.
+    eta_scale: Literal["fixed", "relative"] = "relative"
+    scale_decay: Share = 0.01
+    scale_ref: NonNegative = 0.05
     share: Share = 0.01  # fixed share alpha: the weight spread back evenly over the experts each tick
     var_decay: Share = 0.02  # weight of the newest e^2 / var in each expert's calibration
     expert_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # expert -> its config fields
@@ -114,6 +127,12 @@ class EnsembleLearner:
             "lam": torch.ones(B, E, dtype=self.dtype),  # [B, E]  each expert's variance calibration
             "seed": seeds.clone(),
         }
+        if self.config.eta_scale == "relative":
+            # (typical squared error, ticks seen), from a prior of the target's variance on the normalised
+            # scale counted as SCALE_PRIOR_TICKS ticks: a key's first errors, when every expert still predicts
+            # the level its first tick set, are near 0 and alone would make the rate huge for hundreds of ticks
+            prior = torch.tensor([1.0, SCALE_PRIOR_TICKS], dtype=self.dtype)
+            state["lscale"] = prior.repeat(B, 1)  # [B, 2]
         for i, (expert, recurrent) in enumerate(zip(self.experts, self._recurrent, strict=True)):
             sub = expert.init_state(seeds ^ (i * _SEED_STRIDE), theta0 if recurrent else None)
             self._put(state, i, sub)
@@ -158,7 +177,17 @@ class EnsembleLearner:
             mean, var, v_cal = self._mixture(state, M, V)
             e2 = (d.unsqueeze(1) - M) ** 2  # [B, E]
             e2 = torch.nan_to_num(e2, nan=1e6, posinf=1e6)  # an expert that broke loses its weight, not the key
-            if c.rule == "squared":
+            if c.rule == "squared" and c.eta_scale == "relative":
+                typical = torch.clamp(e2.median(dim=1).values, max=1e6)  # [B]
+                n = state["lscale"][:, 1] + 1  # [B]
+                a = torch.clamp(1.0 / n, min=c.scale_decay)  # [B]
+                scale = (1 - a) * state["lscale"][:, 0] + a * typical  # [B]
+                state["lscale"] = torch.stack([scale, n], dim=1)
+                unit = torch.clamp(scale, min=c.min_var)  # [B]
+                if c.scale_ref > 0:
+                    unit = torch.clamp(unit / c.scale_ref, max=1.0)
+                loss = c.eta * torch.clamp(e2, max=1e6) / unit.unsqueeze(1)  # [B, E]
+            elif c.rule == "squared":
                 loss = c.eta * torch.clamp(e2, max=1e6)  # [B, E]
             else:
                 loss = 0.5 * (torch.log(2 * math.pi * v_cal) + e2 / v_cal)  # [B, E]  -log N(d; m_i, v_i)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from streamer.daemon import Daemon
@@ -92,16 +93,19 @@ async def test_a_failing_restore_pauses_retries_and_then_continues_learned(broke
     assert all(ps[0]["model"].startswith(f"lstm+{reference.learner}") for ps in got.values())
 
 
-async def test_changed_model_settings_start_keys_afresh_without_pausing_and_seq_goes_on(broker):
-    """A redeploy with another cell size finds checkpoints of the old model: intact, but unusable by
-    this one. The replica must not stall on them (nothing to retry) and must not re-use (key, seq)."""
+@pytest.mark.parametrize("change", [{"hidden": 8}, {"learner_options": {"eta_scale": "fixed"}}],
+                         ids=["cell-size", "state-layout"])
+async def test_changed_model_settings_start_keys_afresh_without_pausing_and_seq_goes_on(broker, change):
+    """A redeploy with another cell size, or a learner option that keeps other state (the ensemble's
+    loss scale), finds checkpoints of the old model: intact, but unusable by this one. The replica must
+    not stall on them (nothing to retry) and must not re-use (key, seq)."""
     bs = broker.bootstrap_servers
-    s = settings_for(broker, hidden=4)
+    s = settings_for(broker, hidden=4, learner="ensemble", learner_options={"eta_scale": "relative"})
     await create_topics(bs, [s.input_topic], 2)
     await produce(bs, s.input_topic, stream(0, 20, KEYS))
     await run_burst(s)
     await produce(bs, s.input_topic, stream(20, 30, KEYS))
-    changed = s.model_copy(update={"hidden": 8})
+    changed = s.model_copy(update=change)
     daemon = Daemon(changed)
     assert await asyncio.wait_for(daemon.run(), 120) == 0
     assert daemon.metrics.restore_failures._value.get() == 0

@@ -34,18 +34,20 @@ def replay_experts(x: torch.Tensor, d: torch.Tensor) -> tuple[np.ndarray, np.nda
     return np.stack(means, axis=2), np.stack(variances, axis=2)
 
 
-@pytest.mark.parametrize("rule", ["squared", "likelihood"])
-def test_weights_and_moments_follow_fixed_share_exponential_weights(rule):
+@pytest.mark.parametrize(("rule", "eta_scale"), [("squared", "fixed"), ("likelihood", "fixed"),
+                                                ("squared", "relative")])
+def test_weights_and_moments_follow_fixed_share_exponential_weights(rule, eta_scale):
     T, B = 60, 3
     g = torch.Generator().manual_seed(0)
     x = torch.randn(T, B, 2, generator=g, dtype=D)
     d = 0.8 * x[..., 0] - 0.3 * x[..., 1] + 0.2 * torch.randn(T, B, generator=g, dtype=D)
-    c = EnsembleConfig(experts=EXPERTS, rule=rule, eta=0.7, share=0.05, var_decay=0.1)
+    c = EnsembleConfig(experts=EXPERTS, rule=rule, eta=0.7, share=0.05, var_decay=0.1, eta_scale=eta_scale,
+                       scale_decay=0.05, scale_ref=0.8)  # the typical error here (0.4-1.2) crosses 0.8: both branches
     L = make_learner("ensemble", SPEC, D, **vars(c))
     st = L.init_state(torch.arange(B) + 100)  # the experts' seeds differ from the stand-alone runs' (no use here)
     M, V = replay_experts(x, d)
     E = len(EXPERTS)
-    w, lam = np.full((B, E), 1 / E), np.ones((B, E))
+    w, lam, scale = np.full((B, E), 1 / E), np.ones((B, E)), np.ones(B)  # the scale's prior: 1, as 10 ticks
     for t in range(T):
         mean, var, st = L.step(st, x[t], d[t])
         v = lam * V[t]
@@ -54,7 +56,12 @@ def test_weights_and_moments_follow_fixed_share_exponential_weights(rule):
         np.testing.assert_allclose(mean.numpy(), ref_mean, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(var.numpy(), ref_var, rtol=1e-8, atol=1e-10)
         e2 = (d[t].numpy()[:, None] - M[t]) ** 2
-        loss = c.eta * e2 if rule == "squared" else 0.5 * (np.log(2 * math.pi * v) + e2 / v)
+        if eta_scale == "relative":  # squared errors in units of the running median expert's (weight max(1/n, decay))
+            a = max(1.0 / (t + 11), c.scale_decay)
+            scale = (1 - a) * scale + a * np.sort(e2, axis=1)[:, (E - 1) // 2]  # torch's median: the lower middle
+            loss = c.eta * e2 / np.minimum(scale / c.scale_ref, 1.0)[:, None]  # relative only below scale_ref
+        else:
+            loss = c.eta * e2 if rule == "squared" else 0.5 * (np.log(2 * math.pi * v) + e2 / v)
         w = w * np.exp(-loss)
         w = (1 - c.share) * w / w.sum(1, keepdims=True) + c.share / E
         lam = (1 - c.var_decay) * lam + c.var_decay * e2 / V[t]
@@ -104,3 +111,24 @@ def test_expert_labels_and_bad_expert_lists():
         make_learner("ensemble", SPEC, experts=("persistence", "lstm"))
     with pytest.raises(ValueError, match="cannot hold an ensemble"):
         make_learner("ensemble", SPEC, experts=("ensemble",))
+
+
+def test_on_a_smooth_stream_the_relative_rate_leaves_a_poor_expert_sooner():
+    """A sine, where every normalised error is tiny: per unit of squared error ("fixed") the weights
+    barely move and the fixed share holds persistence at a large weight for good; relative to the
+    experts' typical error (the default) the exact expert (RLS: a sine's next value is linear in its
+    last two) takes the weight, and the mixture's error falls with it."""
+    t = torch.arange(802, dtype=D)
+    s = torch.sin(t / 8)
+    out = {}
+    for rule in ("fixed", "relative"):
+        bank = ModelBank(make_learner("ensemble", SPEC, D, experts=EXPERTS, eta_scale=rule))
+        errors = []
+        for i in range(1, 801):
+            res = bank.step(["k"], torch.stack([s[i], s[i - 1]]).reshape(1, 2), s[i + 1].reshape(1))
+            errors.append(abs(float(res.mean[0] - s[i + 1])))
+        out[rule] = (float(np.mean(errors[-300:])), bank.expert_weights())
+    assert EnsembleConfig().eta_scale == "relative"
+    assert out["relative"][0] < 0.6 * out["fixed"][0], out
+    assert out["relative"][1]["linear"] > out["fixed"][1]["linear"] + 0.1, out
+    assert out["relative"][1]["persistence"] < 0.5 * out["fixed"][1]["persistence"], out
