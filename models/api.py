@@ -393,6 +393,8 @@ class KeyedRegressor(_BankModel, _Params):
 
     def learn_many(self, keys: Sequence[str], X: Any, y: Any) -> None:
         """Learn a batch of ticks: row i is (X[i], y[i]) of series keys[i]; a key's rows in order."""
+        if len(keys) == 0:  # an empty batch (a quiet second in a stream) learns nothing
+            return
         bank, names, x = self._batch(keys, X)
         d = np.array(y, dtype=np.float64).reshape(-1)  # a copy (a pandas Series gives a read-only view)
         if len(d) != len(names):
@@ -403,6 +405,8 @@ class KeyedRegressor(_BankModel, _Params):
 
     def predict_many(self, keys: Sequence[str], X: Any) -> np.ndarray:
         """Each key's mean next target given its row of X [T]; each key at most once."""
+        if len(keys) == 0:
+            return np.empty(0)
         bank, names, x = self._batch(keys, X)
         mean, _ = bank.predict(names, x)
         return mean.numpy().astype(np.float64)
@@ -411,6 +415,8 @@ class KeyedRegressor(_BankModel, _Params):
         """(lower [T], upper [T]): each key's central (1 - alpha) interval."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if len(keys) == 0:
+            return np.empty(0), np.empty(0)
         bank, names, x = self._batch(keys, X)
         mean, var = bank.predict(names, x)
         half = NormalDist().inv_cdf(1.0 - alpha / 2.0) * np.sqrt(np.maximum(var.numpy().astype(np.float64), 0.0))

@@ -247,6 +247,12 @@ def test_keyed_frames_dicts_and_arrays_agree():
         from_frame.predict_many(["a", "a"], probe)
     with pytest.raises(ValueError, match="not all finite"):
         from_frame.learn_many(["a", "b"], probe, [1.0, math.nan])
+    # an empty batch is a no-op, and keys are names (an int key is its str)
+    from_frame.learn_many([], probe.iloc[:0], [])
+    assert from_frame.predict_many([], probe.iloc[:0]).shape == (0,)
+    assert [len(a) for a in from_frame.predict_interval_many([], [])] == [0, 0]
+    from_frame.learn_many([7], probe.iloc[:1], [1.0])
+    assert "7" in from_frame.keys
 
 
 def test_keyed_snapshot_restore_and_refusals():
