@@ -33,6 +33,7 @@ from rich.table import Table
 
 from models import defaults
 from models.api import KeyedRegressor
+from streamer.broker import free_port
 
 console = Console()
 LAGS = defaults.LAGS  # the daemon's regressor is a key's last 4 values
@@ -54,12 +55,6 @@ def run(cmd: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.C
 
 def cli(tool: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"{tool}.cli", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:

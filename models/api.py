@@ -105,6 +105,20 @@ def _target(y: Any) -> float:
     return v
 
 
+def _z(alpha: float) -> float:
+    """The standard normal quantile of a central (1 - alpha) interval."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return NormalDist().inv_cdf(1.0 - alpha / 2.0)
+
+
+def _interval(mean: torch.Tensor, var: torch.Tensor, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """mean +- z sqrt(var) [T], in float64."""
+    m = mean.numpy().astype(np.float64)
+    half = z * np.sqrt(np.maximum(var.numpy().astype(np.float64), 0.0))
+    return m - half, m + half
+
+
 class _BankModel:
     """What both regressors share: the settings, the bank built at the first x, x dicts and frames as
     matrices, missing values filled, snapshots. The bank holds one row per key (`models.bank`)."""
@@ -190,9 +204,7 @@ class _BankModel:
         gaps = ~np.isfinite(x)
         if not gaps.any():
             return x
-        bank.add(names)
-        rows = np.fromiter((bank.index[n] for n in names), dtype=np.int64, count=len(names))
-        means = bank.state["n.x_mean"].numpy()[rows].astype(np.float64)  # [T, p]
+        means = bank.state["n.x_mean"].numpy()[bank.rows(names).numpy()].astype(np.float64)  # [T, p]
         return np.where(gaps, means, x)
 
     def _snapshots(self, names: list[str]) -> list[bytes]:
@@ -325,12 +337,11 @@ class OnlineRegressor(_BankModel, _Regressor):  # type: ignore[misc,valid-type]
     def predict_interval_one(self, x: Mapping[str, Any], alpha: float = 0.1) -> Interval:
         """The central (1 - alpha) predictive interval: mean +- z sqrt(var), the variance calibrated
         online to the errors seen (alpha 0.1: the daemon's 90% interval)."""
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        z = _z(alpha)
         bank, xt = self._x(x)
         mean, var = bank.predict([_KEY], xt)
-        half = NormalDist().inv_cdf(1.0 - alpha / 2.0) * math.sqrt(max(float(var[0]), 0.0))
-        return Interval(float(mean[0]) - half, float(mean[0]) + half)
+        lower, upper = _interval(mean, var, z)
+        return Interval(float(lower[0]), float(upper[0]))
 
     def snapshot(self) -> bytes:
         """The model's whole state as bytes (`ModelBank.snapshot`'s format, no pickle)."""
@@ -413,15 +424,11 @@ class KeyedRegressor(_BankModel, _Params):
 
     def predict_interval_many(self, keys: Sequence[str], X: Any, alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         """(lower [T], upper [T]): each key's central (1 - alpha) interval."""
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        z = _z(alpha)
         if len(keys) == 0:
             return np.empty(0), np.empty(0)
         bank, names, x = self._batch(keys, X)
-        mean, var = bank.predict(names, x)
-        half = NormalDist().inv_cdf(1.0 - alpha / 2.0) * np.sqrt(np.maximum(var.numpy().astype(np.float64), 0.0))
-        m = mean.numpy().astype(np.float64)
-        return m - half, m + half
+        return _interval(*bank.predict(names, x), z)
 
     @property
     def keys(self) -> list[str]:

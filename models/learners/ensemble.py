@@ -105,6 +105,8 @@ class EnsembleLearner:
             make_learner(n, self.expert_spec if recurrent else spec, dtype, warm=warm, **dict(options.get(n, {})))
             for n, recurrent in zip(config.experts, self._recurrent, strict=True)]
         self.labels = expert_labels(config.experts)
+        # the loss scale is the squared-error rule's (the likelihood is scale-free already): no state otherwise
+        self._relative = config.rule == "squared" and config.eta_scale == "relative"
         self._names: dict[tuple[int, int], list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------ state layout
@@ -127,7 +129,7 @@ class EnsembleLearner:
             "lam": torch.ones(B, E, dtype=self.dtype),  # [B, E]  each expert's variance calibration
             "seed": seeds.clone(),
         }
-        if self.config.eta_scale == "relative":
+        if self._relative:
             # (typical squared error, ticks seen), from a prior of the target's variance on the normalised
             # scale counted as SCALE_PRIOR_TICKS ticks: a key's first errors, when every expert still predicts
             # the level its first tick set, are near 0 and alone would make the rate huge for hundreds of ticks
@@ -177,7 +179,7 @@ class EnsembleLearner:
             mean, var, v_cal = self._mixture(state, M, V)
             e2 = (d.unsqueeze(1) - M) ** 2  # [B, E]
             e2 = torch.nan_to_num(e2, nan=1e6, posinf=1e6)  # an expert that broke loses its weight, not the key
-            if c.rule == "squared" and c.eta_scale == "relative":
+            if self._relative:
                 typical = torch.clamp(e2.median(dim=1).values, max=1e6)  # [B]
                 n = state["lscale"][:, 1] + 1  # [B]
                 a = torch.clamp(1.0 / n, min=c.scale_decay)  # [B]
