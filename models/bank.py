@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import horizons as hz
 from models import normalize, rng
 from models.checkpoint import frame, unframe
 from models.learners.base import Learner, State
@@ -52,6 +53,18 @@ class BankConfig:
     # ticks in a row reset the key, which re-learns at the new level. One spike does not count.
     shift_z: float = 8.0
     shift_ticks: int = 3
+    # Ticks ahead to forecast: 1 is the learner's own forecast, each further one a read-out learned from
+    # delayed labels (`models.horizons`; its state, the pending forecasts included, is the key's h.* rows).
+    horizons: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        if self.horizons != hz.parse_horizons(self.horizons):
+            raise ValueError(f"horizons are distinct and increasing from 1: got {self.horizons}")
+
+    @property
+    def ahead(self) -> hz.HorizonConfig | None:
+        """The read-outs' config (the horizons beyond the next tick), None when there are none."""
+        return hz.HorizonConfig(self.horizons[1:]) if len(self.horizons) > 1 else None
 
 
 @dataclass
@@ -64,6 +77,23 @@ class StepResult:
     upper: torch.Tensor  # [T]
     reset: torch.Tensor  # [T] bool: the key's state was reset after this tick
     scale: torch.Tensor  # [T] the key's running sd at this tick: its errors in these units compare across keys
+    # horizons beyond the next tick (BankConfig.horizons[1:], m of them; [T, 0] when there are none):
+    # the forecasts made from this tick's x, and the scoring of those whose target was this tick's d
+    ahead_mean: torch.Tensor | None = None  # [T, m]
+    ahead_lower: torch.Tensor | None = None  # [T, m]
+    ahead_upper: torch.Tensor | None = None  # [T, m]
+    ahead_error: torch.Tensor | None = None  # [T, m] d - the forecast made h - 1 ticks before; NaN: none came due
+    ahead_hit: torch.Tensor | None = None  # [T, m] bool: d was inside that forecast's 90% interval
+
+
+@dataclass
+class Forecast:
+    """`ModelBank.forecast`: the next value and every further horizon, original scale."""
+
+    mean: torch.Tensor  # [T]
+    var: torch.Tensor  # [T]
+    ahead_mean: torch.Tensor  # [T, m]
+    ahead_var: torch.Tensor  # [T, m]
 
 
 class ModelBank:
@@ -94,6 +124,7 @@ class ModelBank:
         self._layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
+        self._ahead = config.ahead
 
     # ----------------------------------------------------------------- keys
     def __len__(self) -> int:
@@ -115,6 +146,8 @@ class ModelBank:
         st["b.hits"] = torch.zeros(B, dtype=torch.int64)
         st["b.resets"] = torch.zeros(B, dtype=torch.int64)
         st["b.shift"] = torch.zeros(B, dtype=torch.int64)  # consecutive ticks beyond shift_z
+        if self._ahead is not None:
+            st.update({f"h.{k}": v for k, v in hz.init_state(B, p, self._ahead, self._dtype).items()})
         return st
 
     @property
@@ -245,13 +278,25 @@ class ModelBank:
         if st is None:
             live = self.state
             if self._book_view is None:
-                self._book_view = {k: v.numpy() for k, v in live.items() if k[0] != "l"}
+                self._book_view = {k: v.numpy() for k, v in live.items() if k[0] in "nb"}
             return self._book_view
-        return {k: v.numpy() for k, v in st.items() if k[0] != "l"}
+        return {k: v.numpy() for k, v in st.items() if k[0] in "nb"}
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return self.config.horizons
 
     def predict(self, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and calibrated variance [T] of the next target, original scale; state untouched.
         Keys must be distinct (it is a read of the current state)."""
+        f = self._predict(names, x, ahead=False)
+        return f.mean, f.var
+
+    def forecast(self, names: list[str], x: torch.Tensor) -> Forecast:
+        """`predict`, with the forecasts of every further horizon (`BankConfig.horizons`) from the same x."""
+        return self._predict(names, x, ahead=True)
+
+    def _predict(self, names: list[str], x: torch.Tensor, ahead: bool) -> Forecast:
         if len(set(names)) != len(names):
             raise ValueError("predict takes each key once; use step for sequences of ticks")
         rows, order, full = self._sorted(self._wave_rows(names))
@@ -273,10 +318,19 @@ class ModelBank:
         with np.errstate(all="ignore"):
             mean = nst["d_mean"] + sd * mean_n.detach().numpy()
             var = book["b.lam"] * var_n.detach().numpy() * sd * sd
+            m = len(self.config.horizons) - 1
+            a_mean = a_var = np.full((len(mean), m), np.nan, dtype=mean.dtype)
+            if ahead and m:
+                hst = {k[2:]: v for k, v in st.items() if k[0] == "h"}
+                z = hz.regressor(torch.from_numpy(xn), mean_n.detach())  # [T, q]
+                h_mean, h_var, _ = hz.forecast(hst, z)  # [T, m] normalised
+                a_mean = nst["d_mean"][:, None] + sd[:, None] * h_mean.numpy()
+                a_var = h_var.numpy() * (sd * sd)[:, None]
         if order is not None:  # back to the caller's order
             inverse = _inverse(order)
-            mean, var = mean[inverse], var[inverse]
-        return torch.from_numpy(mean), torch.from_numpy(var)
+            mean, var, a_mean, a_var = mean[inverse], var[inverse], a_mean[inverse], a_var[inverse]
+        return Forecast(torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(a_mean),
+                        torch.from_numpy(a_var))
 
     def _memo_key(self, rows: np.ndarray | None) -> bytes | int:
         return len(self.names) if rows is None else rows.tobytes()
@@ -323,15 +377,15 @@ class ModelBank:
         rows = self._wave_rows(names)
         if len(set(names)) == T:  # distinct keys, one wave: the few-keys-at-a-high-rate case costs no more
             return _result(self._step_wave(rows, x, d))
-        out = {k: np.empty(T, dtype=x.numpy().dtype) for k in ("mean", "var", "lower", "upper", "scale")}
-        reset = np.zeros(T, dtype=bool)
+        out: dict[str, np.ndarray] = {}
         for wave in _waves(rows):
             idx = torch.from_numpy(wave)
             res = self._step_wave(rows[wave], x.index_select(0, idx), d.index_select(0, idx))
-            for k in out:
-                out[k][wave] = res[k]
-            reset[wave] = res["reset"]
-        return _result({**out, "reset": reset})
+            for k, v in res.items():
+                if k not in out:
+                    out[k] = np.empty((T, *v.shape[1:]), dtype=v.dtype)
+                out[k][wave] = v
+        return _result(out)
 
     def _step_rows(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndarray]:
         c = self.config
@@ -379,6 +433,20 @@ class ModelBank:
             lst[k].index_copy_(0, at, v)
         mean_n, var_raw = mean_t.detach().numpy(), var_t.detach().numpy()
         lam = book["b.lam"]
+        none = np.empty((len(da), 0), dtype=da.dtype)
+        ahead: dict[str, np.ndarray] = {"ahead_mean": none, "ahead_lower": none, "ahead_upper": none,
+                                        "ahead_error": none, "ahead_hit": none.astype(bool)}
+        hst: State = {}
+        if self._ahead is not None:
+            # the horizons beyond the next: forecast from x_t with the read-outs as they were before this
+            # tick (what `forecast` published), keep it pending, learn the ones whose target is d
+            hst = {k[2:]: v for k, v in st.items() if k[0] == "h"}
+            z = hz.regressor(torch.from_numpy(xn), mean_t.detach())  # [B, q]
+            h = hz.step(hst, z, torch.from_numpy(mu), torch.from_numpy(sd), d, torch.from_numpy(~far),
+                        self._ahead, c.z)
+            a_lower, a_upper = self._interval(h["mean"].numpy(), h["var"].numpy())
+            ahead = {"ahead_mean": h["mean"].numpy(), "ahead_lower": a_lower, "ahead_upper": a_upper,
+                     "ahead_error": h["error"].numpy(), "ahead_hit": h["hit"].numpy()}
         with np.errstate(all="ignore"):
             var_n = lam * var_raw  # [B] calibrated
             mean, var = mu + sd * mean_n, var_n * sd * sd
@@ -398,6 +466,9 @@ class ModelBank:
         bad = ~(self.learner.healthy(lst).numpy() & finite)
         bad |= ~np.isfinite(xa).all(axis=1) | ~np.isfinite(da) | (new_book["b.shift"] >= c.shift_ticks)
         new: State = {f"l.{k}": v for k, v in lst.items()}
+        if hst:
+            bad |= ~hz.healthy(hst).numpy()
+            new.update({f"h.{k}": v for k, v in hst.items()})
         if bad.any():
             new.update({k: torch.from_numpy(v) for k, v in new_book.items()})  # views: a reset writes new_book
             self._reset_rows(new, torch.from_numpy(bad))
@@ -405,7 +476,7 @@ class ModelBank:
             mean = np.where(np.isfinite(mean), mean, mu)
             var = np.where(np.isfinite(var), var, sd * sd)
             lower, upper = self._interval(mean, var)
-            new = {k: v for k, v in new.items() if k[0] == "l"}
+            new = {k: v for k, v in new.items() if k[0] in "lh"}
         self._put(rows, new)
         if rows is None:  # every live row in order: write the bank's arrays in place
             for k, arr in new_book.items():
@@ -414,7 +485,7 @@ class ModelBank:
             live, where = self._book(None), rows.numpy()
             for k, arr in new_book.items():
                 live[k][where] = arr
-        return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad, "scale": sd}
+        return {"mean": mean, "var": var, "lower": lower, "upper": upper, "reset": bad, "scale": sd, **ahead}
 
     def reset(self, names: list[str]) -> None:
         """Start these keys afresh (model and normalisation; their counters survive), e.g. after
@@ -563,7 +634,7 @@ class ModelBank:
         return float(self.state["b.hits"].sum()) / ticks if ticks else float("nan")
 
 
-_SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets")  # a key's counters outlive its model
+_SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets", "h.hits", "h.scored")  # a key's counters outlive its model
 
 
 def read_manifest(blob: bytes | memoryview) -> dict[str, Any]:
@@ -580,7 +651,7 @@ def _inverse(order: np.ndarray) -> np.ndarray:
 
 
 def _result(arrays: dict[str, np.ndarray]) -> StepResult:
-    return StepResult(**{k: torch.from_numpy(arrays[k]) for k in ("mean", "var", "lower", "upper", "reset", "scale")})
+    return StepResult(**{k: torch.from_numpy(v) for k, v in arrays.items()})
 
 
 def _where_arrays(mask: np.ndarray, if_true: dict[str, np.ndarray], if_false: dict[str, np.ndarray]

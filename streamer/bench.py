@@ -10,6 +10,14 @@ Two kinds of stream:
   The learners see every row from `feed_from` (default 0, the FSNet / OneNet online protocol on
   ETT); rows whose target lies in [start, end) are scored. A warm-start run feeds from `start`:
   the learners meet the stream there with only what they were trained on offline.
+
+Horizons (`horizons=(1, 24, 48)`): at row t each learner also forecasts the value h ticks ahead,
+from what it holds at t (`models.horizons`), and that forecast is scored when its target arrives,
+h - 1 rows later, and learned from only then (no look-ahead: the FSNet/OneNet protocol updates on
+a horizon's whole target window before it could have been observed). Baselines beyond the next
+tick are the literal ones: persistence (the last value), seasonal naive (the value a whole number
+of periods back, with `period`), the running mean of past targets; linear is the bank's RLS with
+its delayed-label read-outs (a direct linear regression of y_{t+h} on x_t).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch
 from models import defaults
 from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
+from models.horizons import parse_horizons
 from models.learners import BASELINES, CONFIGS, make_learner
 from models.normalize import NormConfig
 
@@ -131,6 +140,8 @@ class RunResult:
     ticks_per_s: float
     resets: int
     errors: np.ndarray = field(repr=False)
+    horizon: int = 1
+    ahead: list[RunResult] = field(default_factory=list, repr=False)  # horizons beyond the next, one each
 
 
 def run(
@@ -143,18 +154,28 @@ def run(
     on_rows: Callable[[int], None] | None = None,
     theta0: torch.Tensor | dict[str, torch.Tensor] | None = None,
     head_steps: int = 500,
+    horizons: Sequence[int] = (1,),
+    period: int | None = None,
 ) -> RunResult:
     """Replay the stream through a ModelBank of `learner`; score the prediction made before each update.
 
     `theta0`: warm start for every key (learners only; baselines ignore it). `head_steps`: the early
-    part of the scored rows whose MSE is reported apart (`mse_head`), where a warm start shows."""
+    part of the scored rows whose MSE is reported apart (`mse_head`), where a warm start shows.
+    `horizons`: beyond 1, each horizon's forecasts are scored too, in `ahead` (see the module's doc);
+    `period` adds seasonal-naive forecasts to the persistence baseline's run, as `seasonal`."""
+    hs = parse_horizons(horizons)
     warm = theta0 if learner not in BASELINES else None
     model = make_learner(learner, spec, warm=warm is not None, **(options or {}))
-    bank = ModelBank(model, BankConfig(seed=seed, norm=NormConfig(mode=normalize)), warm)  # type: ignore[arg-type]
+    literal = learner in ("mean", "persistence")  # their forecasts beyond the next tick are the textbook ones
+    bank_hs = (1,) if literal else hs
+    bank = ModelBank(model, BankConfig(seed=seed, norm=NormConfig(mode=normalize), horizons=bank_hs), warm)  # type: ignore[arg-type]
     keys = stream.keys
     T = len(stream.d)
     means = np.empty_like(stream.d)
     lows, highs = np.empty_like(stream.d), np.empty_like(stream.d)
+    m = len(bank_hs) - 1
+    a_mean = np.empty((*stream.d.shape, m), dtype=stream.d.dtype)  # [T, K, m]
+    a_low, a_high = np.empty_like(a_mean), np.empty_like(a_mean)
     x_all, d_all = torch.from_numpy(stream.x), torch.from_numpy(stream.d)
     tick = 0.0
     chunk = max(1, T // 100)
@@ -164,29 +185,78 @@ def run(
             res = bank.step(keys, x_all[t], d_all[t])
             tick += time.perf_counter() - t0
             means[t], lows[t], highs[t] = res.mean.numpy(), res.lower.numpy(), res.upper.numpy()
+            if m:
+                a_mean[t], a_low[t], a_high[t] = res.ahead_mean, res.ahead_lower, res.ahead_upper  # type: ignore[assignment]
             if on_rows is not None and (t + 1) % chunk == 0:
                 on_rows(chunk)
     if on_rows is not None:
         on_rows(T % chunk)
+    cell = spec.cell if learner not in BASELINES else "-"
+    speed = T * len(keys) / tick
+    out = _scored(stream, learner, cell, seed, 1, means, lows, highs, head_steps, speed, bank.resets_total)
+    for j, h in enumerate(bank_hs[1:]):
+        out.ahead.append(_scored(stream, learner, cell, seed, h, a_mean[..., j], a_low[..., j], a_high[..., j],
+                                 head_steps, speed, bank.resets_total))
+    if literal:
+        kinds: list[tuple[str, int | None]] = [(learner, None)] if len(hs) > 1 else []
+        if learner == "persistence" and period:
+            kinds.append(("seasonal", period))
+        for name, p in kinds:
+            for h in hs if name == "seasonal" else hs[1:]:
+                f = _literal_forecast(stream.d, h, name, p)
+                lo, hi = _delayed_interval(stream.d, f, h, bank.config.z)
+                out.ahead.append(_scored(stream, name, cell, seed, h, f, lo, hi, head_steps, speed, 0))
+    return out
+
+
+def _scored(stream: Stream, learner: str, cell: str, seed: int, h: int, means: np.ndarray, lows: np.ndarray,
+            highs: np.ndarray, head_steps: int, speed: float, resets: int) -> RunResult:
+    """Score forecasts made at each row for the target h - 1 rows later ([T, K] each), on the rows
+    whose target lies in the scored range."""
+    T = len(stream.d)
     sl = stream.scored
-    e = (stream.d - means)[sl]
-    d = stream.d[sl]
+    made = np.arange(T) + (h - 1)  # the row of each forecast's target
+    use = (made >= sl.start) & (made < min(sl.stop, T))  # [T]
+    target = stream.d[made[use]]
+    e = target - means[use]
     mse = float(np.mean(e**2))
-    mse_head = float(np.mean(e[:head_steps] ** 2))
-    inside = (d >= lows[sl]) & (d <= highs[sl])
-    return RunResult(
-        learner=learner,
-        cell=spec.cell if learner not in BASELINES else "-",
-        seed=seed,
-        nmse=mse / float(np.var(d)),
-        mse=mse,
-        mse_head=mse_head,
-        mae=float(np.mean(np.abs(e))),
-        coverage90=float(inside.mean()),
-        ticks_per_s=T * len(keys) / tick,
-        resets=bank.resets_total,
-        errors=e,
-    )
+    inside = (target >= lows[use]) & (target <= highs[use])
+    return RunResult(learner=learner, cell=cell, seed=seed, nmse=mse / float(np.var(target)), mse=mse,
+                     mse_head=float(np.mean(e[:head_steps] ** 2)), mae=float(np.mean(np.abs(e))),
+                     coverage90=float(inside.mean()), ticks_per_s=speed, resets=resets, errors=e, horizon=h)
+
+
+def _literal_forecast(d: np.ndarray, h: int, kind: str, period: int | None) -> np.ndarray:
+    """Forecasts [T, K] made at each row for the target h - 1 rows on, from the targets before the row:
+    persistence (the last value d[t-1]), seasonal naive (d[t + h - 1 - k period], k = ceil(h / period)),
+    or the running mean of d[:t]. A row with nothing to go on forecasts 0 (the z-scale's mean)."""
+    T = len(d)
+    f = np.zeros_like(d)
+    if kind == "persistence":
+        f[1:] = d[:-1]
+    elif kind == "seasonal":
+        assert period is not None
+        back = h - 1 - period * -(-h // period)  # <= -1: a row before this one
+        if T + back > 0:
+            f[-back:] = d[: T + back]
+    else:
+        f[1:] = np.cumsum(d, axis=0)[:-1] / np.arange(1, T)[:, None]
+    return f
+
+
+def _delayed_interval(d: np.ndarray, f: np.ndarray, h: int, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """A literal baseline's 90% interval: f +- z sqrt(the running mean of the squared errors of its
+    forecasts that had come due before the row, decay 0.02 like the bank's calibration)."""
+    T = len(d)
+    err2 = (d[h - 1 :] - f[: T - h + 1]) ** 2  # [T - h + 1, K] the forecast made at row t comes due at t + h - 1
+    ms = np.ones(d.shape[1:], dtype=np.float64)
+    half = np.empty_like(d)
+    for t in range(T):
+        half[t] = z * np.sqrt(ms)
+        done = t - h + 1  # the forecast whose target is row t: its error is known from row t + 1 on
+        if done >= 0:
+            ms = 0.98 * ms + 0.02 * err2[done]
+    return f - half, f + half
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -221,15 +291,17 @@ def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
-    """Mean over seeds, one row per (learner, cell), in the JSON schema of the issue."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
-    for r in results:
-        groups.setdefault((r.learner, r.cell), []).append(r)
+    """Mean over seeds, one row per (learner, cell, horizon), in the JSON schema of the issue; a run's
+    further horizons (`ahead`) are rows of their own, after every one-step row."""
+    groups: dict[tuple[str, str, int], list[RunResult]] = {}
+    for r in [*results, *(a for run in results for a in run.ahead)]:
+        groups.setdefault((r.learner, r.cell, r.horizon), []).append(r)
     rows = []
-    for (learner, cell), rs in groups.items():
+    for (learner, cell, horizon), rs in groups.items():
         rows.append({
             "learner": learner,
             "cell": cell,
+            "horizon": horizon,
             "nmse": float(np.mean([r.nmse for r in rs])),
             "nmse_sd": float(np.std([r.nmse for r in rs])),
             "mse": float(np.mean([r.mse for r in rs])),

@@ -138,6 +138,11 @@ def bench_cmd(
     warm_start: Annotated[Path | None, typer.Option(
         help="series: start every key from this offline-trained regressor (`offline train warm-start`)")] = None,
     head_steps: Annotated[int, typer.Option(help="MSE of the first N scored steps is reported apart")] = 500,
+    horizons: Annotated[str, typer.Option(
+        help="ticks ahead to forecast, e.g. 1,24,48: each scored when its target arrives, learned from only then")
+                        ] = "1",
+    period: Annotated[int | None, typer.Option(help="season length in rows: adds the seasonal-naive baseline")
+                      ] = None,
 ) -> None:
     """Prequential (test-then-train) evaluation of learners and baselines on one stream."""
     from models.cells import NetSpec
@@ -150,6 +155,11 @@ def bench_cmd(
     if unknown:
         raise UserError(f"unknown learners {unknown}; choose from {','.join(LEARNERS)}")
     try:
+        from models.horizons import parse_horizons
+
+        hs = parse_horizons(horizons)
+        if period is not None and period < 1:
+            raise ValueError(f"--period is a number of rows >= 1, got {period}")
         options = B.parse_options(set_ or [])
         df = B.read_table(file)
         if target is not None:
@@ -182,25 +192,34 @@ def bench_cmd(
         for learner, seed in plan:
             bar.update(task, description=f"{learner} seed {seed}")
             results.append(B.run(stream, learner, spec, seed, options.get(learner), normalize,
-                                 on_rows=lambda k: bar.advance(task, k), theta0=theta0, head_steps=head_steps))
+                                 on_rows=lambda k: bar.advance(task, k), theta0=theta0, head_steps=head_steps,
+                                 horizons=hs, period=period))
     rows = B.summarise(results)
+    if len(hs) > 1 or period:
+        rows.sort(key=lambda r: r["horizon"])  # a block per horizon
     table = Table(title=f"prequential scores on {stream.name} (mean of {seeds} seed(s) for learners)")
-    for col in ("learner", "cell", "NMSE", "MSE", f"MSE first {head_steps}", "MAE", "coverage90", "ticks/s", "resets"):
+    for col in ("learner", "cell", "h", "NMSE", "MSE", f"MSE first {head_steps}", "MAE", "coverage90", "ticks/s",
+                "resets"):
         table.add_column(col, justify="left" if col in ("learner", "cell") else "right")
     for r in rows:
-        table.add_row(r["learner"], r["cell"], f"{r['nmse']:.4f}", f"{r['mse']:.4f}", f"{r['mse_head']:.4f}",
-                      f"{r['mae']:.4f}",
+        table.add_row(r["learner"], r["cell"], str(r["horizon"]), f"{r['nmse']:.4f}", f"{r['mse']:.4f}",
+                      f"{r['mse_head']:.4f}", f"{r['mae']:.4f}",
                       f"{r['coverage90']:.3f}", f"{r['ticks_per_s']:,.0f}", str(r["resets"]))
     console.print(table)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"stream": stream.name, "spec": spec.describe(), "rows": rows,
                                          "warm_start": str(warm_start) if warm_start else None,
-                                         "head_steps": head_steps, "feed_from": feed_from}, indent=2))
+                                         "head_steps": head_steps, "feed_from": feed_from, "horizons": list(hs),
+                                         "period": period}, indent=2))
         console.print(f"wrote {json_path}")
     if plot is not None:
         _plot(results, plot, stream.name)
         console.print(f"wrote {plot}")
+        if len(hs) > 1:
+            by_h = plot.with_name(f"{plot.stem}-horizons{plot.suffix}")
+            _plot_horizons(rows, by_h, stream.name)
+            console.print(f"wrote {by_h}")
 
 
 def _plot(results: list, path: Path, title: str) -> None:
@@ -219,6 +238,25 @@ def _plot(results: list, path: Path, title: str) -> None:
         err2 = (r.errors**2).reshape(len(r.errors), -1).mean(axis=1)
         ax.plot(np.cumsum(err2) / np.arange(1, len(err2) + 1), label=r.learner)
     ax.set(xlabel="scored step", ylabel="cumulative MSE", title=f"prequential error, {title}", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_horizons(rows: list[dict], path: Path, title: str) -> None:
+    """MSE against the horizon, one line per learner and baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in dict.fromkeys(r["learner"] for r in rows):
+        pts = sorted((r["horizon"], r["mse"]) for r in rows if r["learner"] == name)
+        ax.plot([h for h, _ in pts], [v for _, v in pts], marker="o", label=name)
+    ax.set(xlabel="horizon (ticks ahead)", ylabel="MSE", title=f"forecast error by horizon, {title}")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     hidden: int = Field(defaults.HIDDEN, ge=1, le=256, description="cell size m")
     lags: int = Field(defaults.LAGS, ge=1, le=256, description="past values of the target in the regressor")
     particles: int = Field(64, ge=2, description="pf: particles per key")
+    horizons: str = Field(
+        "1", description="ticks ahead to forecast, comma-separated (e.g. 1,6,24): each message carries every "
+                         "horizon's forecast and 90% interval in `horizons`; one beyond 1 is learned from the "
+                         "tick h ahead when it arrives (delayed labels, no look-ahead)")
     learner_options: dict[str, Any] = Field(
         default_factory=dict, description='JSON of learner config fields, e.g. {"lr": 0.05}')
     seed: int = Field(0, description="seed of every key's random stream")
@@ -109,6 +113,21 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field("auto", description="console on a TTY, else JSON")
     burst: bool = Field(False, description="exit once the input is drained (tests, batch jobs)")
     burst_idle_s: float = Field(3.0, gt=0, description="burst: how long the input must stay empty")
+
+    @field_validator("horizons", mode="before")
+    @classmethod
+    def _parse_horizons(cls, v: Any) -> str:
+        from models.horizons import parse_horizons
+
+        try:
+            return ",".join(map(str, parse_horizons(str(v) if not isinstance(v, (list, tuple)) else v)))
+        except ValueError:
+            raise ValueError(f"horizons are ticks ahead, comma-separated integers in 1..10000 (e.g. 1,6,24), "
+                             f"got {v!r}") from None
+
+    def horizon_list(self) -> tuple[int, ...]:
+        """STREAMER_HORIZONS as numbers, 1 always first."""
+        return tuple(int(h) for h in self.horizons.split(","))
 
     @field_validator("learner_options", mode="before")
     @classmethod

@@ -160,7 +160,7 @@ class Daemon:
         # probe instead, the daemon ran 25% slower (benchmarks/daemon.py: 22k against 30k ticks/s).
         torch.set_num_threads(settings.torch_threads or 1)
         self.pipeline = Pipeline(settings, __version__)
-        self.metrics = Metrics(settings.learner, settings.cell, __version__)
+        self.metrics = Metrics(settings.learner, settings.cell, __version__, settings.horizon_list())
         self.health = HealthServer(self.metrics, self.is_ready, settings.metrics_host, settings.metrics_port)
         self.joined = False
         self.broker_ok = False
@@ -477,6 +477,8 @@ class Daemon:
                         "spread over partitions and replicas and are processed out of order",
                         key=key[:80], topic=s.input_topic)
         m.scored(result.scaled_errors, result.hits)
+        for h, (scaled, hits) in result.ahead.items():
+            m.scored(scaled, hits, horizon=h)
         m.live_keys.set(self.pipeline.live_keys)
         for expert, w in self.pipeline.expert_weights().items():  # bounded: the configured experts
             m.expert_weight.labels(expert).set(w)

@@ -29,7 +29,7 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20
 
 
 class Metrics:
-    def __init__(self, learner: str, cell: str, version: str):
+    def __init__(self, learner: str, cell: str, version: str, horizons: tuple[int, ...] = (1,)):
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...: what a soak watches
         self.learner = learner
@@ -77,8 +77,19 @@ class Metrics:
                                         registry=r)
         self.checkpoint_seconds = Histogram("streamer_checkpoint_seconds", "time to write and commit a checkpoint",
                                             buckets=UPDATE_BUCKETS, registry=r)
-        self._mse: float | None = None
-        self._cov: float | None = None
+        # per horizon (STREAMER_HORIZONS, bounded by the settings): h = 1 as the two gauges above, and each
+        # further one scored when its target arrives
+        self.horizon_mse = Gauge("streamer_horizon_mse", "rolling MSE of the forecasts h ticks ahead, scored when "
+                                 "their target arrives (units of each key's running sd, as streamer_prequential_mse)",
+                                 ["horizon"], registry=r)
+        self.horizon_coverage = Gauge("streamer_horizon_coverage", "rolling share of h-ahead targets inside their "
+                                      "forecast's 90% interval", ["horizon"], registry=r)
+        self.horizon_scored = Counter("streamer_horizon_scored", "forecasts whose target arrived and was scored",
+                                      ["horizon"], registry=r)
+        self._mse: dict[int, float] = {}
+        self._cov: dict[int, float] = {}
+        for h in horizons:
+            self.horizon_scored.labels(str(h))
         # Every bounded label value is exported from the start (at 0), so rate() and the alerts
         # see a series before the first event instead of an absent one.
         for reason in REASONS:
@@ -86,22 +97,32 @@ class Metrics:
         self.resets.labels(learner)
         self.update.labels(learner)
 
-    def scored(self, scaled_errors: list[float], hits: int, decay: float = 0.01, cap: float = 100.0) -> None:
+    def scored(self, scaled_errors: list[float], hits: int, decay: float = 0.01, cap: float = 100.0,
+               horizon: int = 1) -> None:
         """Fold a batch's scored ticks into the rolling (exponentially weighted) MSE and coverage.
 
         The errors are in units of each key's running standard deviation, so keys of any unit weigh
         alike (1.0: as good as predicting the running mean), and each square is capped at `cap` (10
         sd): one wild but finite tick moves the gauge by at most decay * cap and then fades, where on
-        the raw scale 1e200 squared made it +Inf for good."""
+        the raw scale 1e200 squared made it +Inf for good. `horizon`: which forecasts these are."""
+        if not scaled_errors:
+            return
+        mse = self._mse.get(horizon)
         for e in scaled_errors:
             e2 = min(e * e, cap) if e == e else cap  # NaN (inf / inf) counts as the cap too
-            self._mse = e2 if self._mse is None else (1 - decay) * self._mse + decay * e2
-        if scaled_errors:
-            share = hits / len(scaled_errors)
-            w = 1 - (1 - decay) ** len(scaled_errors)
-            self._cov = share if self._cov is None else (1 - w) * self._cov + w * share
-            self.mse.labels(self.learner).set(self._mse or 0.0)
-            self.coverage.labels(self.learner).set(self._cov)
+            mse = e2 if mse is None else (1 - decay) * mse + decay * e2
+        share = hits / len(scaled_errors)
+        w = 1 - (1 - decay) ** len(scaled_errors)
+        cov = self._cov.get(horizon)
+        cov = share if cov is None else (1 - w) * cov + w * share
+        self._mse[horizon], self._cov[horizon] = mse or 0.0, cov
+        if horizon == 1:
+            self.mse.labels(self.learner).set(mse or 0.0)
+            self.coverage.labels(self.learner).set(cov)
+        label = str(horizon)
+        self.horizon_mse.labels(label).set(mse or 0.0)
+        self.horizon_coverage.labels(label).set(cov)
+        self.horizon_scored.labels(label).inc(len(scaled_errors))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -138,6 +138,9 @@ class BatchResult:
     commit: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> offset to commit
     unkeyed: int = 0  # ticks that came without a Kafka key
     unkeyed_new: list[str] = field(default_factory=list)  # keys first seen without a Kafka key: warned about once each
+    # horizons beyond the next (STREAMER_HORIZONS): h -> (errors of the forecasts that came due, in units of
+    # each key's running sd at the forecast; how many of those targets were inside the forecast's interval)
+    ahead: dict[int, tuple[list[float], int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -184,6 +187,19 @@ STATE_MAGIC = b"TSCK"  # tick-streamer checkpoint
 STATE_VERSION = 1
 
 
+def _due_forecasts(horizons: tuple[int, ...], res: Any) -> dict[int, tuple[list[float], int]]:
+    """The further horizons' forecasts that came due in a bank step: h -> (errors in units of the key's
+    running sd at this tick, hits of the interval)."""
+    out = {}
+    err, hit = res.ahead_error.numpy(), res.ahead_hit.numpy()  # [n, m]
+    sd = res.scale.numpy()[:, None]  # [n, 1]
+    for j, h in enumerate(horizons[1:]):
+        came = np.isfinite(err[:, j])
+        if came.any():
+            out[h] = ((err[came, j] / sd[came, 0]).tolist(), int(hit[came, j].sum()))
+    return out
+
+
 class OtherModel(ValueError):
     """An intact checkpoint of other model settings: the key starts afresh, its `seq` carried on."""
 
@@ -224,6 +240,7 @@ class Pipeline:
     def __init__(self, settings: Settings, version: str = "0"):
         self.settings, self.version = settings, version
         self.model = settings.model_name()
+        self.horizons = settings.horizon_list()
         self.banks: dict[tuple[str, ...], ModelBank] = {}
         self.keys: dict[str, KeyState] = {}
         self.spill = SpillStore(settings.spill_path)  # evicted idle keys (their state is also checkpointed)
@@ -323,12 +340,12 @@ class Pipeline:
         spec = NetSpec(n_in=s.lags, hidden=s.hidden, cell=s.cell, head=s.head)
         try:
             learner = make_learner(s.learner, spec, warm=False, **self._learner_options)
-            bank = ModelBank(learner, BankConfig(seed=s.seed))
+            bank = ModelBank(learner, BankConfig(seed=s.seed, horizons=self.horizons))
             names = ["probe-a", "probe-b"]
             for t in range(3):
                 x = torch.full((2, spec.n_in), float(t), dtype=torch.float64)  # [2, p]
                 bank.step(names, x, torch.tensor([t + 1.0, -t - 1.0], dtype=torch.float64))
-            bank.predict(names, torch.zeros(2, spec.n_in, dtype=torch.float64))
+            bank.forecast(names, torch.zeros(2, spec.n_in, dtype=torch.float64))
         except Exception as exc:
             raise ValueError(f"the {s.learner} learner cannot run with these settings "
                              f"(STREAMER_LEARNER_OPTIONS={s.learner_options}): {type(exc).__name__}: {exc}") from None
@@ -345,7 +362,7 @@ class Pipeline:
             if self.warm is not None and list(signature) == list(self.warm.layout.get("features") or []):
                 theta0 = self.warm.theta
             bank = ModelBank(make_learner(s.learner, spec, warm=theta0 is not None, **self._learner_options),
-                             BankConfig(seed=s.seed), theta0, capacity_hint=self.max_keys)
+                             BankConfig(seed=s.seed, horizons=self.horizons), theta0, capacity_hint=self.max_keys)
             self.warm_banks += int(theta0 is not None)
             self.banks[signature] = bank
         return bank
@@ -525,12 +542,22 @@ class Pipeline:
         x_now = torch.from_numpy(np.array(xs, dtype=np.float64))  # [n, p], before the bank moves
         scale: dict[str, float] = {}
         resets = 0
+        ahead = len(self.horizons) > 1
+        due: dict[int, tuple[list[float], int]] = {}
         if learn_names:
             x_prev = torch.from_numpy(np.array(learn_x, dtype=np.float64))  # [n_learn, p]
             res = bank.step(learn_names, x_prev, torch.tensor(learn_d, dtype=torch.float64))
             scale = dict(zip(learn_names, res.scale.tolist(), strict=True))
             resets = int(res.reset.numpy().sum())
-        mean, var = bank.predict(names, x_now)
+            if ahead:
+                due = _due_forecasts(self.horizons, res)
+        if ahead:
+            fc = bank.forecast(names, x_now)
+            mean, var = fc.mean, fc.var
+            a_lower, a_upper = bank.interval(fc.ahead_mean, fc.ahead_var)  # [n, m]
+            a_mean_l, a_lo_l, a_hi_l = fc.ahead_mean.tolist(), a_lower.tolist(), a_upper.tolist()
+        else:
+            mean, var = bank.predict(names, x_now)
         lower, upper = bank.interval(mean, var)
         mean_l, lo_l, hi_l = mean.tolist(), lower.tolist(), upper.tolist()
         leaders = bank.leaders(names)  # an ensemble: its heaviest expert per key names the model
@@ -557,6 +584,16 @@ class Pipeline:
             anomalies = self._anomalies(bank, names, windows)
         outgoing, errors, scaled, hits = [], [], [], 0
         for i, (_, tick) in enumerate(items):
+            horizons = None
+            if ahead:
+                horizons = [{"h": 1, "target_seq": states[i].seq + 2, "prediction": mean_l[i], "lower": lo_l[i],
+                             "upper": hi_l[i]}]
+                for j, h in enumerate(self.horizons[1:]):
+                    f = (a_mean_l[i][j], a_lo_l[i][j], a_hi_l[i][j])
+                    if models[i] == "persistence" or not all(map(math.isfinite, f)):
+                        f = (mean_l[i], lo_l[i], hi_l[i])  # no model forecast: persistence, as for h = 1
+                    horizons.append({"h": h, "target_seq": states[i].seq + 1 + h, "prediction": f[0], "lower": f[1],
+                                     "upper": f[2]})
             ks = states[i]
             prev_error = None
             if ks.seq > 0 and math.isfinite(ks.last_mean):
@@ -567,7 +604,7 @@ class Pipeline:
                 hits += int(ks.last_lower <= tick.value <= ks.last_upper)
             try:  # the bank has stepped: from here a failure costs this tick's message, not the key's state
                 value = encode_prediction(tick.key, tick.ts, ks.seq + 1, mean_l[i], lo_l[i], hi_l[i], models[i],
-                                          prev_error, self.version, anomalies[i])
+                                          prev_error, self.version, anomalies[i], horizons)
                 outgoing.append(Outgoing(tick.key.encode(), value))
             except Exception as exc:
                 out.dead.append(self._dead_letter(items[i][0], "processing_error", f"{type(exc).__name__}: {exc}"))
@@ -588,6 +625,9 @@ class Pipeline:
         out.hits += hits
         out.resets += resets
         self.resets_total += resets
+        for h, (errs, n_in) in due.items():
+            have = out.ahead.setdefault(h, ([], 0))
+            out.ahead[h] = (have[0] + errs, have[1] + n_in)
 
     # ------------------------------------------------------------ eviction
     def _evict_idle(self, out: BatchResult) -> None:

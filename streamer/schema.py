@@ -153,8 +153,12 @@ def encode_tick(key: str, ts: float | str, value: float, features: dict[str, flo
 def encode_prediction(
     key: str, ts: float, seq: int, prediction: float, lower: float, upper: float, model: str,
     prev_error: float | None, version: str, anomaly: float | None = None,
+    horizons: list[dict[str, float]] | None = None,
 ) -> bytes:
-    """A prediction of the key's next value, made after tick number `seq` (1-based) at `ts`."""
+    """A prediction of the key's next value, made after tick number `seq` (1-based) at `ts`.
+
+    `horizons` (STREAMER_HORIZONS beyond 1): one {"h", "target_seq", "prediction", "lower", "upper"} per
+    horizon, the first being h = 1 (the same numbers as the top-level fields)."""
     obj: dict[str, Any] = {
         "key": key,
         "ts": ts,  # the tick this prediction follows
@@ -169,6 +173,8 @@ def encode_prediction(
     }
     if anomaly is not None:
         obj["anomaly"] = anomaly
+    if horizons is not None:
+        obj["horizons"] = horizons
     return orjson.dumps(obj)
 
 

@@ -4,6 +4,7 @@ malformed messages. (Broker clients and scraping are in kafka_helpers.)"""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -18,6 +19,7 @@ import orjson
 
 from streamer.broker import free_port
 from streamer.config import Settings
+from streamer.pipeline import Record
 from tests.kafka_helpers import http_status, unique
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -121,3 +123,16 @@ def settings_for(broker, **over) -> Settings:
                 dlq_topic=unique("dlq"), group_id=unique("g"), metrics_port=0, metrics_host="127.0.0.1",
                 session_timeout_ms=3000, heartbeat_interval_ms=500, lags=2, hidden=4, burst=True, burst_idle_s=2.0)
     return Settings(**{**base, **over})
+
+
+_OFFSETS = itertools.count()
+
+
+def rec(value: bytes | None, key: bytes | None = None, offset: int | None = None) -> Record:
+    """A record on partition 0, for a Pipeline in process; offsets increase unless given (a re-delivery repeats one)."""
+    return Record("ticks", 0, next(_OFFSETS) if offset is None else offset, key, value)
+
+
+def tick(key: str, value, ts=0, **extra) -> bytes:
+    """A tick message."""
+    return orjson.dumps({"key": key, "ts": ts, "value": value, **extra})

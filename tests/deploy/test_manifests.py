@@ -174,7 +174,8 @@ def test_dashboard_covers_what_operators_watch_and_is_provisioned():
     for metric in ("streamer_ticks_consumed_total", "streamer_tick_to_prediction_seconds_bucket",
                    "streamer_update_seconds_bucket", "streamer_consumer_lag", "streamer_live_keys",
                    "streamer_dead_letters_total", "streamer_model_resets_total", "streamer_prequential_mse",
-                   "streamer_interval_coverage", "streamer_rebalances_total"):
+                   "streamer_interval_coverage", "streamer_rebalances_total", "streamer_horizon_mse",
+                   "streamer_horizon_coverage"):
         assert metric in exprs, metric
     assert "by (le, learner)" in exprs and "by (reason)" in exprs
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from streamer.broker import free_port
-from tests.helpers import daemon_process, env_for, predictions, start_daemon, stream, wait_ready
-from tests.kafka_helpers import consume, create_topics, produce
+from tests.helpers import daemon_process, env_for, predictions, start_daemon, stream, wait_ready, wait_until
+from tests.kafka_helpers import consume, create_topics, produce, scrape
 
 KEYS, TICKS = 12, 80
 
@@ -177,3 +177,42 @@ def test_scale_out_failover_keeps_learned_state(broker, capsys):
               f" moved key {first_after - time.time() + time.monotonic() - killed_at:.1f}s after the kill;"
               f" MSE after failover {mse:.5f} vs {mse_ref:.5f} without failure; revoked {revoked_s:.1f}s and assigned"
               f" {assigned_s:.1f}s after the kill, longest restore {restore_s:.2f}s")
+
+
+@pytest.mark.slow
+def test_a_restart_loses_no_pending_multi_horizon_forecast(broker):
+    """STREAMER_HORIZONS=1,5: the forecasts 5 ahead made before a SIGTERM restart are scored and learned
+    from when their targets arrive after it, so the second half's forecasts of every horizon are those of
+    a daemon that never stopped."""
+    bs = broker.bootstrap_servers
+    env = env_for(bs, horizons="1,5")
+    topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
+    asyncio.run(create_topics(bs, [topic_in], 2))
+    port = int(env["STREAMER_METRICS_PORT"])
+    half = TICKS // 2
+    for part in (0, 1):
+        with daemon_process(env) as proc:
+            wait_ready(port, proc)
+            asyncio.run(produce(bs, topic_in, stream(part * half, (part + 1) * half)))
+            asyncio.run(consume(bs, topic_out, (part + 1) * KEYS * half, settle=0.5))
+            if part:
+                # every tick after the restart is the target of a forecast made 5 ticks before it, those made
+                # before the restart included: none of them was lost with the process
+                wait_until(lambda: scrape(port)["streamer_horizon_scored_total{horizon=5}"] >= KEYS * half, 30,
+                           "the forecasts pending at the restart were not scored")
+                assert scrape(port)["streamer_horizon_scored_total{horizon=5}"] == KEYS * half
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    got = predictions(asyncio.run(consume(bs, topic_out, KEYS * TICKS, settle=1.0)))
+    env_ref = env_for(bs, horizons="1,5", burst="true", burst_idle_s="2")
+    asyncio.run(create_topics(bs, [env_ref["STREAMER_INPUT_TOPIC"]], 2))
+    asyncio.run(produce(bs, env_ref["STREAMER_INPUT_TOPIC"], stream(0, TICKS)))
+    assert start_daemon(env_ref).wait(600) == 0
+    ref = predictions(asyncio.run(consume(bs, env_ref["STREAMER_OUTPUT_TOPIC"], KEYS * TICKS, timeout=300)))
+    for tick, ps in ref.items():
+        if tick[1] >= half:
+            want, have = ps[0]["horizons"], got[tick][0]["horizons"]
+            assert [h["h"] for h in have] == [1, 5]
+            for w, h in zip(want, have, strict=True):
+                assert h["prediction"] == pytest.approx(w["prediction"], rel=1e-4, abs=1e-4)
+                assert h["upper"] - h["lower"] == pytest.approx(w["upper"] - w["lower"], rel=1e-3, abs=1e-4)

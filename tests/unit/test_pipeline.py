@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import orjson
@@ -11,18 +10,7 @@ import pytest
 from streamer.config import Settings
 from streamer.pipeline import Pipeline, Record
 from streamer.schema import REASONS, TickError, decode_tick
-from tests.helpers import BAD
-
-_OFFSETS = itertools.count()
-
-
-def rec(value: bytes | None, key: bytes | None = None, offset: int | None = None) -> Record:
-    """A record on partition 0; offsets increase unless given (a re-delivery repeats one)."""
-    return Record("ticks", 0, next(_OFFSETS) if offset is None else offset, key, value)
-
-
-def tick(key: str, value, ts=0, **extra) -> bytes:
-    return orjson.dumps({"key": key, "ts": ts, "value": value, **extra})
+from tests.helpers import BAD, rec, tick
 
 
 @pytest.mark.parametrize("raw,reason", BAD)

@@ -1,0 +1,157 @@
+"""Forecasts h > 1 ticks ahead, learned from delayed labels only: one linear read-out per horizon.
+
+A key's learner forecasts the next value. For each further horizon h the bank keeps a read-out
+
+    y_hat(t + h | t) = w_h^T z_t,    z_t = [x_t (normalised regressor), m_t, 1]            [q]
+
+where m_t is the learner's own one-step forecast from x_t (so the read-out starts from what the
+recurrent model knows, and the regressor gives it the lags to extrapolate from). w_h is learned by
+recursive least squares (`models.kalman`, the filter every learner here shares) on the pair
+(z_t, y_{t+h}), and only when y_{t+h} arrives: z_t waits in a ring buffer of the key's last
+H = max(h) regressors, with the normaliser's level and scale at t (the target is put on the scale
+the forecast was made on) and the forecast that was published from it (so the error scored is the
+published one). Nothing used at t depends on a tick after t: the weights that forecast from z_t
+have learned from targets up to y_t only, by construction (a test checks it, learner by learner).
+
+Why read-outs on the model's output and not a multi-output head trained through the recurrent
+weights: the h-step label of a tick arrives h ticks later, so a vector innovation through the
+recurrent net would need each pending forecast's Jacobian ([n_theta] per horizon per key, held h
+ticks), or a re-run of the net from t; the read-out needs q numbers per pending forecast, and the
+recurrent weights keep learning from the one-step labels, which arrive first and are most of the
+signal. The intervals are calibrated per horizon like the bank's (a running mean of e^2 / var).
+
+State of B keys, m = len(horizons), H = max(horizons), q = regressor width + 2:
+    z [B, H, q], mu, sd [B, H]     the pending regressors, and the target scale at each
+    f, v, r [B, H, m]              published forecast (normalised), its calibrated and raw variance
+    w [B, m, q], P [B, m, q, q]    each horizon's read-out and its RLS covariance
+    lam [B, m]                     calibration factor
+    pushes [B]                     regressors pushed (slot = pushes mod H)
+    hits, scored [B, m]            published intervals that held their target, targets scored
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from models import kalman
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class HorizonConfig:
+    horizons: tuple[int, ...] = ()  # every h > 1 (h = 1 is the learner's own forecast)
+    delta: float = 100.0  # P_0 = delta I: a vague start, the read-out follows the data within ~q targets
+    lam: float = 0.999  # RLS forgetting: a memory of ~1,000 targets, so a read-out follows a drifting series
+    calib_decay: float = 0.02  # as the bank's calibration of the one-step interval
+
+    def __post_init__(self) -> None:
+        if any(h < 2 for h in self.horizons) or list(self.horizons) != sorted(set(self.horizons)):
+            raise ValueError(f"horizons beyond the next tick are distinct and increasing, > 1: got {self.horizons}")
+
+
+def parse_horizons(spec: str | Sequence[int]) -> tuple[int, ...]:
+    """"1,6,24" (or a sequence) -> (1, 6, 24): distinct, increasing, each in 1..10,000; 1 always first."""
+    items = [int(v) for v in spec.split(",") if v.strip()] if isinstance(spec, str) else [int(v) for v in spec]
+    bad = [h for h in items if not 1 <= h <= 10_000]
+    if bad or not items:
+        raise ValueError(f"horizons are ticks ahead, each in 1..10000: got {spec!r}")
+    return tuple(sorted({1, *items}))
+
+
+def init_state(B: int, p: int, config: HorizonConfig, dtype: torch.dtype) -> State:
+    m, H, q = len(config.horizons), max(config.horizons), p + 2
+    return {
+        "z": torch.zeros(B, H, q, dtype=dtype),
+        "mu": torch.zeros(B, H, dtype=dtype),
+        "sd": torch.ones(B, H, dtype=dtype),
+        "f": torch.zeros(B, H, m, dtype=dtype),
+        "v": torch.ones(B, H, m, dtype=dtype),
+        "r": torch.ones(B, H, m, dtype=dtype),
+        "w": torch.zeros(B, m, q, dtype=dtype),
+        "P": (config.delta * torch.eye(q, dtype=dtype)).expand(B, m, q, q).clone(),
+        "lam": torch.ones(B, m, dtype=dtype),
+        "pushes": torch.zeros(B, dtype=torch.int64),
+        "hits": torch.zeros(B, m, dtype=torch.int64),
+        "scored": torch.zeros(B, m, dtype=torch.int64),
+    }
+
+
+def regressor(xn: torch.Tensor, mean_n: torch.Tensor) -> torch.Tensor:
+    """z_t = [x_t, m_t, 1]: x [B, p], m [B] -> [B, p + 2]."""
+    return torch.cat([xn, mean_n.unsqueeze(1), torch.ones_like(mean_n).unsqueeze(1)], dim=1)
+
+
+def forecast(st: State, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each horizon's forecast from z [B, q], normalised: (mean [B, m], calibrated var [B, m], raw var [B, m])."""
+    w, P = st["w"], st["P"]  # [B, m, q], [B, m, q, q]
+    zm = z.unsqueeze(1).expand(-1, w.shape[1], -1)  # [B, m, q]
+    mean = (w * zm).sum(-1)  # [B, m]
+    raw = 1.0 + (zm * torch.matmul(P, zm.unsqueeze(-1)).squeeze(-1)).sum(-1)  # [B, m]  1 + z^T P z
+    return mean, st["lam"] * raw, raw
+
+
+def step(st: State, z: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor, d: torch.Tensor, learn: torch.Tensor,
+         config: HorizonConfig, z_score: float) -> dict[str, torch.Tensor]:
+    """A tick of B keys, in place on `st`: forecast every horizon from z_t [B, q] (target scale mu, sd [B]),
+    keep z_t pending, then score and learn the forecasts whose target is this tick's value d [B]
+    (`learn` [B] bool: False holds the tick out, as the bank does with a far one).
+
+    Returns the forecasts made now (mean, var [B, m], original scale) and the scoring of the ones that
+    came due: their error d - forecast and whether the published interval held d ([B, m]; NaN and False
+    where no forecast of that horizon came due)."""
+    hs = torch.tensor(config.horizons, dtype=torch.int64)  # [m]
+    m, H = len(config.horizons), st["z"].shape[1]
+    mean_n, var_n, raw = forecast(st, z)  # [B, m] each
+    sd2 = sd.unsqueeze(1)  # [B, 1]
+    out = {"mean": mu.unsqueeze(1) + sd2 * mean_n, "var": var_n * sd2 * sd2}  # [B, m]
+    # keep z_t (and what was published from it) until its targets arrive
+    rows = torch.arange(z.shape[0])
+    slot = st["pushes"] % H  # [B]
+    st["z"][rows, slot] = z
+    st["mu"][rows, slot], st["sd"][rows, slot] = mu, sd
+    st["f"][rows, slot], st["v"][rows, slot], st["r"][rows, slot] = mean_n, var_n, raw
+    st["pushes"] += 1
+    # the forecast of horizon h that comes due now was made h - 1 pushes before this one
+    back = st["pushes"].unsqueeze(1) - hs.unsqueeze(0)  # [B, m]  its push number (0-based)
+    due = (back >= 0) & learn.unsqueeze(1)  # [B, m]
+    at = back.clamp(min=0) % H  # [B, m]  its slot
+    rr = rows.unsqueeze(1)  # [B, 1]
+    zi = st["z"][rr, at]  # [B, m, q]
+    mu_i, sd_i = st["mu"][rr, at], st["sd"][rr, at]  # [B, m]
+    hm = torch.arange(m).unsqueeze(0)  # [1, m]
+    f_i, v_i, r_i = st["f"][rr, at, hm], st["v"][rr, at, hm], st["r"][rr, at, hm]  # [B, m]
+    y = (d.unsqueeze(1) - mu_i) / sd_i  # [B, m]  the target on its forecast's scale
+    e_pub = y - f_i  # [B, m]  the published forecast's error
+    lam = st["lam"]
+    ratio = torch.clamp(e_pub * e_pub / r_i, max=1e6)
+    st["lam"] = torch.where(due, (1 - config.calib_decay) * lam + config.calib_decay * ratio, lam)
+    hit = due & (e_pub.abs() <= z_score * v_i.sqrt())
+    st["hits"] += hit
+    st["scored"] += due
+    # RLS on (z_i, y) for the due ones: an H of zeros leaves P and w as they are (S = R, gain 0)
+    H_obs = zi * due.unsqueeze(-1)  # [B, m, q]
+    e_now = torch.where(due, y - (st["w"] * zi).sum(-1), torch.zeros_like(y))  # [B, m]  with today's weights
+    R = torch.full_like(y, config.lam)  # [B, m]  RLS as a Kalman filter: R = lam, then P / lam
+    (dw,), _ = kalman.update([(st["P"], H_obs)], e_now, R)
+    st["w"] += dw
+    if config.lam != 1.0:
+        P = st["P"]
+        P.div_(torch.where(due, config.lam, 1.0).unsqueeze(-1).unsqueeze(-1))
+        # forgetting inflates P along directions the regressors never move in (RLS wind-up): no
+        # variance is let grow past the prior's
+        top = P.diagonal(dim1=-2, dim2=-1).amax(-1)  # [B, m]
+        P.mul_(torch.clamp(config.delta / top, max=1.0).unsqueeze(-1).unsqueeze(-1))
+    out["error"] = torch.where(due, sd_i * e_pub, torch.full_like(y, float("nan")))  # [B, m] original units
+    out["hit"] = hit
+    return out
+
+
+def healthy(st: State) -> torch.Tensor:
+    """Bool [B]: the read-outs and their calibration are finite."""
+    B = st["w"].shape[0]
+    return (torch.isfinite(st["w"].reshape(B, -1)).all(1) & torch.isfinite(st["P"].reshape(B, -1)).all(1)
+            & torch.isfinite(st["lam"]).all(1))

@@ -1,0 +1,211 @@
+"""Forecasts beyond the next tick (`models.horizons`, BankConfig.horizons, STREAMER_HORIZONS): learned
+from delayed labels only, with no look-ahead, checkpointed with their pending forecasts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+import torch
+
+from models import horizons as hz
+from models.bank import BankConfig, ModelBank
+from models.cells import NetSpec
+from models.learners import BASELINES, LEARNERS, make_learner
+from streamer import bench as B
+from streamer.config import Settings
+from streamer.metrics import Metrics
+from streamer.pipeline import Pipeline
+from tests.helpers import rec, tick
+
+HS = (1, 3, 7)
+
+
+def _bank(name: str, p: int, hs=HS) -> ModelBank:
+    spec = NetSpec(n_in=p, hidden=4)
+    options = {"n_particles": 8} if name == "pf" else {}
+    return ModelBank(make_learner(name, spec, **options), BankConfig(horizons=hs))
+
+
+def _ar_stream(T: int, K: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K AR(2) series laid out as the bank reads them: x [T, K, 3] (last 3 values), d [T, K] (the next)."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros((T + 4, K))
+    for t in range(2, T + 4):
+        y[t] = 1.5 * y[t - 1] - 0.7 * y[t - 2] + rng.standard_normal(K)
+    x = np.stack([y[3 - j : T + 3 - j] for j in range(3)], axis=2)  # [T, K, 3]
+    return torch.from_numpy(x), torch.from_numpy(y[4 : T + 4].copy())
+
+
+def _run(bank: ModelBank, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndarray]:
+    keys = [f"k{i}" for i in range(x.shape[1])]
+    out: dict[str, list] = {"mean": [], "ahead_mean": [], "ahead_lower": [], "ahead_upper": []}
+    for t in range(len(d)):
+        r = bank.step(keys, x[t], d[t])
+        for k in out:
+            out[k].append(getattr(r, k).numpy().copy())
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", LEARNERS + BASELINES)
+def test_no_look_ahead_forecasts_made_at_t_do_not_depend_on_anything_after_t(name):
+    """Every horizon's forecast made at row t (from x_t, before its label d_t) is bit-identical whether the
+    stream goes on as it did, goes on differently, or stops: it uses nothing after t."""
+    x, d = _ar_stream(60, 2, seed=1)
+    t0 = 40
+    x2, d2 = x.clone(), d.clone()
+    x2[t0 + 1 :] = torch.randn_like(x2[t0 + 1 :]) * 5
+    d2[t0:] = torch.randn_like(d2[t0:]) * 5  # d_t0 too: the target of row t0 must not reach its forecasts
+    full, other, cut = (_run(_bank(name, 3), a, b) for a, b in ((x, d), (x2, d2), (x[: t0 + 1], d[: t0 + 1])))
+    for k in full:
+        np.testing.assert_array_equal(full[k][: t0 + 1], other[k][: t0 + 1], err_msg=k)
+        np.testing.assert_array_equal(full[k][: t0 + 1], cut[k], err_msg=k)
+    # and the check can fail: the rows after t0 did see the other stream
+    assert not np.array_equal(full["ahead_mean"][t0 + 1 :], other["ahead_mean"][t0 + 1 :])
+
+
+def test_the_one_step_forecast_is_the_same_with_or_without_further_horizons():
+    x, d = _ar_stream(80, 3, seed=2)
+    for name in ("ensemble", "ekf"):
+        alone, more = _run(_bank(name, 3, (1,)), x, d), _run(_bank(name, 3), x, d)
+        np.testing.assert_array_equal(alone["mean"], more["mean"])
+
+
+def test_each_read_out_is_the_least_squares_fit_of_its_delayed_targets():
+    """No forgetting: after n targets of horizon h, w_h is the ridge solution (Z^T Z + I / delta)^-1 Z^T y
+    over the pairs (z_t, y_{t+h}), z_t pushed h - 1 ticks before its target."""
+    rng = np.random.default_rng(3)
+    config = hz.HorizonConfig((2, 5), lam=1.0)
+    B_, q, T = 2, 4, 50
+    st = hz.init_state(B_, q - 2, config, torch.float64)
+    Z = rng.standard_normal((T, B_, q))
+    w_true = rng.standard_normal((B_, q))
+    y = np.zeros((T, B_))
+    for t in range(T):
+        y[t] = (Z[max(t - 1, 0)] * w_true).sum(-1) + 0.1 * rng.standard_normal(B_)
+    for t in range(T):
+        hz.step(st, torch.from_numpy(Z[t]), torch.zeros(B_, dtype=torch.float64),
+                torch.ones(B_, dtype=torch.float64), torch.from_numpy(y[t]), torch.ones(B_, dtype=torch.bool),
+                config, 1.645)
+    for j, h in enumerate(config.horizons):
+        zs, ys = Z[: T - h + 1], y[h - 1 :]  # the pair of z pushed at t is the d of the push h - 1 later
+        for b in range(B_):
+            A = zs[:, b].T @ zs[:, b] + np.eye(q) / config.delta
+            w = np.linalg.solve(A, zs[:, b].T @ ys[:, b])
+            np.testing.assert_allclose(st["w"][b, j].numpy(), w, rtol=1e-6, atol=1e-8)
+        assert int(st["scored"][0, j]) == T - h + 1
+    # horizon 2 is the one whose pairs were generated: it finds the weights
+    np.testing.assert_allclose(st["w"][:, 0].numpy(), w_true, atol=0.1)
+
+
+def test_a_held_out_target_is_neither_scored_nor_learned():
+    config = hz.HorizonConfig((2,))
+    st = hz.init_state(1, 1, config, torch.float64)
+    z = torch.tensor([[0.5, 0.2, 1.0]], dtype=torch.float64)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    hz.step(st, z, zero, one, one, torch.tensor([True]), config, 1.645)
+    w, P = st["w"].clone(), st["P"].clone()
+    out = hz.step(st, z, zero, one, 100 * one, torch.tensor([False]), config, 1.645)
+    assert torch.equal(st["w"], w) and torch.equal(st["P"], P) and int(st["scored"].sum()) == 0
+    assert math.isnan(float(out["error"][0, 0]))
+    hz.step(st, z, zero, one, one, torch.tensor([True]), config, 1.645)
+    assert int(st["scored"].sum()) == 1 and not torch.equal(st["w"], w)
+
+
+def test_intervals_are_calibrated_per_horizon():
+    x, d = _ar_stream(3000, 4, seed=4)
+    bank = _bank("linear", 3, (1, 2, 8))
+    _run(bank, x, d)
+    cov = bank.state["h.hits"].sum(0).numpy() / bank.state["h.scored"].sum(0).numpy()
+    assert ((cov > 0.86) & (cov < 0.94)).all(), cov
+
+
+def test_pending_forecasts_survive_a_snapshot_and_the_default_state_has_none():
+    x, d = _ar_stream(40, 2, seed=5)
+    a = _bank("ensemble", 3)
+    keys = ["k0", "k1"]
+    for t in range(20):
+        a.step(keys, x[t], d[t])
+    b = _bank("ensemble", 3)
+    for blob in a.snapshot_many(keys):
+        b.restore(blob)
+    for t in range(20, 40):
+        ra, rb = a.step(keys, x[t], d[t]), b.step(keys, x[t], d[t])
+        np.testing.assert_array_equal(ra.ahead_error.numpy(), rb.ahead_error.numpy())
+        np.testing.assert_array_equal(ra.ahead_mean.numpy(), rb.ahead_mean.numpy())
+    assert np.isfinite(ra.ahead_error.numpy()).all()  # they came due, on both
+    assert not any(k.startswith("h.") for k in _bank("ensemble", 3, (1,)).layout())
+    with pytest.raises(ValueError, match="another model"):  # other horizons: another model, not damage
+        _bank("ensemble", 3, (1, 3)).restore(a.snapshot("k0"))
+
+
+def test_horizon_settings_parse_and_refuse():
+    assert Settings(horizons="24,6").horizon_list() == (1, 6, 24)
+    assert Settings().horizon_list() == (1,)
+    for bad in ("0", "a,b", "", "6,-1", "20000"):
+        with pytest.raises(ValueError, match="horizons"):
+            Settings(horizons=bad)
+
+
+def _feed(horizons: str, learner: str, n: int):
+    p = Pipeline(Settings(lags=3, hidden=4, horizons=horizons, learner=learner, particles=8))
+    ticks = [rec(tick(k, 5 * (k == "b") + math.sin(t / 3) + 0.1 * math.cos(t * 1.3), ts=t), offset=2 * t + (k == "b"))
+             for t in range(n) for k in ("a", "b")]
+    return p.process(ticks), p
+
+
+@pytest.mark.parametrize("learner", LEARNERS)
+def test_the_daemon_publishes_every_horizon_and_none_depends_on_later_ticks(learner):
+    full, p = _feed("1,3,6", learner, 40)
+    cut, _ = _feed("1,3,6", learner, 25)
+    assert [o.value for o in full.predictions[:50]] == [o.value for o in cut.predictions]
+    msgs = [orjson.loads(o.value) for o in full.predictions]
+    for m in msgs:
+        assert [h["h"] for h in m["horizons"]] == [1, 3, 6]
+        assert [h["target_seq"] for h in m["horizons"]] == [m["seq"] + h for h in (1, 3, 6)]
+        assert m["horizons"][0]["prediction"] == m["prediction"]
+        assert all(h["lower"] <= h["prediction"] <= h["upper"] for h in m["horizons"])
+    # every forecast whose target arrived was scored: those made at ticks 0..39 - h, per key
+    assert len(full.ahead[6][0]) == 2 * (40 - 6) and len(full.ahead[3][0]) == 2 * (40 - 3)
+    assert "horizons" not in orjson.loads(_feed("1", learner, 3)[0].predictions[0].value)
+
+
+def test_horizon_metrics_carry_a_bounded_horizon_label():
+    m = Metrics("ensemble", "lstm", "test", (1, 6))
+    text = m.exposition().decode()
+    assert 'streamer_horizon_scored_total{horizon="6"} 0.0' in text
+    m.scored([0.5, -0.5], 1, horizon=6)
+    m.scored([1.0], 1)
+    text = m.exposition().decode()
+    assert 'streamer_horizon_scored_total{horizon="6"} 2.0' in text
+    assert 'streamer_horizon_coverage{horizon="6"} 0.5' in text
+    assert 'streamer_horizon_mse{horizon="1"} 1.0' in text
+    assert 'streamer_prequential_mse{learner="ensemble"} 1.0' in text
+
+
+def test_bench_scores_each_horizon_when_its_target_arrives_with_literal_baselines():
+    rng = np.random.default_rng(6)
+    t = np.arange(600)
+    df = pd.DataFrame({"a": np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(600),
+                   "b": np.cos(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(600)})
+    stream = B.series_stream(df, ["a", "b"], warmup=200, lags=2, start=300, end=None)
+    spec = NetSpec(n_in=stream.x.shape[2], hidden=4)
+    pers = B.run(stream, "persistence", spec, horizons=(1, 5), period=24)
+    rows = {(r.learner, r.horizon): r for r in [pers, *pers.ahead]}
+    assert set(rows) == {("persistence", 1), ("persistence", 5), ("seasonal", 1), ("seasonal", 5)}
+    # persistence 5 ahead: the value at the row before, against the target 4 rows on
+    made = np.arange(len(stream.d)) + 4
+    use = (made >= stream.score_from) & (made < len(stream.d))
+    rows_used = np.flatnonzero(use)
+    e = stream.d[made[use]] - stream.d[rows_used - 1]
+    assert rows[("persistence", 5)].mse == pytest.approx(float(np.mean(e**2)), rel=1e-6)
+    # on a period-24 wave, seasonal naive beats persistence 5 ahead
+    assert rows[("seasonal", 5)].mse < 0.5 * rows[("persistence", 5)].mse
+    lin = B.run(stream, "linear", spec, horizons=(1, 5))
+    summary = B.summarise([pers, lin])
+    assert {(r["learner"], r["horizon"]) for r in summary} >= {("linear", 1), ("linear", 5)}
+    lin5 = next(r for r in summary if (r["learner"], r["horizon"]) == ("linear", 5))
+    assert lin5["mse"] < rows[("persistence", 5)].mse and 0.8 < lin5["coverage90"] < 0.97
