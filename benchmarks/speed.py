@@ -124,12 +124,12 @@ def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float) -> float:
     return timed_waves(wave, seconds)
 
 
-def few_keys_pipeline(name: str, K: int, seconds: float) -> tuple[float, int]:
+def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1") -> tuple[float, int]:
     """Seconds per wave of the daemon's Pipeline.process on K records, one per key (no Kafka), and the
     default memory budget's key bound (raised to K for the run if below: this measures a wave, not
     the eviction of idle keys that a budget too small for the key set causes)."""
-    bound = Pipeline(Settings(learner=name)).max_keys
-    p = Pipeline(Settings(learner=name, max_keys=max(K, bound)))
+    bound = Pipeline(Settings(learner=name, horizons=horizons)).max_keys
+    p = Pipeline(Settings(learner=name, max_keys=max(K, bound), horizons=horizons))
     offsets = itertools.count()
     values = [[orjson.dumps({"key": f"k{k}", "ts": t, "value": math.sin(t / 7 + k) + 0.01 * k})
                for k in range(K)] for t in range(64)]

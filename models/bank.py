@@ -16,6 +16,7 @@ warm-start) state and counted in `resets`.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class BankConfig:
     # Ticks ahead to forecast: 1 is the learner's own forecast, each further one a read-out learned from
     # delayed labels (`models.horizons`; its state, the pending forecasts included, is the key's h.* rows).
     horizons: tuple[int, ...] = (1,)
+    readout: hz.HorizonConfig = field(default_factory=hz.HorizonConfig)  # their settings (horizons from above)
 
     def __post_init__(self) -> None:
         if self.horizons != hz.parse_horizons(self.horizons):
@@ -64,7 +66,7 @@ class BankConfig:
     @property
     def ahead(self) -> hz.HorizonConfig | None:
         """The read-outs' config (the horizons beyond the next tick), None when there are none."""
-        return hz.HorizonConfig(self.horizons[1:]) if len(self.horizons) > 1 else None
+        return dataclasses.replace(self.readout, horizons=self.horizons[1:]) if len(self.horizons) > 1 else None
 
 
 @dataclass
@@ -98,10 +100,12 @@ class Forecast:
 
 class ModelBank:
     def __init__(self, learner: Learner, config: BankConfig = BankConfig(),
-                 theta0: torch.Tensor | Mapping[str, torch.Tensor] | None = None, capacity_hint: int = 0):
+                 theta0: torch.Tensor | Mapping[str, torch.Tensor] | None = None, capacity_hint: int = 0,
+                 readout0: Mapping[str, torch.Tensor] | None = None):
         """`theta0`: the warm start of every new key, [n_theta] for all of them or one per key name
         (a model trained offline per series); None starts keys cold. `capacity_hint`: the most keys it
-        will hold (the replica's key bound), reserved at once when a key's state is large."""
+        will hold (the replica's key bound), reserved at once when a key's state is large. `readout0`:
+        where every new key's read-outs beyond the next tick start (`models.warmstart`: w, P, lam, s)."""
         self.capacity_hint = capacity_hint
         self.learner, self.config = learner, config
         self.theta0 = theta0 if not isinstance(theta0, Mapping) else None
@@ -125,6 +129,13 @@ class ModelBank:
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
         self._ahead = config.ahead
+        self._readout0 = dict(readout0) if readout0 is not None else None
+        if self._readout0 is not None:
+            one = self._fresh(torch.zeros(1, dtype=torch.int64), cold=True)
+            want = {k: tuple(one[f"h.{k}"].shape[1:]) for k in self._readout0 if f"h.{k}" in one}
+            if len(want) != len(self._readout0) or any(tuple(v.shape) != want[k] for k, v in self._readout0.items()):
+                got = {k: tuple(v.shape) for k, v in self._readout0.items()}
+                raise ValueError(f"the read-outs' warm start {got} does not fit this bank's horizons {config.horizons}")
 
     # ----------------------------------------------------------------- keys
     def __len__(self) -> int:
@@ -148,6 +159,9 @@ class ModelBank:
         st["b.shift"] = torch.zeros(B, dtype=torch.int64)  # consecutive ticks beyond shift_z
         if self._ahead is not None:
             st.update({f"h.{k}": v for k, v in hz.init_state(B, p, self._ahead, self._dtype).items()})
+            if self._readout0 is not None and not cold:
+                for k, v in self._readout0.items():
+                    st[f"h.{k}"] = v.to(self._dtype).expand(B, *v.shape).clone()
         return st
 
     @property

@@ -12,6 +12,12 @@ it fits and the regressor layout it was trained on:
                                                       the tick's features in this order]
 
 A file that does not fit the run (cell, size, head, regressor) is refused with both sides named.
+
+A "ticks" warm start may also carry the read-outs of horizons beyond the next tick
+(`models.horizons`), fitted by replaying the history through the daemon's bank with that learner:
+`readout` {"w" [m, q], "P" [m, q, q], "lam" [m], "s" [m]} and the manifest's
+{"readout": {"horizons": [1, h...], "learner": name}}. A daemon with those horizons and that learner
+starts every new key's read-outs there; any other run starts them cold (the theta still applies).
 """
 
 from __future__ import annotations
@@ -35,6 +41,16 @@ class WarmStart:
     layout: dict[str, Any]
     manifest: dict[str, Any]  # everything else the file says: norm, data, training figures
     keys: list[str] | None = None  # names of theta's rows when per key
+    readout: dict[str, torch.Tensor] | None = None  # read-outs beyond the next tick (see the module doc)
+
+    def readout_for(self, horizons: tuple[int, ...], learner: str) -> dict[str, torch.Tensor] | None:
+        """The read-outs' warm start when they were fitted for these horizons and this learner, else None."""
+        meta = self.manifest.get("readout") or {}
+        if self.readout is None or meta.get("learner") != learner:
+            return None
+        if tuple(meta.get("horizons") or ()) != tuple(horizons):
+            return None
+        return self.readout
 
     def for_bank(self, keys: list[str] | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """What `ModelBank(theta0=...)` takes: the global theta, or {key: theta} (all of `keys` covered)."""
@@ -65,13 +81,18 @@ def _theta_ok(theta: torch.Tensor, spec: NetSpec, keys: list[str] | None) -> boo
 
 
 def to_bytes(spec: NetSpec, theta: torch.Tensor, layout: dict[str, Any], keys: list[str] | None = None,
-             **manifest: Any) -> bytes:
+             readout_state: dict[str, torch.Tensor] | None = None, **manifest: Any) -> bytes:
+    """`readout_state` (with the manifest's `readout` {"horizons", "learner"}): the read-outs' warm start."""
     if not _theta_ok(theta, spec, keys):
         raise ValueError(f"theta has shape {tuple(theta.shape)}; {spec.describe()} needs ({spec.n_theta},), or "
                          f"(K, {spec.n_theta}) with K key names")
     spec_d = {"n_in": spec.n_in, "hidden": spec.hidden, "cell": spec.cell, "head": spec.head, "gate": spec.gate}
-    return encode({"kind": KIND, "spec": spec_d, "layout": layout, "keys": keys, **manifest},
-                  {"theta": theta.detach().to(torch.float64)})
+    tensors = {"theta": theta.detach().to(torch.float64)}
+    if readout_state is not None:
+        if not manifest.get("readout"):
+            raise ValueError("a read-out warm start needs the manifest's readout {horizons, learner}")
+        tensors.update({f"readout.{k}": v.detach().to(torch.float64) for k, v in readout_state.items()})
+    return encode({"kind": KIND, "spec": spec_d, "layout": layout, "keys": keys, **manifest}, tensors)
 
 
 def from_bytes(blob: bytes, source: str = "warm-start file") -> WarmStart:
@@ -89,7 +110,15 @@ def from_bytes(blob: bytes, source: str = "warm-start file") -> WarmStart:
     theta = tensors.get("theta")
     if theta is None or not _theta_ok(theta, spec, keys) or not bool(torch.isfinite(theta).all()):
         raise ValueError(f"{source}: theta missing, of the wrong size for {spec.describe()}, or not finite")
-    return WarmStart(spec, theta, layout, manifest, keys)
+    readout = {k[8:]: v for k, v in tensors.items() if k.startswith("readout.")} or None
+    if readout is not None:
+        hs = (manifest.get("readout") or {}).get("horizons") or []
+        m, q = len(hs) - 1, spec.n_in + 2
+        want = {"w": (m, q), "P": (m, q, q), "lam": (m,), "s": (m,)}
+        if ({k: tuple(v.shape) for k, v in readout.items()} != want
+                or not all(bool(torch.isfinite(v).all()) for v in readout.values())):
+            raise ValueError(f"{source}: the read-outs' warm start is not {want} of finite numbers for horizons {hs}")
+    return WarmStart(spec, theta, layout, manifest, keys, readout)
 
 
 def load(path: str | Path, source: str | None = None) -> WarmStart:

@@ -389,6 +389,11 @@ def warm_start_cmd(
     weight_decay: Annotated[float, typer.Option(help="L2 pull of the weights towards 0 (AdamW)")] = 0.0,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="the warm-start model file to write")] = Path("runs/warm-start.tsmf"),
+    horizons: Annotated[str, typer.Option(
+        help="ticks layout: the daemon's STREAMER_HORIZONS, e.g. 1,6,24; the read-outs beyond the next tick are "
+             "fitted on the train rows too, for --learner")] = "1",
+    learner: Annotated[str, typer.Option(help="ticks layout with --horizons: the daemon's STREAMER_LEARNER")
+                       ] = defaults.LEARNER,
 ) -> None:
     """Train the online regressor itself on history: the file `streamer bench --warm-start` starts keys from."""
     from offline import warmstart as W
@@ -403,17 +408,31 @@ def warm_start_cmd(
         data = SeriesData.from_frame(frame, cols, cols[-1], Splits.rows(train_rows, val_rows, val_rows), source=file)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    from models.horizons import parse_horizons
+    from models.learners import LEARNERS
+
+    try:
+        hs = parse_horizons(horizons)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if len(hs) > 1 and layout != "ticks":
+        raise typer.BadParameter("--horizons fits the daemon's read-outs: it goes with --layout ticks")
+    if learner not in LEARNERS:
+        raise typer.BadParameter(f"--learner is one of {', '.join(LEARNERS)}, got {learner!r}")
     given = {"lags": lags, "dropout": dropout, "lr": lr}
     chosen = {k: v if v is not None else W.LAYOUT_DEFAULTS[layout][k] for k, v in given.items()}
     cfg = W.WarmConfig(hidden=hidden, cell=cell, head=head, lags=int(chosen["lags"]), epochs=epochs, seq_len=seq_len,
                        lr=float(chosen["lr"]), weight_decay=weight_decay, dropout=float(chosen["dropout"]),
                        per_key=layout == "series",
-                       layout=layout, seed=seed)
+                       layout=layout, seed=seed, horizons=hs, learner=learner)
     with _progress() as bar:
         task = bar.add_task("warm start", total=None)
         model, fit, regressors = W.train(data, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
+        if len(hs) > 1:
+            bar.update(task, description="read-outs", completed=0, total=None)
+        blob = W.export(model, regressors, data, fit, cfg, progress=lambda i, n: bar.update(task, completed=i, total=n))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(W.export(model, regressors, data, fit, cfg))
+    out.write_bytes(blob)
     plot_losses({"warm start": (fit.train_loss, fit.val_loss)}, out.with_suffix(".png"),
                 f"warm start, {Path(file).stem} rows 0-{train_rows}")
     console.print(f"{model.spec.describe()}, {'one per key' if per_key else 'shared'}: best validation MSE "

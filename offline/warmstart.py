@@ -62,6 +62,10 @@ class WarmConfig:
     per_key: bool = True
     layout: str = "series"  # "series": streamer bench's multi-series regressors; "ticks": the daemon's
     seed: int = 0
+    # ticks layout: the daemon's STREAMER_HORIZONS and learner, for which the read-outs beyond the next
+    # tick are fitted too (`fit_readouts`); (1,) fits none
+    horizons: tuple[int, ...] = (1,)
+    learner: str = defaults.LEARNER
 
 
 def series_regressors(z: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,11 +175,43 @@ def train(data: SeriesData, cfg: WarmConfig, progress: Callable[[int, int], None
     return model, res, layout
 
 
-def export(model: CellRegressor, layout: dict, data: SeriesData, fit: FitResult, cfg: WarmConfig) -> bytes:
+def fit_readouts(theta: torch.Tensor, spec: NetSpec, values: np.ndarray, horizons: tuple[int, ...], learner: str,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """The read-outs beyond the next tick (`models.horizons`) a new key of the daemon should start from:
+    replay each column of `values` [R, K] (raw, one key's ticks each) through the daemon's bank (this
+    learner warm-started from theta, these horizons), tick by tick as `Pipeline` feeds it, and average
+    the keys' read-outs (w, P), calibration (lam) and conformal factor (s) at the end."""
+    from models.bank import BankConfig, ModelBank
+    from models.learners import make_learner
+
+    bank = ModelBank(make_learner(learner, spec, warm=True), BankConfig(horizons=tuple(horizons)), theta)
+    v = torch.from_numpy(np.asarray(values, dtype=np.float64))  # [R, K]
+    R, K = v.shape
+    L = spec.n_in
+    padded = torch.cat([v[:1].expand(L - 1, K), v])  # [R + L - 1, K]: before a key's first tick, its first value
+    X = torch.stack([padded[L - 1 - j : L - 1 - j + R] for j in range(L)], dim=2)  # [R, K, L]
+    keys = [f"history-{k}" for k in range(K)]
+    for t in range(R - 1):
+        bank.step(keys, X[t], v[t + 1])
+        if progress is not None:
+            progress(t + 1, R - 1)
+    return {k: bank.state[f"h.{k}"].to(torch.float64).mean(0) for k in ("w", "P", "lam", "s")}
+
+
+def export(model: CellRegressor, layout: dict, data: SeriesData, fit: FitResult, cfg: WarmConfig,
+           progress: Callable[[int, int], None] | None = None) -> bytes:
+    """The warm-start file; for the ticks layout with horizons beyond 1, with their read-outs fitted on
+    the train rows (`fit_readouts`)."""
     theta = model.theta.detach()  # [G, n_theta]
     per_key = theta.shape[0] > 1 or cfg.per_key
+    readout, readout_meta = None, None
+    if cfg.layout == "ticks" and len(cfg.horizons) > 1:
+        raw = data.norm.invert_all(data.z)[: data.splits.train]
+        readout = fit_readouts(theta[0], model.spec, raw, cfg.horizons, cfg.learner, progress)
+        readout_meta = {"horizons": list(cfg.horizons), "learner": cfg.learner, "train_rows": [0, data.splits.train]}
     return warmstart.to_bytes(
         model.spec, theta if per_key else theta[0], layout, keys=list(data.columns) if per_key else None,
+        readout_state=readout, **({"readout": readout_meta} if readout_meta else {}),
         norm=data.norm.to_dict(),
         data={"source": data.source, "train_rows": [0, data.splits.train], "val_rows": list(data.splits.bounds("val")),
               "columns": data.columns},

@@ -156,19 +156,24 @@ def run(
     head_steps: int = 500,
     horizons: Sequence[int] = (1,),
     period: int | None = None,
+    readout: Any = None,
 ) -> RunResult:
     """Replay the stream through a ModelBank of `learner`; score the prediction made before each update.
 
     `theta0`: warm start for every key (learners only; baselines ignore it). `head_steps`: the early
     part of the scored rows whose MSE is reported apart (`mse_head`), where a warm start shows.
     `horizons`: beyond 1, each horizon's forecasts are scored too, in `ahead` (see the module's doc);
-    `period` adds seasonal-naive forecasts to the persistence baseline's run, as `seasonal`."""
+    `period` adds seasonal-naive forecasts to the persistence baseline's run, as `seasonal`; `readout`: the
+    read-outs' settings (`models.horizons.HorizonConfig`, default the bank's)."""
     hs = parse_horizons(horizons)
     warm = theta0 if learner not in BASELINES else None
     model = make_learner(learner, spec, warm=warm is not None, **(options or {}))
     literal = learner in ("mean", "persistence")  # their forecasts beyond the next tick are the textbook ones
     bank_hs = (1,) if literal else hs
-    bank = ModelBank(model, BankConfig(seed=seed, norm=NormConfig(mode=normalize), horizons=bank_hs), warm)  # type: ignore[arg-type]
+    config = BankConfig(seed=seed, norm=NormConfig(mode=normalize), horizons=bank_hs)  # type: ignore[arg-type]
+    if readout is not None:
+        config = dataclasses.replace(config, readout=readout)
+    bank = ModelBank(model, config, warm)
     keys = stream.keys
     T = len(stream.d)
     means = np.empty_like(stream.d)

@@ -256,7 +256,7 @@ def _plot_horizons(rows: list[dict], path: Path, title: str) -> None:
     for name in dict.fromkeys(r["learner"] for r in rows):
         pts = sorted((r["horizon"], r["mse"]) for r in rows if r["learner"] == name)
         ax.plot([h for h, _ in pts], [v for _, v in pts], marker="o", label=name)
-    ax.set(xlabel="horizon (ticks ahead)", ylabel="MSE", title=f"forecast error by horizon, {title}")
+    ax.set(xlabel="horizon (ticks ahead)", ylabel="MSE", title=f"forecast error by horizon, {title}", yscale="log")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -358,11 +358,14 @@ class Pipeline:
             s = self.settings
             spec = NetSpec(n_in=s.lags + len(signature), hidden=s.hidden, cell=s.cell, head=s.head)
             # keys with the feature set the warm start was trained on start from it; others start cold
-            theta0 = None
+            theta0, readout0 = None, None
             if self.warm is not None and list(signature) == list(self.warm.layout.get("features") or []):
                 theta0 = self.warm.theta
+                # its read-outs too, when they were fitted for these horizons and this learner
+                readout0 = self.warm.readout_for(self.horizons, s.learner)
             bank = ModelBank(make_learner(s.learner, spec, warm=theta0 is not None, **self._learner_options),
-                             BankConfig(seed=s.seed, horizons=self.horizons), theta0, capacity_hint=self.max_keys)
+                             BankConfig(seed=s.seed, horizons=self.horizons), theta0, capacity_hint=self.max_keys,
+                             readout0=readout0)
             self.warm_banks += int(theta0 is not None)
             self.banks[signature] = bank
         return bank

@@ -33,8 +33,8 @@ def series(kind: str, n: int) -> np.ndarray:
     return v
 
 
-def run(learner: str, kinds: list[str], n: int) -> tuple[dict[str, list[dict]], int, int]:
-    p = Pipeline(Settings(lags=4, hidden=8, learner=learner, particles=16))
+def run(learner: str, kinds: list[str], n: int, horizons: str = "1") -> tuple[dict[str, list[dict]], int, int]:
+    p = Pipeline(Settings(lags=4, hidden=8, learner=learner, particles=16, horizons=horizons))
     data = {k: series(k, n) for k in kinds}
     offsets = itertools.count()
     preds: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -84,6 +84,26 @@ def test_faulty_series_never_publish_non_finite_and_recover_without_touching_oth
     np.testing.assert_allclose([q["prediction"] for q in preds["normal"]], [q["prediction"] for q in alone["normal"]],
                                rtol=1e-4, atol=1e-5)
     assert all(q["model"] != "persistence" for q in preds["normal"][1:])  # the first forecast has no level to scale
+
+
+@pytest.mark.slow
+def test_faulty_series_never_publish_a_non_finite_forecast_at_any_horizon():
+    kinds = ["normal", "explode", "flat", "spikes"]
+    preds, resets, _ = run("ensemble", kinds, 1500, horizons="1,5,20")
+    assert resets >= 20
+    for k in kinds:
+        assert len(preds[k]) == 1500
+        for q in preds[k]:
+            assert [h["h"] for h in q["horizons"]] == [1, 5, 20]
+            for h in q["horizons"]:
+                assert all(isinstance(h[f], float) and math.isfinite(h[f]) for f in ("prediction", "lower", "upper")), q
+                assert h["lower"] <= h["prediction"] <= h["upper"], q
+    # the healthy key's forecasts 20 ahead beat persistence's over its last 300 targets
+    actual = series("normal", 1500)
+    f20 = np.array([q["horizons"][2]["prediction"] for q in preds["normal"]])
+    mse = np.mean((f20[-320:-20] - actual[-300:]) ** 2)
+    persistence = np.mean((actual[-320:-20] - actual[-300:]) ** 2)
+    assert mse < persistence, (mse, persistence)
 
 
 def test_persistence_fallback_stays_in_float_range():

@@ -262,6 +262,57 @@ def test_the_daemon_starts_new_keys_from_the_warm_start(tick_warm, ett):
     assert cold.warm_banks == 0
 
 
+def test_a_warm_start_carries_the_read_outs_of_further_horizons_and_new_keys_start_there(ett, tmp_path):
+    """`offline train warm-start --layout ticks --horizons 1,3`: the read-outs fitted on the history are where
+    every new key of a daemon with those horizons and that learner starts, and its first forecasts 3 ahead
+    are better for it than from cold read-outs (the same theta); a daemon with other horizons ignores them."""
+    import dataclasses
+
+    import orjson
+
+    from streamer.config import Settings
+    from streamer.pipeline import Pipeline, Record
+
+    data = SeriesData.from_frame(ett, COLS, "OT", Splits.rows(400, 500, 500), source="ETTh1.csv")
+    cfg = W.WarmConfig(hidden=4, lags=4, epochs=3, seq_len=24, burn_in=4, lr=1e-2, per_key=False, layout="ticks",
+                       horizons=(1, 3), learner="sgd")
+    model, fit, layout = W.train(data, cfg)
+    with_readout, without = tmp_path / "h.tsmf", tmp_path / "plain.tsmf"
+    with_readout.write_bytes(W.export(model, layout, data, fit, cfg))
+    without.write_bytes(W.export(model, layout, data, fit, dataclasses.replace(cfg, horizons=(1,))))
+    ws = warmstart.load(with_readout)
+    assert ws.manifest["readout"]["horizons"] == [1, 3] and ws.readout is not None
+    assert ws.readout["w"].shape == (1, 6) and ws.readout["P"].shape == (1, 6, 6)
+    assert ws.readout_for((1, 3), "sgd") is not None
+    assert ws.readout_for((1, 6), "sgd") is None and ws.readout_for((1, 3), "ekf") is None
+    assert warmstart.load(without).readout is None
+    values = ett[["OT", "HUFL"]].to_numpy(np.float64)[600:760]  # two keys the model never saw
+
+    def first_forecasts(path) -> tuple[np.ndarray, Pipeline]:
+        p = Pipeline(Settings(lags=4, hidden=4, learner="sgd", warm_start=str(path), horizons="1,3"))
+        f3 = []
+        for t in range(len(values)):
+            recs = [Record("ticks", 0, 2 * t + k, None, orjson.dumps({"key": n, "ts": t, "value": float(values[t, k])}))
+                    for k, n in enumerate(("ot", "hufl"))]
+            f3.append([orjson.loads(o.value)["horizons"][1]["prediction"] for o in p.process(recs).predictions])
+            if t == 0:
+                bank = next(iter(p.banks.values()))
+                start = bank.state["h.w"][:, 0].double()
+        return np.array(f3), p, start  # type: ignore[return-value]
+
+    warm3, _, start = first_forecasts(with_readout)
+    np.testing.assert_allclose(start.numpy(), ws.readout["w"][0].expand(2, -1).numpy(), rtol=1e-6)
+    cold3, _, cold_start = first_forecasts(without)
+    assert not cold_start.any()  # cold read-outs start at 0
+    target = values[3:]  # the forecast at tick t is for tick t + 3
+    err = {k: float(np.mean((f[1:-3] - target[1:]) ** 2)) for k, f in (("warm", warm3), ("cold", cold3))}
+    assert err["warm"] < 0.7 * err["cold"], err
+    # another horizon set: the read-outs start cold, the theta still applies
+    other = Pipeline(Settings(lags=4, hidden=4, learner="sgd", warm_start=str(with_readout), horizons="1,6"))
+    other.process([Record("ticks", 0, 0, None, orjson.dumps({"key": "ot", "ts": 0, "value": 1.0}))])
+    assert other.warm_banks == 1 and not next(iter(other.banks.values())).state["h.w"].any()
+
+
 def test_the_daemon_refuses_a_warm_start_that_does_not_fit(tick_warm, warm, tmp_path):
     from streamer.config import Settings
     from streamer.pipeline import Pipeline
