@@ -464,8 +464,7 @@ arrives 23 or 47 rows later (`models/horizons.py`). So nothing a forecast uses c
 {hz[table]}
 
 - h=1 is each learner's one-step forecast, bit for bit what it is without further horizons (a test
-  checks it). The ETTh1 table above predates the ensemble's relative rate (issue 16); its
-  ensemble row is from that older build.
+  checks it): the same figures as the ETTh1 table above, measured in another run.
 - The default ({hz[default]}) beats persistence and linear at every horizon: {hz[beats]}. {hz[margin]}.
 - Its coverage90 within 0.87-0.93 at every horizon: {hz[cov]} ({hz[cov_default]}); {hz[cov_all]}.
 - **How the read-outs' defaults were chosen** (`python benchmarks/horizon_variants.py --learner
