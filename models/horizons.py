@@ -60,6 +60,10 @@ class HorizonConfig:
     lam: float = 0.9995
     calib_decay: float = 0.02  # as the bank's calibration of the one-step interval
     coverage_step: float = 0.01  # gamma of the conformal factor (0: variance calibration alone)
+    # |s| <= this: the factor stays within 1/10..10 of the variance calibration. Unbounded, a long
+    # stretch of exact forecasts (a frozen sensor) drives s down by gamma alpha a tick, and the
+    # interval then takes thousands of misses to grow back (the variance calibration recovers in a few)
+    coverage_bound: float = math.log(10.0)
 
     def __post_init__(self) -> None:
         if any(h < 2 for h in self.horizons) or list(self.horizons) != sorted(set(self.horizons)):
@@ -147,7 +151,9 @@ def step(st: State, z: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor, d: torc
     inside = e_pub.abs() <= z_score * v_i.sqrt()
     hit = due & inside
     alpha = math.erfc(z_score / math.sqrt(2))  # the interval's nominal two-sided miss rate
-    st["s"] = torch.where(due, st["s"] + config.coverage_step * ((~inside).to(y.dtype) - alpha), st["s"])
+    s_new = torch.clamp(st["s"] + config.coverage_step * ((~inside).to(y.dtype) - alpha),
+                        -config.coverage_bound, config.coverage_bound)
+    st["s"] = torch.where(due, s_new, st["s"])
     st["hits"] += hit
     st["scored"] += due
     # RLS on (z_i, y) for the due ones: an H of zeros leaves P and w as they are (S = R, gain 0)

@@ -230,3 +230,13 @@ def test_the_conformal_factor_brings_coverage_to_nominal_where_the_variance_alon
         cover[step] = float(st["hits"].sum() / st["scored"].sum())
     assert cover[0.0] > 0.912, cover
     assert abs(cover[hz.HorizonConfig().coverage_step] - 0.90) < 0.005, cover
+
+
+def test_a_long_stretch_of_exact_forecasts_leaves_the_conformal_factor_at_its_bound():
+    config = hz.HorizonConfig((2,))
+    st = hz.init_state(1, 1, config, torch.float64)
+    z = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    for _ in range(30_000):  # a frozen value: every target inside, s falls by gamma * alpha a tick
+        hz.step(st, z, zero, one, zero, torch.tensor([True]), config, 1.6448536269514722)
+    assert float(st["s"][0, 0]) == pytest.approx(-config.coverage_bound)
