@@ -131,8 +131,8 @@ class ModelBank:
         self._ahead = config.ahead
         self._readout0 = dict(readout0) if readout0 is not None else None
         if self._readout0 is not None:
-            one = self._fresh(torch.zeros(1, dtype=torch.int64), cold=True)
-            want = {k: tuple(one[f"h.{k}"].shape[1:]) for k in self._readout0 if f"h.{k}" in one}
+            layout = self.layout()
+            want = {k: layout[f"h.{k}"][1] for k in self._readout0 if f"h.{k}" in layout}
             if len(want) != len(self._readout0) or any(tuple(v.shape) != want[k] for k, v in self._readout0.items()):
                 got = {k: tuple(v.shape) for k, v in self._readout0.items()}
                 raise ValueError(f"the read-outs' warm start {got} does not fit this bank's horizons {config.horizons}")
@@ -295,10 +295,6 @@ class ModelBank:
                 self._book_view = {k: v.numpy() for k, v in live.items() if k[0] in "nb"}
             return self._book_view
         return {k: v.numpy() for k, v in st.items() if k[0] in "nb"}
-
-    @property
-    def horizons(self) -> tuple[int, ...]:
-        return self.config.horizons
 
     def predict(self, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and calibrated variance [T] of the next target, original scale; state untouched.

@@ -78,6 +78,15 @@ def series_regressors(z: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]
     return x.astype(np.float32), z[t + 1].astype(np.float32)
 
 
+def tick_windows(values: np.ndarray, lags: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The daemon's raw regressors: values [R, K] -> (v [R, K], X [R, K, lags]) with X_t = [v_t .. v_t-lags+1],
+    a key's first value standing in before its first tick, as `Pipeline` fills its lags."""
+    v = torch.from_numpy(np.asarray(values, dtype=np.float64))  # [R, K]
+    R, K = v.shape
+    padded = torch.cat([v[:1].expand(lags - 1, K), v])  # [R + lags - 1, K]
+    return v, torch.stack([padded[lags - 1 - j : lags - 1 - j + R] for j in range(lags)], dim=2)  # [R, K, lags]
+
+
 def tick_regressors(values: np.ndarray, lags: int, norm: NormConfig | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The daemon's regressors, as its model bank sees them. values [R, K] (each column one key's
@@ -85,10 +94,8 @@ def tick_regressors(values: np.ndarray, lags: int, norm: NormConfig | None = Non
     tick its first value, as `Pipeline` fills it), d_t = v_{t+1}, both standardised by the bank's
     online per-key normalisation replayed tick by tick (the first tick sets the level)."""
     norm = norm or NormConfig()  # the daemon's banks use the default
-    v = torch.from_numpy(np.asarray(values, dtype=np.float64))  # [R, K]
+    v, X = tick_windows(values, lags)
     R, K = v.shape
-    padded = torch.cat([v[:1].expand(lags - 1, K), v])  # [R + lags - 1, K]
-    X = torch.stack([padded[lags - 1 - j : lags - 1 - j + R] for j in range(lags)], dim=2)  # [R, K, lags]
     st = norm_init(K, lags, torch.float64)
     xs, ds, mus, sds = [], [], [], []
     for t in range(R - 1):
@@ -185,11 +192,8 @@ def fit_readouts(theta: torch.Tensor, spec: NetSpec, values: np.ndarray, horizon
     from models.learners import make_learner
 
     bank = ModelBank(make_learner(learner, spec, warm=True), BankConfig(horizons=tuple(horizons)), theta)
-    v = torch.from_numpy(np.asarray(values, dtype=np.float64))  # [R, K]
+    v, X = tick_windows(values, spec.n_in)  # [R, K], [R, K, lags]
     R, K = v.shape
-    L = spec.n_in
-    padded = torch.cat([v[:1].expand(L - 1, K), v])  # [R + L - 1, K]: before a key's first tick, its first value
-    X = torch.stack([padded[L - 1 - j : L - 1 - j + R] for j in range(L)], dim=2)  # [R, K, L]
     keys = [f"history-{k}" for k in range(K)]
     for t in range(R - 1):
         bank.step(keys, X[t], v[t + 1])

@@ -209,7 +209,7 @@ def run(
         for name, p in kinds:
             for h in hs if name == "seasonal" else hs[1:]:
                 f = _literal_forecast(stream.d, h, name, p)
-                lo, hi = _delayed_interval(stream.d, f, h, bank.config.z)
+                lo, hi = _delayed_interval(stream.d, f, h, bank.config.z, bank.config.calib_decay)
                 out.ahead.append(_scored(stream, name, cell, seed, h, f, lo, hi, head_steps, speed, 0))
     return out
 
@@ -249,9 +249,10 @@ def _literal_forecast(d: np.ndarray, h: int, kind: str, period: int | None) -> n
     return f
 
 
-def _delayed_interval(d: np.ndarray, f: np.ndarray, h: int, z: float) -> tuple[np.ndarray, np.ndarray]:
+def _delayed_interval(d: np.ndarray, f: np.ndarray, h: int, z: float, decay: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """A literal baseline's 90% interval: f +- z sqrt(the running mean of the squared errors of its
-    forecasts that had come due before the row, decay 0.02 like the bank's calibration)."""
+    forecasts that had come due before the row, with the bank's calibration decay)."""
     T = len(d)
     err2 = (d[h - 1 :] - f[: T - h + 1]) ** 2  # [T - h + 1, K] the forecast made at row t comes due at t + h - 1
     ms = np.ones(d.shape[1:], dtype=np.float64)
@@ -260,7 +261,7 @@ def _delayed_interval(d: np.ndarray, f: np.ndarray, h: int, z: float) -> tuple[n
         half[t] = z * np.sqrt(ms)
         done = t - h + 1  # the forecast whose target is row t: its error is known from row t + 1 on
         if done >= 0:
-            ms = 0.98 * ms + 0.02 * err2[done]
+            ms = (1 - decay) * ms + decay * err2[done]
     return f - half, f + half
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -222,46 +223,47 @@ def bench_cmd(
             console.print(f"wrote {by_h}")
 
 
-def _plot(results: list, path: Path, title: str) -> None:
+@contextlib.contextmanager
+def _figure(path: Path) -> Iterator[Any]:
+    """A figure's axes, written to `path` as PNG (with a legend) when the block ends."""
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    seen = set()
-    for r in results:
-        if r.learner in seen:
-            continue
-        seen.add(r.learner)
-        err2 = (r.errors**2).reshape(len(r.errors), -1).mean(axis=1)
-        ax.plot(np.cumsum(err2) / np.arange(1, len(err2) + 1), label=r.learner)
-    ax.set(xlabel="scored step", ylabel="cumulative MSE", title=f"prequential error, {title}", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        yield ax
+        ax.legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _plot(results: list, path: Path, title: str) -> None:
+    import numpy as np
+
+    with _figure(path) as ax:
+        seen = set()
+        for r in results:
+            if r.learner in seen:
+                continue
+            seen.add(r.learner)
+            err2 = (r.errors**2).reshape(len(r.errors), -1).mean(axis=1)
+            ax.plot(np.cumsum(err2) / np.arange(1, len(err2) + 1), label=r.learner)
+        ax.set(xlabel="scored step", ylabel="cumulative MSE", title=f"prequential error, {title}", yscale="log")
 
 
 def _plot_horizons(rows: list[dict], path: Path, title: str) -> None:
     """MSE against the horizon, one line per learner and baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in dict.fromkeys(r["learner"] for r in rows):
-        pts = sorted((r["horizon"], r["mse"]) for r in rows if r["learner"] == name)
-        ax.plot([h for h, _ in pts], [v for _, v in pts], marker="o", label=name)
-    ax.set(xlabel="horizon (ticks ahead)", ylabel="MSE", title=f"forecast error by horizon, {title}", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path) as ax:
+        for name in dict.fromkeys(r["learner"] for r in rows):
+            pts = sorted((r["horizon"], r["mse"]) for r in rows if r["learner"] == name)
+            ax.plot([h for h, _ in pts], [v for _, v in pts], marker="o", label=name)
+        ax.set(xlabel="horizon (ticks ahead)", ylabel="MSE", title=f"forecast error by horizon, {title}",
+               yscale="log")
 
 
 def _settings(**overrides: object):

@@ -139,7 +139,7 @@ class BatchResult:
     unkeyed: int = 0  # ticks that came without a Kafka key
     unkeyed_new: list[str] = field(default_factory=list)  # keys first seen without a Kafka key: warned about once each
     # horizons beyond the next (STREAMER_HORIZONS): h -> (errors of the forecasts that came due, in units of
-    # each key's running sd at the forecast; how many of those targets were inside the forecast's interval)
+    # each key's running sd at the tick they came due; how many of those targets were inside the interval)
     ahead: dict[int, tuple[list[float], int]] = field(default_factory=dict)
 
 
@@ -587,17 +587,17 @@ class Pipeline:
             anomalies = self._anomalies(bank, names, windows)
         outgoing, errors, scaled, hits = [], [], [], 0
         for i, (_, tick) in enumerate(items):
+            ks = states[i]
             horizons = None
             if ahead:
-                horizons = [{"h": 1, "target_seq": states[i].seq + 2, "prediction": mean_l[i], "lower": lo_l[i],
+                horizons = [{"h": 1, "target_seq": ks.seq + 2, "prediction": mean_l[i], "lower": lo_l[i],
                              "upper": hi_l[i]}]
                 for j, h in enumerate(self.horizons[1:]):
                     f = (a_mean_l[i][j], a_lo_l[i][j], a_hi_l[i][j])
                     if models[i] == "persistence" or not all(map(math.isfinite, f)):
                         f = (mean_l[i], lo_l[i], hi_l[i])  # no model forecast: persistence, as for h = 1
-                    horizons.append({"h": h, "target_seq": states[i].seq + 1 + h, "prediction": f[0], "lower": f[1],
+                    horizons.append({"h": h, "target_seq": ks.seq + 1 + h, "prediction": f[0], "lower": f[1],
                                      "upper": f[2]})
-            ks = states[i]
             prev_error = None
             if ks.seq > 0 and math.isfinite(ks.last_mean):
                 # within the float range, so always a number: -1e308 after a prediction of 1e308 is -inf
