@@ -28,7 +28,7 @@ import torch
 from models import horizons as hz
 from models import normalize, rng
 from models.checkpoint import frame, unframe
-from models.learners.base import Learner, State
+from models.learners.base import Learner, State, memo_rows
 from models.normalize import NormConfig, norm_init
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
@@ -99,6 +99,10 @@ class Forecast:
 
 
 class ModelBank:
+    # a step of some of the rows just predicted takes their part of the memo (`_memo_for`); False: only a step
+    # of exactly those rows does (the A/B in benchmarks/speed.py's "Fetched batches")
+    memo_subsets = True
+
     def __init__(self, learner: Learner, config: BankConfig = BankConfig(),
                  theta0: torch.Tensor | Mapping[str, torch.Tensor] | None = None, capacity_hint: int = 0,
                  readout0: Mapping[str, torch.Tensor] | None = None):
@@ -124,7 +128,7 @@ class ModelBank:
         # which the next step of the same rows uses if nothing moved them and x is the same: (which rows,
         # the normalised x, the memo). Whatever writes state clears it (`_forget_memo`).
         self._memoise = bool(getattr(learner, "memoises", False))
-        self._memo: tuple[bytes | int, np.ndarray, dict] | None = None
+        self._memo: tuple[np.ndarray, np.ndarray, dict] | None = None
         self._layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
@@ -321,7 +325,7 @@ class ModelBank:
             memo: dict = {}
             mean_n, var_n = self.learner.predict(self._learner_part(st), torch.from_numpy(xn),  # type: ignore[call-arg]
                                                  memo=memo)
-            self._memo = (self._memo_key(None if full else rows), xn.copy(), memo)
+            self._memo = (self._memo_rows(None if full else rows), xn.copy(), memo)
         else:
             mean_n, var_n = self.learner.predict(self._learner_part(st), torch.from_numpy(xn))
         sd = nst["d_sd"]
@@ -342,8 +346,27 @@ class ModelBank:
         return Forecast(torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(a_mean),
                         torch.from_numpy(a_var))
 
-    def _memo_key(self, rows: np.ndarray | None) -> bytes | int:
-        return len(self.names) if rows is None else rows.tobytes()
+    def _memo_rows(self, rows: np.ndarray | None) -> np.ndarray:
+        return np.arange(len(self.names)) if rows is None else rows
+
+    def _memo_for(self, memo: tuple[np.ndarray, np.ndarray, dict], rows: torch.Tensor | None,
+                  xn: np.ndarray) -> dict | None:
+        """The memo's intermediates for a step of `rows` (sorted; None: every live row) at `xn`: all of
+        them when the step is of the rows predicted, their part when the step is of some of them (a wave
+        of the keys with one more tick in the batch than the next ones), None when a row or its x differs."""
+        predicted, x_then, inner = memo
+        want = self._memo_rows(None if rows is None else rows.numpy())
+        if len(want) == len(predicted):
+            return inner if np.array_equal(want, predicted) and np.array_equal(x_then, xn) else None
+        if not self.memo_subsets:
+            return None
+        pos = np.searchsorted(predicted, want)  # both sorted: where each row of the step was predicted
+        if len(want) > len(predicted) or not np.array_equal(predicted[np.minimum(pos, len(predicted) - 1)], want):
+            return None
+        if not np.array_equal(x_then[pos], xn):
+            return None
+        part = memo_rows(inner, torch.from_numpy(pos), len(predicted))
+        return part if isinstance(part, dict) else None
 
     def _forget_memo(self) -> None:
         self._memo = None
@@ -431,12 +454,10 @@ class ModelBank:
             at = torch.from_numpy(held_rows)
             saved = {k: v.index_select(0, at) for k, v in learner_st.items()}
         memo, self._memo = self._memo, None  # a step moves these rows: no memo outlives it
-        if memo is not None and (memo[0] != self._memo_key(None if rows is None else rows.numpy())
-                                 or not np.array_equal(memo[1], xn)):
-            memo = None
-        if memo is not None:
+        inner = None if memo is None else self._memo_for(memo, rows, xn)
+        if inner is not None:
             mean_t, var_t, lst = self.learner.step(learner_st, torch.from_numpy(xn), torch.from_numpy(dn),
-                                                   memo=memo[2])  # type: ignore[call-arg]
+                                                   memo=inner)  # type: ignore[call-arg]
         else:
             mean_t, var_t, lst = self.learner.step(learner_st, torch.from_numpy(xn), torch.from_numpy(dn))
         for k, v in saved.items():

@@ -18,6 +18,8 @@ sets `memoises = True` and takes an optional `memo` dict in both: `predict(state
 its intermediates there, and `step(state, x, d, memo)` uses them instead of computing them again.
 The caller owns the promise that makes that valid: the same state rows, unchanged since, and the
 same x (the ModelBank keeps it; a streaming predict-then-learn pays for one Jacobian a tick, not two).
+Rows are independent, so a step of some of the predicted rows may use their part of the memo
+(`memo_rows`), where every tensor in it has the series first.
 """
 
 from __future__ import annotations
@@ -59,6 +61,31 @@ class Learner(Protocol):
     def healthy(self, state: State) -> torch.Tensor:
         """Bool [B]: the series' state is finite (checked on small tensors only)."""
         ...
+
+
+def memo_rows(memo: object, idx: torch.Tensor, B: int) -> object | None:
+    """The part of a memo of B series that is the series `idx` [k]'s: every tensor in it (in dicts, tuples
+    and lists, at any depth) indexed along its first dimension. None when a tensor in it does not have
+    the B series first (the particle filter's flattened [B * N] intermediates), so the caller recomputes."""
+
+    class NotBatch(Exception):
+        pass
+
+    def take(v: object) -> object:
+        if isinstance(v, torch.Tensor):
+            if v.dim() == 0 or v.shape[0] != B:
+                raise NotBatch
+            return v.index_select(0, idx)
+        if isinstance(v, dict):
+            return {k: take(u) for k, u in v.items()}
+        if isinstance(v, (tuple, list)):
+            return type(v)(take(u) for u in v)
+        return v  # numbers, None, strings: not per series
+
+    try:
+        return take(memo)
+    except NotBatch:
+        return None
 
 
 def anneal_fraction(t: torch.Tensor, steps: int) -> torch.Tensor:
