@@ -1,8 +1,11 @@
 """How the read-outs' defaults were chosen (`models.horizons.HorizonConfig`): ETTh1 in the FSNet/OneNet
 protocol, horizons 1, 24, 48, one learner, each variant of the read-out's forgetting factor and conformal
-step; MSE and coverage90 per horizon. Prints a table and writes JSON (RESULTS, "Multi-horizon").
+step, and (for the EKF/DEKF) the weights learning from every horizon's error too (`cell_r`); MSE and
+coverage90 per horizon. Prints a table and writes JSON (RESULTS, "Multi-horizon").
 
     python benchmarks/horizon_variants.py --learner sgd --json benchmarks/out/horizon-variants.json
+    python benchmarks/horizon_variants.py --learner dekf --match "default|weights" \
+        --json benchmarks/out/horizon-cell.json
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ VARIANTS = {  # name -> read-out settings; "default" is HorizonConfig()
     "no conformal factor": HorizonConfig(coverage_step=0.0),
     "conformal step 0.003": HorizonConfig(coverage_step=0.003),
     "conformal step 0.03": HorizonConfig(coverage_step=0.03),
+    # the EKF/DEKF only (`--learner dekf`): its weights learn from every due horizon's error too
+    "weights learn from the horizons, R x 1": HorizonConfig(cell_r=1.0),
+    "weights learn from the horizons, R x 10": HorizonConfig(cell_r=10.0),
 }
+NEEDS_FILTER = {name for name, cfg in VARIANTS.items() if cfg.cell_r}
 
 
 def main() -> None:
@@ -49,11 +56,14 @@ def main() -> None:
     for name, cfg in VARIANTS.items():
         if picks and not any(p in name for p in picks):
             continue
+        if name in NEEDS_FILTER and a.learner not in ("ekf", "dekf"):
+            continue
         t0 = time.perf_counter()
         r = B.run(stream, a.learner, spec, horizons=hs, readout=cfg)
         for x in [r, *r.ahead]:
             rows.append({"variant": name, "learner": a.learner, "horizon": x.horizon, "mse": x.mse,
-                         "coverage90": x.coverage90, "lam": cfg.lam, "coverage_step": cfg.coverage_step})
+                         "coverage90": x.coverage90, "lam": cfg.lam, "coverage_step": cfg.coverage_step,
+                         "cell_r": cfg.cell_r})
         print(f"{name:<24}" + "  ".join(f"h={x.horizon}: {x.mse:.4f} cov {x.coverage90:.3f}" for x in [r, *r.ahead])
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     if a.json:

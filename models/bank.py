@@ -133,6 +133,9 @@ class ModelBank:
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
         self._ahead = config.ahead
+        if self._ahead is not None and self._ahead.cell_r and not hasattr(learner, "learn_from"):
+            raise ValueError(f"readout cell_r > 0 needs a Kalman filter over the weights (ekf, dekf): {learner.name} "
+                             "has none")
         self._readout0 = dict(readout0) if readout0 is not None else None
         if self._readout0 is not None:
             layout = self.layout()
@@ -162,7 +165,8 @@ class ModelBank:
         st["b.resets"] = torch.zeros(B, dtype=torch.int64)
         st["b.shift"] = torch.zeros(B, dtype=torch.int64)  # consecutive ticks beyond shift_z
         if self._ahead is not None:
-            st.update({f"h.{k}": v for k, v in hz.init_state(B, p, self._ahead, self._dtype).items()})
+            st.update({f"h.{k}": v for k, v in hz.init_state(B, p, self._ahead, self._dtype,
+                                                              self.learner.spec.n_theta).items()})
             if self._readout0 is not None and not cold:
                 for k, v in self._readout0.items():
                     st[f"h.{k}"] = v.to(self._dtype).expand(B, *v.shape).clone()
@@ -455,6 +459,10 @@ class ModelBank:
             saved = {k: v.index_select(0, at) for k, v in learner_st.items()}
         memo, self._memo = self._memo, None  # a step moves these rows: no memo outlives it
         inner = None if memo is None else self._memo_for(memo, rows, xn)
+        jac = None
+        if self._ahead is not None and self._ahead.cell_r:  # H_t and theta_t, before the step moves theta
+            jac = (self.learner.jacobian(learner_st, torch.from_numpy(xn), inner),  # type: ignore[attr-defined]
+                   learner_st["theta"])
         if inner is not None:
             mean_t, var_t, lst = self.learner.step(learner_st, torch.from_numpy(xn), torch.from_numpy(dn),
                                                    memo=inner)  # type: ignore[call-arg]
@@ -474,7 +482,12 @@ class ModelBank:
             hst = {k[2:]: v for k, v in st.items() if k[0] == "h"}
             z = hz.regressor(torch.from_numpy(xn), mean_t.detach())  # [B, q]
             h = hz.step(hst, z, torch.from_numpy(mu), torch.from_numpy(sd), d, torch.from_numpy(~far),
-                        self._ahead, c.z)
+                        self._ahead, c.z, jac)
+            if jac is not None:  # the due horizons' errors, through the recurrent weights too (not a held row's)
+                keep = torch.from_numpy(~hold).to(self._dtype).unsqueeze(1)  # [B, 1]
+                for j in range(len(self._ahead.horizons)):  # sequentially: each sees the theta the one before left
+                    H, e, r = hz.cell_measurement(h, j, lst["theta"], self._ahead)
+                    self.learner.learn_from(lst, H * keep, e, r)  # type: ignore[attr-defined]
             a_lower, a_upper = self._interval(h["mean"].numpy(), h["var"].numpy())
             ahead = {"ahead_mean": h["mean"].numpy(), "ahead_lower": a_lower, "ahead_upper": a_upper,
                      "ahead_error": h["error"].numpy(), "ahead_hit": h["hit"].numpy()}

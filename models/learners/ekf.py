@@ -138,6 +138,24 @@ class _KalmanBase:
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]  # type: ignore[attr-defined]
 
+    def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+        """H = d d_hat / d theta [B, n_theta] of the forecast from x: the memo's (`predict`'s) when given."""
+        return (memo["jacobian"] if memo else self._jacobian(state, x))[1]
+
+    def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None:
+        """One more measurement of theta, in place: innovation e [B] of an output whose Jacobian is H [B, n_theta],
+        noise R = r_scale [B] x the filter's own R at this tick (a zero row of H leaves that series as it is).
+        The multi-horizon read-outs' errors come in through this (`models.horizons`, `cell_r`): a vector
+        innovation with independent noise is its entries taken one at a time, the textbook's sequential form."""
+        R, _ = self._noise(state)
+        with torch.no_grad():
+            steps, _ = kalman.update(self._blocks(state, H), e, R * r_scale)
+            state["theta"] = state["theta"] + self._theta_step(steps)
+
+    def _theta_step(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        """The blocks' steps as one [B, n_theta] step of theta."""
+        raise NotImplementedError
+
     def _blocks(self, state: State, H: torch.Tensor) -> list[kalman.Block]:
         """The filter's covariance blocks, each with its part of H."""
         raise NotImplementedError
@@ -156,13 +174,16 @@ class EKFLearner(_KalmanBase):
     def _blocks(self, state: State, H: torch.Tensor) -> list[kalman.Block]:
         return [(state["P"], H)]  # P [B, n, n], H [B, n]
 
+    def _theta_step(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        return steps[0]  # [B, n]
+
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, State]:
         d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
         R, q = self._noise(state)
         with torch.no_grad():
-            (dtheta,), S = self._update(state, H, d - d_hat, R, memo)  # [B, n], [B]
-            state["theta"] = state["theta"] + dtheta
+            steps, S = self._update(state, H, d - d_hat, R, memo)  # [[B, n]], [B]
+            state["theta"] = state["theta"] + self._theta_step(steps)
             kalman.add_diagonal(state["P"], q)
             state["t"] = state["t"] + 1
             window_advance(state, x, h_first)
@@ -201,14 +222,16 @@ class DEKFLearner(_KalmanBase):
         Hc, Hh = s.blocks_of(H[:, : s.n_cell]), H[:, s.n_cell :]  # [B, m, Gq], [B, nh]
         return [(state["Pc"], Hc), (state["Ph"], Hh)]  # Pc [B, m, Gq, Gq], Ph [B, nh, nh]
 
+    def _theta_step(self, steps: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.spec.cell_of(steps[0]), steps[1]], dim=1)  # [B, m, Gq], [B, nh] -> [B, n]
+
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, State]:
         d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
         R, q = self._noise(state)
         with torch.no_grad():
-            # steps [B, m, Gq] and [B, nh], S [B]
-            (step_c, step_h), S = self._update(state, H, d - d_hat, R, memo)
-            state["theta"] = state["theta"] + torch.cat([self.spec.cell_of(step_c), step_h], dim=1)
+            steps, S = self._update(state, H, d - d_hat, R, memo)
+            state["theta"] = state["theta"] + self._theta_step(steps)
             kalman.add_diagonal(state["Pc"], q)
             kalman.add_diagonal(state["Ph"], q)
             state["t"] = state["t"] + 1

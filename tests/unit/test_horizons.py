@@ -24,10 +24,11 @@ from tests.helpers import rec, tick
 HS = (1, 3, 7)
 
 
-def _bank(name: str, p: int, hs=HS) -> ModelBank:
+def _bank(name: str, p: int, hs=HS, cell_r: float = 0.0) -> ModelBank:
     spec = NetSpec(n_in=p, hidden=4)
     options = {"n_particles": 8} if name == "pf" else {}
-    return ModelBank(make_learner(name, spec, **options), BankConfig(horizons=hs))
+    return ModelBank(make_learner(name, spec, **options),
+                     BankConfig(horizons=hs, readout=hz.HorizonConfig(cell_r=cell_r)))
 
 
 def _ar_stream(T: int, K: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,16 +51,18 @@ def _run(bank: ModelBank, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndar
     return {k: np.stack(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("name", LEARNERS + BASELINES)
-def test_no_look_ahead_forecasts_made_at_t_do_not_depend_on_anything_after_t(name):
+@pytest.mark.parametrize(("name", "cell_r"), [(n, 0.0) for n in LEARNERS + BASELINES] + [("ekf", 1.0), ("dekf", 1.0)])
+def test_no_look_ahead_forecasts_made_at_t_do_not_depend_on_anything_after_t(name, cell_r):
     """Every horizon's forecast made at row t (from x_t, before its label d_t) is bit-identical whether the
-    stream goes on as it did, goes on differently, or stops: it uses nothing after t."""
+    stream goes on as it did, goes on differently, or stops: it uses nothing after t. `cell_r`: the EKF's and
+    DEKF's weights learning from the due horizons' errors as well."""
     x, d = _ar_stream(60, 2, seed=1)
     t0 = 40
     x2, d2 = x.clone(), d.clone()
     x2[t0 + 1 :] = torch.randn_like(x2[t0 + 1 :]) * 5
     d2[t0:] = torch.randn_like(d2[t0:]) * 5  # d_t0 too: the target of row t0 must not reach its forecasts
-    full, other, cut = (_run(_bank(name, 3), a, b) for a, b in ((x, d), (x2, d2), (x[: t0 + 1], d[: t0 + 1])))
+    full, other, cut = (_run(_bank(name, 3, cell_r=cell_r), a, b)
+                        for a, b in ((x, d), (x2, d2), (x[: t0 + 1], d[: t0 + 1])))
     for k in full:
         np.testing.assert_array_equal(full[k][: t0 + 1], other[k][: t0 + 1], err_msg=k)
         np.testing.assert_array_equal(full[k][: t0 + 1], cut[k], err_msg=k)
@@ -72,6 +75,54 @@ def test_the_one_step_forecast_is_the_same_with_or_without_further_horizons():
     for name in ("ensemble", "ekf"):
         alone, more = _run(_bank(name, 3, (1,)), x, d), _run(_bank(name, 3), x, d)
         np.testing.assert_array_equal(alone["mean"], more["mean"])
+
+
+@pytest.mark.parametrize("name", ["ekf", "dekf"])
+def test_learn_from_is_the_kalman_measurement_update_of_the_weights(name):
+    """`learn_from` (the due horizons' errors through the recurrent weights): for the dense EKF, theta moves by
+    K e with K = P H^T / (H P H^T + r R) and P loses K H P, the textbook update; a zero row changes nothing."""
+    L = make_learner(name, NetSpec(n_in=3, hidden=4), torch.float64)
+    st = L.init_state(torch.arange(2))
+    g = torch.Generator().manual_seed(0)
+    H = torch.randn(2, L.spec.n_theta, generator=g, dtype=torch.float64)
+    H[1] = 0.0
+    e, r = torch.tensor([0.7, 0.3], dtype=torch.float64), torch.tensor([3.0, 3.0], dtype=torch.float64)
+    before = {k: v.clone() for k, v in st.items()}
+    R, _ = L._noise(st)
+    L.learn_from(st, H, e, r)
+    assert torch.equal(st["theta"][1], before["theta"][1])
+    if name == "ekf":
+        P = before["P"][0]
+        PH = P @ H[0]
+        S = H[0] @ PH + r[0] * R[0]
+        torch.testing.assert_close(st["theta"][0] - before["theta"][0], PH * e[0] / S)
+        torch.testing.assert_close(st["P"][0], P - torch.outer(PH, PH) / S)
+        assert torch.equal(st["P"][1], before["P"][1])
+    else:
+        assert not torch.equal(st["theta"][0], before["theta"][0])
+
+
+def test_the_weights_learn_from_the_horizons_only_when_asked_and_keep_their_pending_jacobians():
+    """cell_r > 0 moves the DEKF's one-step forecasts (its weights learn from the h-step errors too); the
+    pending forecasts' Jacobians are part of the key's state (a restored key goes on identically); a learner
+    with no Kalman filter over its weights refuses the setting."""
+    x, d = _ar_stream(50, 2, seed=6)
+    off, on = _run(_bank("dekf", 3), x, d), _run(_bank("dekf", 3, cell_r=1.0), x, d)
+    np.testing.assert_array_equal(off["mean"][:3], on["mean"][:3])  # until the first horizon (h = 3) came due
+    assert not np.array_equal(off["mean"], on["mean"])
+    keys = ["k0", "k1"]
+    a = _bank("dekf", 3, cell_r=1.0)
+    for t in range(20):
+        a.step(keys, x[t], d[t])
+    assert {"h.J", "h.Js"} <= set(a.layout())
+    b = _bank("dekf", 3, cell_r=1.0)
+    for blob in a.snapshot_many(keys):
+        b.restore(blob)
+    for t in range(20, 50):
+        ra, rb = a.step(keys, x[t], d[t]), b.step(keys, x[t], d[t])
+        np.testing.assert_array_equal(ra.mean.numpy(), rb.mean.numpy())
+    with pytest.raises(ValueError, match="Kalman filter over the weights"):
+        _bank("sgd", 3, cell_r=1.0)
 
 
 def test_each_read_out_is_the_least_squares_fit_of_its_delayed_targets():
