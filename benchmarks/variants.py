@@ -33,8 +33,8 @@ ETT = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 
 GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "ensemble": [
-        ("ensemble", "default: persistence, linear, sgd (read-out step 0.1), dekf; squared loss, eta 0.5 (relative "
-         "below 0.05), share 0.01", {}),
+        ("ensemble", "default: persistence, linear, sgd, dekf; squared loss, eta 0.5 (relative below 0.05), share 0.01",
+         {}),
         ("ensemble", "rule=likelihood (Bayesian model averaging, same share)", {"rule": "likelihood"}),
         ("ensemble", "eta 1.0", {"eta": 1.0}),
         ("ensemble", "eta 0.25", {"eta": 0.25}),
@@ -47,8 +47,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("ensemble", "+ a second dekf (another seed)", {"experts": ("persistence", "linear", "sgd", "dekf", "dekf")}),
         ("ensemble", "without sgd", {"experts": ("persistence", "linear", "dekf")}),
         ("ensemble", "without dekf (17 KB a key)", {"experts": ("persistence", "linear", "sgd")}),
-        ("ensemble", "its sgd with a lone SGD's read-out step 0.2 (the previous default)",
-         {"expert_options": {"sgd": {"head_step": 0.2}}}),
+        ("ensemble", "its sgd with the NLMS read-out step 0.1", {"expert_options": {"sgd": {"head_step": 0.1}}}),
     ],
     "sgd": [
         ("sgd", "default: Adam 0.01 on the cell, NLMS 0.2 on the read-out, window 1", {}),

@@ -44,12 +44,6 @@ from models.learners.base import Learner, NonNegative, Positive, Share, State, r
 # Chosen by measurement (benchmarks/RESULTS.md, "How the defaults were chosen"): persistence and RLS
 # win where the stream is a random walk or linear, the recurrent experts where it is not.
 DEFAULT_EXPERTS = ("persistence", "linear", "sgd", "dekf")
-# Settings of the experts that differ from each learner's own defaults (a user's `expert_options` go on top,
-# field by field). The SGD expert's NLMS read-out step: 0.1, where a lone SGD keeps 0.2. Measured (RESULTS,
-# "How the defaults were chosen"): 0.1 is better inside the ensemble on every regression stream and ETTh1
-# and the same on the demo's keys, where persistence covers what the slower read-out misses; a lone SGD at
-# 0.1 (or 0.15) loses to persistence on the demo's Temperature.
-DEFAULT_EXPERT_OPTIONS: Mapping[str, Mapping[str, Any]] = {"sgd": {"head_step": 0.1}}
 SCALE_PRIOR_TICKS = 10.0
 _SEED_STRIDE = 0x5DEECE66D  # expert i's keys draw from seed ^ (i * stride): duplicates start apart
 
@@ -72,8 +66,7 @@ class EnsembleConfig:
     scale_ref: NonNegative = 0.05
     share: Share = 0.01  # fixed share alpha: the weight spread back evenly over the experts each tick
     var_decay: Share = 0.02  # weight of the newest e^2 / var in each expert's calibration
-    # expert -> its config fields, on top of DEFAULT_EXPERT_OPTIONS (field by field)
-    expert_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    expert_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # expert -> its config fields
     min_var: NonNegative = 1e-6
     # The recurrent experts' head when the keys start cold (a warm start brings its own, the model's):
     # "plain", since the RLS expert already is the linear path; None keeps the model's head.
@@ -103,8 +96,7 @@ class EnsembleLearner:
         if "ensemble" in config.experts:
             raise ValueError("an ensemble cannot hold an ensemble")
         self.spec, self.config, self.dtype = spec, config, dtype
-        options = {name: {**DEFAULT_EXPERT_OPTIONS.get(name, {}), **config.expert_options.get(name, {})}
-                   for name in set(config.experts)}
+        options = config.expert_options
         # a warm start's theta is laid out for the model's head, so warm experts keep it
         head = spec.head if warm or config.expert_head is None else config.expert_head
         self.expert_spec = dataclasses.replace(spec, head=head)

@@ -132,22 +132,3 @@ def test_on_a_smooth_stream_the_relative_rate_leaves_a_poor_expert_sooner():
     assert out["relative"][0] < 0.6 * out["fixed"][0], out
     assert out["relative"][1]["linear"] > out["fixed"][1]["linear"] + 0.1, out
     assert out["relative"][1]["persistence"] < 0.5 * out["fixed"][1]["persistence"], out
-
-
-def test_a_users_expert_options_go_on_top_of_the_ensembles_own_field_by_field():
-    """The SGD expert's read-out step is the ensemble's own default (DEFAULT_EXPERT_OPTIONS), not a lone SGD's;
-    a user's options for that expert change the fields they name and keep the rest."""
-    from models.learners.ensemble import DEFAULT_EXPERT_OPTIONS
-    from models.learners.sgd import SGDConfig
-
-    def sgd_expert(**options):
-        L = make_learner("ensemble", SPEC, D, **options)
-        return L.experts[L.config.experts.index("sgd")].config
-
-    ours = DEFAULT_EXPERT_OPTIONS["sgd"]["head_step"]
-    assert ours != SGDConfig().head_step
-    assert sgd_expert().head_step == ours
-    both = sgd_expert(expert_options={"sgd": {"lr": 0.02}, "dekf": {"r_init": 100.0}})
-    assert (both.lr, both.head_step) == (0.02, ours)
-    assert sgd_expert(expert_options={"sgd": {"head_step": 0.3}}).head_step == 0.3
-    assert make_learner("sgd", SPEC, D).config.head_step == SGDConfig().head_step
