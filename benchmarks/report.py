@@ -927,7 +927,19 @@ Found in these runs and not fixed in this revision:
   p99 29-37 ms over 15 s at ~700 messages/s, so the broker alone is above the 20 ms target on this
   machine; measured ad hoc, not by a script here), and between the first and the last third the worker thread's share of time in
   `Pipeline.run` grows from 53% to 66% (py-spy): the daemon does more work per tick as the run goes
-  on. The cause is not found yet; it is the next thing to look at for latency.
+  on.
+- The likely cause, found later (measured ad hoc, not by a script here): a wrapper timed each
+  `Pipeline.run` and wave inside the daemon's process, on a day this machine ran few-key waves
+  about 3x slower than the tables above. The run was 4 keys, sgd, 1k ticks/s, 20 s.
+  - The CPU per wave stayed at 2.1-2.3 ms over the run, and the CPU time equalled the wall time,
+    so the thread was not waiting on the GIL.
+  - But the waves emptied: 3.58 keys a wave over the first third of the calls, 3.12, then 2.76.
+    So the CPU per tick rose from 0.58 to 0.82 ms.
+  - As a backlog builds, a fetch brings more ticks of some partitions than of others. The waves
+    past the shortest key's ticks hold fewer keys, each wave costs about the same, and the
+    backlog grows further: a feedback loop.
+  - What would break it: plan a fetch so that a key's ticks beyond the others' wait for the next
+    fetch (uncommitted, replayed after a rebalance), keeping the waves full. That is not built.
 
 The input is produced first, then the daemon drains it in burst mode. Its predictions are stamped
 by its producer as each batch is published, so they arrive in one burst per batch ({d_sgd[batches]}
