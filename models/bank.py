@@ -100,7 +100,7 @@ class Forecast:
 
 class ModelBank:
     # a step of some of the rows just predicted takes their part of the memo (`_memo_for`); False: only a step
-    # of exactly those rows does (the A/B in benchmarks/speed.py's "Fetched batches")
+    # of exactly those rows does (the A/B of benchmarks/batches.py)
     memo_subsets = True
 
     def __init__(self, learner: Learner, config: BankConfig = BankConfig(),
