@@ -461,6 +461,9 @@ class ModelBank:
         inner = None if memo is None else self._memo_for(memo, rows, xn)
         jac = None
         if self._ahead is not None and self._ahead.cell_r:  # H_t and theta_t, before the step moves theta
+            if inner is None:  # a memo of this state at xn, so the step below does not compute H_t again
+                inner = {}
+                self.learner.predict(learner_st, torch.from_numpy(xn), memo=inner)  # type: ignore[call-arg]
             jac = (self.learner.jacobian(learner_st, torch.from_numpy(xn), inner),  # type: ignore[attr-defined]
                    learner_st["theta"])
         if inner is not None:

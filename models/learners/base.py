@@ -63,18 +63,19 @@ class Learner(Protocol):
         ...
 
 
+class _NotBatch(Exception):
+    """A memo tensor without the series first (`memo_rows`)."""
+
+
 def memo_rows(memo: object, idx: torch.Tensor, B: int) -> object | None:
     """The part of a memo of B series that is the series `idx` [k]'s: every tensor in it (in dicts, tuples
     and lists, at any depth) indexed along its first dimension. None when a tensor in it does not have
     the B series first (the particle filter's flattened [B * N] intermediates), so the caller recomputes."""
 
-    class NotBatch(Exception):
-        pass
-
     def take(v: object) -> object:
         if isinstance(v, torch.Tensor):
             if v.dim() == 0 or v.shape[0] != B:
-                raise NotBatch
+                raise _NotBatch
             return v.index_select(0, idx)
         if isinstance(v, dict):
             return {k: take(u) for k, u in v.items()}
@@ -84,7 +85,7 @@ def memo_rows(memo: object, idx: torch.Tensor, B: int) -> object | None:
 
     try:
         return take(memo)
-    except NotBatch:
+    except _NotBatch:
         return None
 
 
