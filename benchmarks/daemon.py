@@ -41,7 +41,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamer.broker import EmbeddedBroker, free_port  # noqa: E402
-from tests.kafka_helpers import consume, create_topics, http_status, unique  # noqa: E402
+from tests.kafka_helpers import consume, create_topics, http_status, scrape, unique  # noqa: E402
 
 
 def daemon_env(bs: str, learner: str, **over: str) -> dict[str, str]:
@@ -159,8 +159,9 @@ def offer(bs: str, topic: str, keys: int, rate: float, seconds: float) -> tuple[
     return sent, offered
 
 
-async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float, partitions: int) -> dict:
-    env = daemon_env(bs, learner, burst="false", linger_ms="5")
+async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float, partitions: int,
+                  **over: str) -> dict:
+    env = daemon_env(bs, learner, burst="false", linger_ms="5", **over)
     topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
     await create_topics(bs, [topic_in], partitions)
     proc = start_daemon(env)
@@ -172,6 +173,7 @@ async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float,
     sent, offered = await asyncio.to_thread(offer, bs, topic_in, keys, rate, seconds)
     n = len(sent)
     preds = await consume(bs, topic_out, n, settle=1.0)
+    metrics = await asyncio.to_thread(scrape, port)
     proc.send_signal(signal.SIGTERM)
     await asyncio.to_thread(proc.wait, 60)
     pairs = np.array([(sent[(q["key"], q["ts"])], p.timestamp / 1000)
@@ -183,7 +185,11 @@ async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float,
             "ticks": n, "predictions": len(preds), "p50_ms": float(np.percentile(lat, 50) * 1e3),
             "p99_ms": float(np.percentile(lat, 99) * 1e3), "max_ms": float(lat.max() * 1e3),
             "p99_first_third_ms": float(np.percentile(thirds[0], 99) * 1e3),
-            "p99_last_third_ms": float(np.percentile(thirds[-1], 99) * 1e3)}
+            "p99_last_third_ms": float(np.percentile(thirds[-1], 99) * 1e3),
+            # how full the model's waves were (few keys: a wave's cost is about fixed), and the ticks held
+            # back to fill them (STREAMER_FILL_WAVES)
+            "ticks_per_wave": metrics["streamer_ticks_consumed_total"] / max(1.0, metrics["streamer_waves_total"]),
+            "held_ticks": metrics["streamer_held_ticks_total"]}
 
 
 def median_run(runs: list[dict], field: str) -> dict:
@@ -234,6 +240,14 @@ async def compare(args) -> list[dict]:
     drift hits every value alike."""
     name, _, values = args.compare.partition("=")
     by_value: dict[str, list[dict]] = {v: [] for v in values.split(",") if v}
+    if args.compare_latency:  # the few-keys latency run, a fresh broker each (see main_async)
+        for _ in range(args.compare_repeat):
+            for v in by_value:
+                with EmbeddedBroker() as broker:
+                    r = await latency(broker.bootstrap_servers, args.compare_learner, args.few_keys, args.few_rate,
+                                      args.seconds, args.partitions, **{name: v})
+                by_value[v].append({**r, "setting": name, "value": v})
+        return [median_run(runs, "p99_ms") for runs in by_value.values()]
     with EmbeddedBroker() as broker:
         for _ in range(args.compare_repeat):
             for v in by_value:
@@ -262,6 +276,8 @@ def main() -> None:
     ap.add_argument("--compare-learner", default="sgd")
     ap.add_argument("--compare-ticks", type=int, default=200, help="ticks per key in each comparison run")
     ap.add_argument("--compare-repeat", type=int, default=5, help="runs per value")
+    ap.add_argument("--compare-latency", action="store_true",
+                    help="the A/B on the few-keys latency run (--few-keys, --few-rate, --seconds), not throughput")
     ap.add_argument("--only-compare", action="store_true", help="skip the main figures")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/daemon.json"))
     ap.add_argument("--passthrough", action="store_true", help=argparse.SUPPRESS)  # the ceiling's own process
@@ -281,16 +297,28 @@ def main() -> None:
         console.print(t)
     t = Table(title="tick-to-prediction latency at a fixed offered rate")
     for c in ("learner", "keys", "offered ticks/s", "achieved", "ticks", "p50 ms", "p99 ms (median)", "max ms",
-              "p99 all runs"):
+              "ticks/wave", "p99 all runs"):
         t.add_column(c, justify="right")
     for r in res["latency"]:
         t.add_row(r["learner"], str(r["keys"]), f"{r['offered_ticks_per_s']:,.0f}",
                   f"{r['achieved_offer_ticks_per_s']:,.0f}", str(r["ticks"]),
-                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", f"{r['ticks_per_wave']:.2f}",
                   ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
     if res["latency"]:
         console.print(t)
-    if res.get("compare"):
+    if res.get("compare") and "p99_ms" in res["compare"][0]:
+        c0 = res["compare"][0]
+        t = Table(title=f"{c0['learner']} latency, {c0['keys']} keys at {c0['offered_ticks_per_s']:,.0f} ticks/s, "
+                        f"by STREAMER_{c0['setting'].upper()} (runs alternating)")
+        for c in ("value", "p50 ms", "p99 ms (median run)", "p99 first / last third", "ticks/wave", "held ticks",
+                  "p99 all runs"):
+            t.add_column(c, justify="right")
+        for r in res["compare"]:
+            t.add_row(r["value"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                      f"{r['p99_first_third_ms']:.0f} / {r['p99_last_third_ms']:.0f}", f"{r['ticks_per_wave']:.2f}",
+                      f"{r['held_ticks']:,.0f}", ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
+        console.print(t)
+    elif res.get("compare"):
         name = res["compare"][0]["setting"]
         t = Table(title=f"{res['compare'][0]['learner']} throughput by STREAMER_{name.upper()} (runs alternating)")
         for c in ("value", "ticks/s (median)", "bursts (median run)", "all runs"):
