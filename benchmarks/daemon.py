@@ -186,10 +186,8 @@ async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float,
             "p99_ms": float(np.percentile(lat, 99) * 1e3), "max_ms": float(lat.max() * 1e3),
             "p99_first_third_ms": float(np.percentile(thirds[0], 99) * 1e3),
             "p99_last_third_ms": float(np.percentile(thirds[-1], 99) * 1e3),
-            # how full the model's waves were (few keys: a wave's cost is about fixed), and the ticks held
-            # back to fill them (STREAMER_FILL_WAVES)
-            "ticks_per_wave": metrics["streamer_ticks_consumed_total"] / max(1.0, metrics["streamer_waves_total"]),
-            "held_ticks": metrics["streamer_held_ticks_total"]}
+            # how full the model's waves were (few keys: a wave's cost is about fixed)
+            "ticks_per_wave": metrics["streamer_ticks_consumed_total"] / max(1.0, metrics["streamer_waves_total"])}
 
 
 def median_run(runs: list[dict], field: str) -> dict:
@@ -310,13 +308,12 @@ def main() -> None:
         c0 = res["compare"][0]
         t = Table(title=f"{c0['learner']} latency, {c0['keys']} keys at {c0['offered_ticks_per_s']:,.0f} ticks/s, "
                         f"by STREAMER_{c0['setting'].upper()} (runs alternating)")
-        for c in ("value", "p50 ms", "p99 ms (median run)", "p99 first / last third", "ticks/wave", "held ticks",
-                  "p99 all runs"):
+        for c in ("value", "p50 ms", "p99 ms (median run)", "p99 first / last third", "ticks/wave", "p99 all runs"):
             t.add_column(c, justify="right")
         for r in res["compare"]:
             t.add_row(r["value"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
                       f"{r['p99_first_third_ms']:.0f} / {r['p99_last_third_ms']:.0f}", f"{r['ticks_per_wave']:.2f}",
-                      f"{r['held_ticks']:,.0f}", ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
+                      ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
         console.print(t)
     elif res.get("compare"):
         name = res["compare"][0]["setting"]

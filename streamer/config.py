@@ -50,10 +50,6 @@ class Settings(BaseSettings):
         250, ge=1, description="a micro-batch is stepped and published in chunks of about this much model time "
                                "(its first chunk a fifth of it)")
     linger_ms: int = Field(20, ge=0, description="longest wait to fill a micro-batch")
-    fill_waves: bool = Field(
-        True, description="under a backlog, the ticks of a fetch past the shortest key still being fetched wait for "
-                          "the next fetch (uncommitted), so each wave steps every key: with few keys a wave costs "
-                          "about the same however many keys it holds")
     fetch_max_wait_ms: int = Field(50, ge=0, description="longest time the broker holds a fetch for new data")
     max_message_bytes: int = Field(65_536, ge=64, description="larger messages go to the DLQ")
     require_kafka_key: bool = Field(

@@ -185,8 +185,6 @@ class Daemon:
         self.admin: AIOKafkaAdminClient | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stopped = False
-        self._carry: list[Any] = []  # (record, tick) held back from the last fetch (Plan.hold_ragged_tail)
-        self._carry_generation: int | None = None  # the group generation they were fetched in
 
     # ------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -363,16 +361,8 @@ class Daemon:
         while not self._stop.is_set():
             assert self.consumer is not None
             await self._between_batches()
-            # ticks held back from the last fetch (`_handle`) wait for this one at most linger_ms; after a
-            # rebalance they are dropped: the new assignment fetches them again from the committed offsets
-            carry, self._carry = (self._carry if self._carry_generation == self.store.generation else []), []
-            batch = await self.consumer.getmany(timeout_ms=s.linger_ms if carry else max(s.linger_ms, 100),
-                                                max_records=s.batch_max)
+            batch = await self.consumer.getmany(timeout_ms=max(s.linger_ms, 100), max_records=s.batch_max)
             batch = self._restored_only(batch)
-            if carry and self._carry_generation == self.store.generation:
-                await self._handle(batch, carry)
-                idle_since = time.monotonic()
-                continue
             if not batch:
                 await self._checkpoint_due()  # a quiet input still gets its interval checkpoints
                 if (s.burst and self.is_ready() and self._restore_task is None
@@ -411,36 +401,17 @@ class Daemon:
             out[tp] = msgs
         return out
 
-    async def _handle(self, batch: dict[TopicPartition, list[Any]], carry: Sequence[Any] = ()) -> None:
-        """Plan the fetched batch (after the ticks the last one held back), then step, publish and
-        commit it a chunk at a time: each chunk is as many waves as fit in `batch_budget_ms`, so a
-        backlog's predictions flow while it drains, the lag gauge follows it, and a stop or a
-        rebalance waits for one chunk, not the batch. With `fill_waves`, the waves past the shortest
-        key whose partition has more records waiting are held for the next fetch
-        (`Plan.hold_ragged_tail`)."""
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Plan the fetched batch, then step, publish and commit it a chunk at a time: each chunk is
+        as many waves as fit in `batch_budget_ms`, so a backlog's predictions flow while it drains,
+        the lag gauge follows it, and a stop or a rebalance waits for one chunk, not the batch."""
         s = self.settings
-        assert self.consumer is not None
         records = [msg for msgs in batch.values() for msg in msgs]  # ConsumerRecords, read as they are
         generation = self.store.generation
         budget = s.batch_budget_ms / 1000
         partitions = {tp.partition for tp in batch if tp.topic == s.input_topic}
-        partitions |= {r.partition for r, _ in carry}
         async with self.model_lock:
-            plan = await asyncio.to_thread(self.pipeline.plan, records, carry)
-        if s.fill_waves and batch:
-            # a partition is behind when records past this fetch are known to wait (its high watermark), or
-            # when its newest record here is older than the fetch's newest: it was fetched earlier than the
-            # others (aiokafka fetches a partition again only once its buffer is drained), so more of it has
-            # come in since
-            newest = max(msgs[-1].timestamp for msgs in batch.values() if msgs)
-            behind = set()
-            for tp, msgs in batch.items():
-                high = self.consumer.highwater(tp)
-                if (msgs and msgs[-1].timestamp < newest) or (
-                        high is not None and high > plan.ends.get((tp.topic, tp.partition), high)):
-                    behind.add((tp.topic, tp.partition))
-            self._carry, self._carry_generation = plan.hold_ragged_tail(behind), generation
-            self.metrics.held.inc(len(self._carry))
+            plan = await asyncio.to_thread(self.pipeline.plan, records)
         # the first chunk of a fetch is a fifth of the budget: a backlog's first predictions are out after
         # ~50 ms of model time, not 250 (a daemon started on a backlog shows its first ones that much sooner)
         chunk_budget = budget / 5

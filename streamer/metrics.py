@@ -42,8 +42,6 @@ class Metrics:
         self.waves = Counter("streamer_waves", "model waves stepped (a wave is one batched step of the keys with a "
                              "tick in it): ticks / waves is how full they are, and for few keys the cost per tick",
                              registry=r)
-        self.held = Counter("streamer_held_ticks", "ticks held back for the next fetch, so that its waves step every "
-                            "key (STREAMER_FILL_WAVES)", registry=r)
         self.batch = Histogram("streamer_batch_size", "ticks per micro-batch", buckets=BATCH_BUCKETS, registry=r)
         self.update = Histogram("streamer_update_seconds", "model step time per micro-batch", ["learner"],
                                 buckets=UPDATE_BUCKETS, registry=r)

@@ -103,10 +103,6 @@ class Plan:
     ends: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> last offset + 1
     spread: bool = False  # some key's ticks came on more than one partition
     signatures: set[tuple[str, ...]] = field(default_factory=set)  # the feature sets (banks) the waves touch
-    ticks_of: dict[str, int] = field(default_factory=dict)  # key -> its ticks in the waves
-    partition_of: dict[str, tuple[str, int]] = field(default_factory=dict)  # key -> (topic, partition) of its ticks
-    must_run: int = 0  # waves that hold ticks carried in from the previous fetch: these are never held again
-    held_from: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> first held offset
 
     @property
     def done(self) -> bool:
@@ -117,39 +113,9 @@ class Plan:
         """Ticks not yet stepped."""
         return sum(len(w) for w in self.waves[self.next_wave:])
 
-    def hold_ragged_tail(self, behind: set[tuple[str, int]]) -> list[tuple[RecordLike, Tick]]:
-        """Take the waves past the shortest key still being fetched out of the plan, to be planned
-        again with the next fetch (`Pipeline.plan(records, carried=...)`); returns them.
-
-        Under a backlog a fetch brings more ticks of some partitions than of others, so the waves
-        past the shortest key's ticks hold fewer keys while each costs about as much as a full one
-        (few keys: the wave's fixed cost is its cost), and the backlog grows further. A key is
-        "still being fetched" when its partition is `behind` (records past this fetch are waiting)
-        and it has at least half the ticks of the busiest key: a key with fewer is taken to be a
-        slow series, not a short fetch, and holding ticks for it would only delay them. Ticks
-        carried in once are never held again (`must_run`), so a tick waits at most one fetch.
-        The held records stay uncommitted (`commit_offsets`): a rebalance or a stop before they run
-        leaves them to be fetched again from the committed offset."""
-        if self.spread or self.next_wave or len(self.waves) < 2 or not behind:
-            return []
-        busiest = len(self.waves)
-        waiting = [n for k, n in self.ticks_of.items() if 2 * n >= busiest and self.partition_of[k] in behind]
-        cut = max(min(waiting, default=busiest), self.must_run)
-        if cut >= busiest:
-            return []
-        held = [item for wave in self.waves[cut:] for item in wave]
-        del self.waves[cut:]
-        for r, _ in held:  # each key's held ticks are in offset order, its first one the smallest
-            tp = (r.topic, r.partition)
-            if r.offset < self.held_from.get(tp, r.offset + 1):
-                self.held_from[tp] = r.offset
-        return held
-
     def commit_offsets(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset below which every record of the batch is handled."""
         out = dict(self.ends)
-        for tp, offset in self.held_from.items():
-            out[tp] = min(out[tp], offset)
         for wave in self.waves[self.next_wave : None if self.spread else self.next_wave + 1]:
             for r, _ in wave:
                 tp = (r.topic, r.partition)
@@ -425,16 +391,13 @@ class Pipeline:
         """A batch of records, every wave of it (tests, embedders; the daemon runs plans in chunks)."""
         return self.run(self.plan(records))
 
-    def plan(self, records: Sequence[RecordLike], carried: Sequence[tuple[RecordLike, Tick]] = ()) -> Plan:
+    def plan(self, records: Sequence[RecordLike]) -> Plan:
         """Decode a fetched batch and lay it out in waves. Dead letters and re-delivered ticks are
-        handled here; no model state moves until `run`. `carried`: the ticks the previous plan held
-        back (`Plan.hold_ragged_tail`), already decoded; they come before the fetch's own."""
+        handled here; no model state moves until `run`."""
         self.batches += 1
         plan = Plan()
         ticks: list[tuple[RecordLike, Tick]] = []
         ends = plan.ends
-        for r, _ in carried:
-            ends[(r.topic, r.partition)] = r.offset + 1
         for r in records:
             ends[(r.topic, r.partition)] = r.offset + 1  # a fetch holds each partition's records in order
             try:
@@ -467,13 +430,8 @@ class Pipeline:
                     except Exception as exc:
                         self._dead(plan, item[0], "processing_error", f"{type(exc).__name__}: {exc}")
                 ticks = scored
-        if carried:
-            ticks = [*carried, *ticks]
-            per_key: dict[str, int] = {}
-            for _, tick in carried:
-                per_key[tick.key] = per_key.get(tick.key, 0) + 1
-            plan.must_run = max(per_key.values())
-        count, partition_of = plan.ticks_of, plan.partition_of
+        count: dict[str, int] = {}
+        partition_of: dict[str, int] = {}
         new_keys: dict[str, tuple[str, ...]] = {}  # keys first seen in this batch: their feature names
         if self.spilled_partition:
             self._readmit([t.key for _, t in ticks if t.key in self.spilled_partition and t.key not in self.keys])
@@ -490,7 +448,7 @@ class Pipeline:
                 continue
             j = count.get(tick.key, 0)
             count[tick.key] = j + 1
-            if partition_of.setdefault(tick.key, (r.topic, r.partition)) != (r.topic, r.partition):
+            if partition_of.setdefault(tick.key, r.partition) != r.partition:
                 plan.spread = True
             if j == len(plan.waves):
                 plan.waves.append([])

@@ -138,6 +138,7 @@ def test_a_plan_stepped_in_chunks_publishes_exactly_what_one_pass_does():
     while not plan.done:
         chunks.append(p.run(plan, budget_s=1e-9))  # the smallest budget: one wave a chunk
     assert len(chunks) == 40 and sum(len(c.records) for c in chunks) == len(records)
+    assert whole.waves == 40 and [c.waves for c in chunks] == [1] * 40  # fast's 40 ticks: 40 waves
     assert [o.value for c in chunks for o in c.predictions] == [o.value for o in whole.predictions]
     assert [d.reason for c in chunks for d in c.dead] == ["not_json"] and chunks[0].dead  # handled at once
     # after w waves the first tick not handled is fast's w-th, at offset 4 (w // 2) + 2 (w % 2), though
@@ -249,98 +250,3 @@ def test_the_commit_never_passes_a_tick_not_stepped_when_a_key_comes_on_two_part
     assert plan.spread and plan.commit_offsets()[("ticks", 2)] == 5  # k's tick 2 (wave 2) is not stepped
     p.run(plan)
     assert plan.commit_offsets() == {("ticks", 1): 2, ("ticks", 2): 7}
-
-
-
-def _r(partition: int, offset: int, key: str, t: int) -> Record:
-    return Record("ticks", partition, offset, key.encode(), tick(key, math.sin(t / 3 + len(key)), ts=t))
-
-
-def _two_fetches() -> tuple[list[Record], list[Record]]:
-    """Keys a and b (partitions 0 and 1) ahead of c (partition 2) in the first fetch, as a backlog's
-    uneven fetches bring them: a and b 6 ticks, c 4, and a slow key s (partition 0, one tick); the
-    next fetch brings a's and b's ticks 6-9, c's 4-8 and s's next one. A key's offsets count its
-    ticks (s's come after a's)."""
-    first = [_r(0, t, "a", t) for t in range(6)] + [_r(0, 6, "s", 0)]
-    first += [_r(1, t, "b", t) for t in range(6)] + [_r(2, t, "c", t) for t in range(4)]
-    second = [_r(0, t + 1, "a", t) for t in range(6, 10)] + [_r(0, 11, "s", 1)]
-    second += [_r(1, t, "b", t) for t in range(6, 10)] + [_r(2, t, "c", t) for t in range(4, 9)]
-    return first, second
-
-
-def _by_key(outs: list) -> dict[str, list[float]]:
-    got: dict[str, list[float]] = {}
-    for out in outs:
-        for o in out.predictions:
-            q = orjson.loads(o.value)
-            got.setdefault(q["key"], []).append(q["prediction"])
-    return got
-
-
-def test_a_ragged_tail_held_for_the_next_fetch_steps_full_waves_and_predicts_as_one_pass():
-    """A fetch's waves past the shortest key still being fetched (c, whose partition is behind) are
-    held and planned with the next fetch: fewer waves, the same predictions key by key (within float
-    rounding: the waves batch other keys together), and the held ticks stay uncommitted."""
-    s = Settings(lags=2, hidden=4, learner="dekf")
-    first, second = _two_fetches()
-    whole = Pipeline(s).process(first + second)
-
-    p = Pipeline(s)
-    plan = p.plan(first)
-    held = plan.hold_ragged_tail({("ticks", 2)})
-    assert sorted((t.key, t.ts) for _, t in held) == [("a", 4), ("a", 5), ("b", 4), ("b", 5)]
-    one = p.run(plan)
-    assert one.waves == 4 and len(one.records) == len(first) - 4
-    # the slow key s (one tick) is not waited for; a's and b's partitions restart at their first held tick
-    assert one.commit == {("ticks", 0): 4, ("ticks", 1): 4, ("ticks", 2): 4}
-    plan = p.plan(second, carried=held)
-    assert plan.must_run == 2 and plan.hold_ragged_tail(set()) == []  # nothing more waiting
-    two = p.run(plan)
-    assert (one.waves, two.waves) == (4, 6)  # without holding: 6 waves, then 5
-    got, want = _by_key([one, two]), _by_key([whole])
-    assert got.keys() == want.keys()
-    for key in want:
-        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
-    assert two.commit == {("ticks", 0): 12, ("ticks", 1): 10, ("ticks", 2): 9}
-
-
-def test_a_held_tick_is_held_at_most_once_and_only_for_a_key_still_being_fetched():
-    s = Settings(lags=2, hidden=4)
-    first, _ = _two_fetches()
-    p = Pipeline(s)
-    assert p.plan(first).hold_ragged_tail(set()) == []  # no partition behind: nothing to wait for
-    assert p.plan(first).hold_ragged_tail({("ticks", 0)}) == []  # a is the busiest; s is a slow series
-    # a ahead of c by 4 ticks: a4-a7 wait; the next fetch brings a8 and c4-c6. c, 3 ticks, is still being
-    # fetched, but the carried ticks run whatever it lacks (a7 in wave 3): only a's new tick waits again
-    plan = p.plan([_r(0, t, "a", t) for t in range(8)] + [_r(2, t, "c", t) for t in range(4)])
-    held = plan.hold_ragged_tail({("ticks", 2)})
-    assert [(t.key, t.ts) for _, t in held] == [("a", t) for t in range(4, 8)]
-    p.run(plan)
-    plan = p.plan([_r(0, 8, "a", 8)] + [_r(2, t, "c", t) for t in range(4, 7)], carried=held)
-    assert plan.must_run == 4 and [len(w) for w in plan.waves] == [2, 2, 2, 1, 1]
-    again = plan.hold_ragged_tail({("ticks", 2)})
-    assert [(t.key, t.ts) for _, t in again] == [("a", 8)]
-    assert p.run(plan).commit == {("ticks", 0): 8, ("ticks", 2): 7}  # a8 not stepped, c all
-
-
-def test_stopping_with_ticks_held_and_replaying_from_the_commit_loses_and_repeats_nothing():
-    """A stop after a fetch whose tail was held: the commit stops at the first held tick, so a new
-    owner restored from the checkpoint and fed from the committed offsets predicts as one pass would."""
-    s = Settings(lags=2, hidden=4, learner="ekf")
-    first, second = _two_fetches()
-    records = first + second
-    p = Pipeline(s)
-    plan = p.plan(first)
-    held = plan.hold_ragged_tail({("ticks", 2)})
-    out = p.run(plan)
-    assert held and plan.done
-    restored = Pipeline(s)
-    for blob in p.snapshot_keys(p.dirty({0, 1, 2})):
-        restored.restore_key(blob)
-    replay = [r for r in records if r.offset >= out.commit[(r.topic, r.partition)]]
-    again = restored.process(replay)
-    assert again.skipped == sum(1 for r in out.records if r.offset >= out.commit[(r.topic, r.partition)]) > 0
-    got, want = _by_key([out, again]), _by_key([Pipeline(s).process(records)])
-    assert got.keys() == want.keys()
-    for key in want:  # each key's ticks once, in order (other waves than one pass: float rounding)
-        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
