@@ -15,7 +15,9 @@ generator and the reader.
 3. Latency: the daemon runs while ticks are offered at a fixed rate (librdkafka, paced, so the
    generator is not the bottleneck at 10k ticks/s); the latency of a tick is its prediction's
    producer timestamp minus the tick's create time (same clock). At 2k, 5k and 10k ticks/s over
-   1,000 keys and at 1k ticks/s over 4 keys.
+   1,000 keys and at 1k ticks/s over 4 keys; beside each, the bare pass-through under the same load
+   (its output's producer timestamp against the tick's): the floor the broker and the Kafka client
+   set on this machine.
 
     python benchmarks/daemon.py [--keys 1000] [--json benchmarks/out/daemon.json]
 """
@@ -25,10 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,9 +80,13 @@ async def passthrough(env: dict[str, str]) -> None:
     await consumer.start()
     await producer.start()
     idle_since = time.monotonic()
+    ready = env.get("PASSTHROUGH_READY_FILE")  # the latency run offers ticks once the group has been joined
     try:
         while time.monotonic() - idle_since < float(env["STREAMER_BURST_IDLE_S"]):
             batch = await consumer.getmany(timeout_ms=100, max_records=20_000)
+            if ready and consumer.assignment():
+                Path(ready).touch()
+                ready = None
             if not batch:
                 continue
             futures = []
@@ -161,19 +169,26 @@ def offer(bs: str, topic: str, keys: int, rate: float, seconds: float) -> tuple[
 
 async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float, partitions: int,
                   **over: str) -> dict:
-    env = daemon_env(bs, learner, burst="false", linger_ms="5", **over)
+    """The daemon (or, learner "passthrough", the bare aiokafka pass-through: the floor that the broker
+    and the Kafka client set) under ticks offered at `rate`; tick-to-output latency."""
+    bare = learner == "passthrough"
+    env = daemon_env(bs, "sgd" if bare else learner, burst="false", linger_ms="5", **over)
     topic_in, topic_out = env["STREAMER_INPUT_TOPIC"], env["STREAMER_OUTPUT_TOPIC"]
     await create_topics(bs, [topic_in], partitions)
-    proc = start_daemon(env)
     port = int(env["STREAMER_METRICS_PORT"])
-    while await asyncio.to_thread(http_status, port, "/readyz") != 200:
+    if bare:  # idles out only after the run: the generator's ticks keep it busy until then
+        ready = Path(tempfile.mkdtemp()) / "ready"
+        proc = start_passthrough({**env, "STREAMER_BURST_IDLE_S": "5", "PASSTHROUGH_READY_FILE": str(ready)})
+    else:
+        proc = start_daemon(env)
+    while not (ready.exists() if bare else await asyncio.to_thread(http_status, port, "/readyz") == 200):
         if proc.poll() is not None:
-            raise RuntimeError("daemon exited before it was ready")
+            raise RuntimeError(f"{learner} exited before it was ready")
         await asyncio.sleep(0.2)
     sent, offered = await asyncio.to_thread(offer, bs, topic_in, keys, rate, seconds)
     n = len(sent)
     preds = await consume(bs, topic_out, n, settle=1.0)
-    metrics = await asyncio.to_thread(scrape, port)
+    metrics = {} if bare else await asyncio.to_thread(scrape, port)
     proc.send_signal(signal.SIGTERM)
     await asyncio.to_thread(proc.wait, 60)
     pairs = np.array([(sent[(q["key"], q["ts"])], p.timestamp / 1000)
@@ -187,7 +202,8 @@ async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float,
             "p99_first_third_ms": float(np.percentile(thirds[0], 99) * 1e3),
             "p99_last_third_ms": float(np.percentile(thirds[-1], 99) * 1e3),
             # how full the model's waves were (few keys: a wave's cost is about fixed)
-            "ticks_per_wave": metrics["streamer_ticks_consumed_total"] / max(1.0, metrics["streamer_waves_total"])}
+            "ticks_per_wave": (metrics["streamer_ticks_consumed_total"] / max(1.0, metrics["streamer_waves_total"])
+                               if metrics else float("nan"))}
 
 
 def median_run(runs: list[dict], field: str) -> dict:
@@ -201,7 +217,7 @@ def median_run(runs: list[dict], field: str) -> dict:
 
 async def main_async(args) -> dict:
     out: dict = {"throughput": [], "latency": []}
-    if not args.only_compare:
+    if not (args.only_compare or args.only_latency):
         # Each run gets a broker of its own: the embedded broker keeps every topic in memory, and
         # the gigabytes of input, output and checkpoints of earlier runs slow the later ones down
         # (measured: the 4-key latency p99 20 ms on a fresh broker, 117 ms after the throughput runs).
@@ -219,15 +235,18 @@ async def main_async(args) -> dict:
             row = median_run(runs[learner], "ticks_per_s")
             row["share_of_passthrough"] = row["ticks_per_s"] / ceiling
             out["throughput"].append(row)
-        grid = [("sgd", args.keys, r) for r in args.rates] + [(learner, args.few_keys, args.few_rate)
-                                                              for learner in ("sgd", "ensemble")]
-        for learner, keys, rate in grid:
-            lat = []
-            for _ in range(args.repeat):
+    if not args.only_compare:
+        # each daemon row beside the pass-through's at the same load: the latency floor of the broker and
+        # the Kafka client on this machine, in the same run; the cases alternate, each on a fresh broker
+        grid = [(learner, args.keys, r) for r in args.rates for learner in ("passthrough", "sgd")] + [
+            (learner, args.few_keys, args.few_rate) for learner in ("passthrough", "sgd", "ensemble")]
+        lat: dict[tuple, list[dict]] = {case: [] for case in grid}
+        for _ in range(args.repeat):
+            for learner, keys, rate in grid:
                 with EmbeddedBroker() as broker:
-                    lat.append(await latency(broker.bootstrap_servers, learner, keys, rate, args.seconds,
-                                             args.partitions))
-            out["latency"].append(median_run(lat, "p99_ms"))
+                    lat[(learner, keys, rate)].append(await latency(broker.bootstrap_servers, learner, keys, rate,
+                                                                    args.seconds, args.partitions))
+        out["latency"] = [median_run(runs, "p99_ms") for runs in lat.values()]
     if args.compare:
         out["compare"] = await compare(args)
     return out
@@ -277,6 +296,7 @@ def main() -> None:
     ap.add_argument("--compare-latency", action="store_true",
                     help="the A/B on the few-keys latency run (--few-keys, --few-rate, --seconds), not throughput")
     ap.add_argument("--only-compare", action="store_true", help="skip the main figures")
+    ap.add_argument("--only-latency", action="store_true", help="skip the throughput runs")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/daemon.json"))
     ap.add_argument("--passthrough", action="store_true", help=argparse.SUPPRESS)  # the ceiling's own process
     args = ap.parse_args()
@@ -300,7 +320,8 @@ def main() -> None:
     for r in res["latency"]:
         t.add_row(r["learner"], str(r["keys"]), f"{r['offered_ticks_per_s']:,.0f}",
                   f"{r['achieved_offer_ticks_per_s']:,.0f}", str(r["ticks"]),
-                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", f"{r['ticks_per_wave']:.2f}",
+                  f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
+                  "-" if math.isnan(r["ticks_per_wave"]) else f"{r['ticks_per_wave']:.2f}",
                   ", ".join(f"{v:.0f}" for v in r["p99_ms_all"]))
     if res["latency"]:
         console.print(t)
