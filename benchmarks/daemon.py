@@ -29,6 +29,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,7 @@ async def passthrough(env: dict[str, str]) -> None:
             if ready and consumer.assignment():
                 Path(ready).touch()
                 ready = None
+                idle_since = time.monotonic()  # idle from the join on: the generator starts only now
             if not batch:
                 continue
             futures = []
@@ -191,6 +193,8 @@ async def latency(bs: str, learner: str, keys: int, rate: float, seconds: float,
     metrics = {} if bare else await asyncio.to_thread(scrape, port)
     proc.send_signal(signal.SIGTERM)
     await asyncio.to_thread(proc.wait, 60)
+    if bare:
+        shutil.rmtree(ready.parent, ignore_errors=True)
     pairs = np.array([(sent[(q["key"], q["ts"])], p.timestamp / 1000)
                       for p in preds for q in [orjson.loads(p.value)] if (q["key"], q["ts"]) in sent])
     pairs = pairs[np.argsort(pairs[:, 0])]  # [n, 2] (tick sent, prediction stamped), in send order

@@ -1003,8 +1003,9 @@ millisecond, so that it is not the bottleneck at 10k ticks/s; "achieved" is the 
 **The floor under the latency targets.** The bare aiokafka pass-through (the throughput
 table's ceiling) under the same offered load, each case beside the daemon's on a fresh broker,
 the cases alternating; 3 runs each, {floor[date]}, revision {floor[revision]}, a day this
-machine ran few-key waves about 4-5x slower than the few-keys table (`speed.py`'s own pipeline
-function gave sgd 388 ticks/s at one key, against the table's 2,074):
+machine ran few-key waves about 4-5x slower than the few-keys table (measured ad hoc, not by a
+script here: a scratch call of `speed.py`'s own `few_keys_pipeline` gave sgd 388 ticks/s at one
+key, against the table's 2,074):
 
 ```bash
 python benchmarks/daemon.py --only-latency --rates 10000 --json benchmarks/out/daemon-floor.json
