@@ -360,6 +360,22 @@ def main() -> None:
                    fd1=fk("dekf", 1), fp1=fk("pf", 1), dt=dt, passthrough=passthrough, daemon_rows=daemon_rows,
                    latency_rows=latency_rows, lat10k=lat10k, lat4_sgd=lat4_sgd, lat4_ens=lat4_ens,
                    pf_bound=few[("pf", 1000)]["default_key_bound"] if ("pf", 1000) in few else 0)
+    ab = load("ab")
+    ab_rows = "\n".join(
+        f"| {r['learner']} | {r['keys']:,} | {r['base_ticks_per_s']:,.0f} | {r['head_ticks_per_s']:,.0f} | "
+        f"{r['ratio']:.2f}x | {' '.join(f'{x:,.0f}' for x in r['base_all'])} / "
+        f"{' '.join(f'{x:,.0f}' for x in r['head_all'])} |" for r in ab["rows"])
+    gained = [r["ratio"] for r in ab["rows"] if r["learner"] in ("dekf", "ensemble")]
+    noise = [r["ratio"] for r in ab["rows"] if r["learner"] not in ("dekf", "ensemble")]
+    cov_rows = "\n".join(
+        f"| {r['keys']:,} | {r['block']} {' x '.join(map(str, r['shape']))} | {r['column_us']:,.1f} | "
+        f"{r['row_us']:,.1f} | {r['speedup']:.1f}x | {r['max_rel_diff']:.0e} |"
+        for r in load("speed").get("covariance_products", []))
+    issue17.update(ab=ab, ab_rows=ab_rows, cov_rows=cov_rows,
+                   ab_sgd1=next(r["head_ticks_per_s"] for r in ab["rows"] if (r["learner"], r["keys"]) == ("sgd", 1)),
+                   ab_gain=f"{(min(gained) - 1):.0%} to {(max(gained) - 1):.0%}",
+                   ab_noise=f"{min(noise):.2f}-{max(noise):.2f}x",
+                   fd1_ms=few[("dekf", 1)]["pipeline_ms_per_wave"], fe1_ms=few[("ensemble", 1)]["pipeline_ms_per_wave"])
     dk = load("demo-keys")
     dk_keys = list(dk["rows"][0]["keys"])
     demo_rows = "\n".join(
@@ -412,16 +428,28 @@ def main() -> None:
              restore_rebalance=met(all(r["rebalances"] == 1 for r in rs["rows"])),
              restore_memory="; ".join(f"{r['learner']} {r['keys']:,}: {r['rss_over_state']:.2f} "
                                       f"{'met' if r['rss_over_state'] <= 2 else '**not met**'}" for r in big))
-    floor = load("daemon-floor")
+    floor, slow = load("daemon-floor"), load("daemon-floor-slow")
     names = {"passthrough": "pt", "sgd": "sgd", "ensemble": "ens"}
-    fl = {f"{names[r['learner']]}{r['keys']}": r for r in floor["latency"]}
-    floor_rows = "\n".join(
-        f"| {r['learner']} | {r['keys']:,} | {r['offered_ticks_per_s']:,.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-        f"{', '.join(f'{x:.0f}' for x in r['p99_ms_all'])} | {r['p99_first_third_ms']:.0f} / {r['p99_last_third_ms']:.0f} | "
-        f"{r['max_ms']:.0f} | "
-        f"{'-' if r['learner'] == 'passthrough' else format(r['ticks_per_wave'], '.2f')} |" for r in floor["latency"])
-    floor_v = {"k1000": met(fl["pt1000"]["p99_ms"] <= 50), "k4": met(fl["pt4"]["p99_ms"] <= 20),
-               "ratio": fl["sgd4"]["p99_ms"] / fl["pt4"]["p99_ms"]}
+
+    def floor_table(run: dict) -> tuple[dict, str]:
+        rows = "\n".join(
+            f"| {r['learner']} | {r['keys']:,} | {r['offered_ticks_per_s']:,.0f} | {r['p50_ms']:,.0f} | "
+            f"{r['p99_ms']:,.0f} | {', '.join(f'{x:,.0f}' for x in r['p99_ms_all'])} | "
+            f"{r['p99_first_third_ms']:,.0f} / {r['p99_last_third_ms']:,.0f} | {r['max_ms']:,.0f} | "
+            f"{'-' if r['learner'] == 'passthrough' else format(r['ticks_per_wave'], '.2f')} |" for r in run["latency"])
+        return {f"{names[r['learner']]}{r['keys']}": r for r in run["latency"]}, rows
+
+    fl, floor_rows = floor_table(floor)
+    fls, slow_rows = floor_table(slow)
+    ens4_wave = next(r for r in load("speed")["few_keys"] if r["learner"] == "ensemble" and r["keys"] == 4)
+    floor_v = {"k1000": met(max(fl["pt1000"]["p99_ms"], fls["pt1000"]["p99_ms"]) <= 50),
+               "k4": met(max(fl["pt4"]["p99_ms"], fls["pt4"]["p99_ms"]) <= 20),
+               "ratio": fl["sgd4"]["p99_ms"] / fl["pt4"]["p99_ms"],
+               "ratio1000": fl["sgd1000"]["p99_ms"] / fl["pt1000"]["p99_ms"],
+               "ratio_slow": fls["sgd4"]["p99_ms"] / fls["pt4"]["p99_ms"],
+               "ens_ratio": fl["ens4"]["p99_ms"] / fl["pt4"]["p99_ms"],
+               "ens_budget_ms": 1e3 * fl["ens4"]["ticks_per_wave"] / fl["ens4"]["offered_ticks_per_s"],
+               "ens_wave_ms": ens4_wave["pipeline_ms_per_wave"]}
     fw = load("daemon-fill-waves")
     fill_rows = "\n".join(
         f"    | {run['repeat']} | {c['value']} | {c['p50_ms']:.0f} | {c['p99_ms']:.0f} | "
@@ -441,7 +469,7 @@ def main() -> None:
                    f"{thr['ensemble']['ticks_per_s']:,.0f} | {thr['ensemble']['ticks_per_s_all']} | reported |"
                    if "ensemble" in thr else "| ensemble (the default) | not measured at this revision | | | | |"), fz=load("fuzz"), sk=soak_figures(), of=offline_figures(),
         budget_rows=budget_rows, threads_rows=threads_rows, threads_head=threads_head, pf_thread_rows=pf_thread_rows,
-        fill_rows=fill_rows, fw=fw, floor_rows=floor_rows, fl=fl, floor_v=floor_v, floor=floor, **issue17, rv=river_figures(), tw=ticks_warm_figures(), hz=horizon_figures(), ns=memo_readout_cell_figures(),
+        fill_rows=fill_rows, fw=fw, floor_rows=floor_rows, fl=fl, floor_v=floor_v, floor=floor, slow=slow, slow_rows=slow_rows, fls=fls, **issue17, rv=river_figures(), tw=ticks_warm_figures(), hz=horizon_figures(), ns=memo_readout_cell_figures(),
     )
     (HERE / "RESULTS.md").write_text(text)
     print(f"wrote {HERE / 'RESULTS.md'}")
@@ -787,6 +815,10 @@ wave, which is a different measurement).
 | pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} | {v[few_pf1]} |
 | `streamer demo` (4 keys, 12,000 ticks, defaults) in <= 10 s | {dt[processed_in_s]:.1f} s ("processed in"); first prediction {dt[first_prediction_s]:.1f} s after start, last {dt[last_prediction_s]:.1f} s | {v[demo_time]} |
 
+This table was measured on a slower day than the previous report's: SGD, whose code did not change,
+gave 2,074 ticks/s at one key there and {fs1:,.0f} here ({ab_sgd1:,.0f} in the A/B run below, the same
+day). Read a revision's effect in the A/B table below, which runs both revisions side by side.
+
 What a wave of one key cost, and what took it down (measured with `py-spy` and line profiles of
 `Pipeline.process`, one key, one tick a call; before: ensemble 354 ticks/s, sgd 1,245, dekf 448,
 pf 744; the before/after figures in this list were measured ad hoc while profiling, not by a script
@@ -840,17 +872,54 @@ Fetched batches: the prediction memo for some of the rows (`python benchmarks/ba
 - **What it does not change.** The few-keys table above steps every key once a wave, so the memo
   always fitted there, and those figures are unchanged by this.
 
+This revision: fewer torch calls in the DEKF's step (`python benchmarks/ab.py 17f3ce7 --rounds 5`;
+writes `benchmarks/out/ab.json`: the daemon's `Pipeline.process` at the previous revision, checked
+out into a temporary worktree, against this one, one worker process each, alternating case by case
+in one run; ticks/s, median of {ab[rounds]} rounds):
+
+| learner | keys | {ab[base]} | this revision | ratio | each round ({ab[base]} / this) |
+|---|---|---|---|---|---|
+{ab_rows}
+
+- **The LSTM step in one place, in fewer calls** (`models.cells.lstm_gates`): one sigmoid over all
+  four gate columns (a slice and a call cost more than the unused column's arithmetic), and the
+  window BPTT (`models.learners.window.lstm_bptt`) takes its steps' inputs with one `unbind`,
+  builds every step's local derivatives as one [B, W, m, 4] tensor after the forward loop, and its
+  backward step's delta is one product with [dc, dc, dc, dy]. The DEKF's Python-level torch calls
+  per one-key wave went from 535 to 420, the ensemble's from 906 to 784 (counted ad hoc, with a
+  `TorchFunctionMode` over 10 waves; a count, not a timing). The forward pass still builds u and
+  its pre-activations as `cell_step` does, so the prediction memo's bit-identity test holds.
+- **P H^T as (H P)^T** (`models.kalman.innovation`): P is symmetric (a unit test checks it stays so
+  to round-off through 60 DEKF and EKF steps, and that the innovation equals the textbook column
+  product), and on CPU a batch of row vectors times matrices runs a faster kernel than a batch of
+  matrices times columns (`speed.py`'s last table, one thread, float64):
+
+| keys | block | P times a column, us | (H P)^T, us | speed-up | max relative difference |
+|---|---|---|---|---|---|
+{cov_rows}
+
+- **Reading it.** The DEKF and the ensemble, which holds one, gained {ab_gain} in every case, beyond
+  the noise that SGD and the PF show (they do not run this code; their ratios, {ab_noise}, are
+  that noise). The bank at 1,000 keys gained as well (DEKF {dekf1[ticks_per_s]:,.0f} ticks/s, window 1,
+  in the bank table above).
+- **The demo** took {dt[processed_in_s]:.1f} s in `demo_time.py`'s run for this report (16.9 s in the
+  previous report's, on its faster day). On this report's day, alternating the previous revision and
+  this one (each run from its own checkout, ad hoc): 23.6 and 22.6 s against 19.9 and 21.2 s.
+
 What is left at K=1 for the default learner is the DEKF expert's own arithmetic: its window-10
-BPTT (~20 kernel calls a step, 10 steps, forward and backward) and its 16 blocks of 100 x 100
-covariance (a batched mat-vec and a rank-1 update), about 1 ms of the ensemble's 1.7 ms; the
-target of 2,000 ticks/s (0.5 ms a wave) would need the DEKF to cost less than a fifth of itself.
-The demo is bound by the same cost. Its daemon starts after the replay has sent everything, so
+BPTT (~25 torch calls a step, 10 steps, forward and backward) and its 16 blocks of 84 x 84
+covariance (a batched row-vector product and a rank-1 update), {fd1_ms:.2f} ms a wave alone
+against the ensemble's {fe1_ms:.2f} ms; the target of 2,000 ticks/s (0.5 ms a wave) would need the
+whole ensemble to cost half of its DEKF expert alone. Eager torch costs 1-3 us a call whatever the
+size, so this is a count of calls: the ensemble makes ~780 a one-key wave. What would change it is
+fusing them (a compiled step: tried, see above, 10 s to compile per shape) or a window-1 DEKF
+expert (fewer calls by 10x, a different model: an accuracy question for issue 16's defaults, not a
+speed fix). The demo is bound by the same cost. Its daemon starts after the replay has sent everything, so
 its first fetch holds all 12,003 messages; the FR and BE ticks carry two features and the Demand
 and Temperature ticks none, so they are two banks, and the batch is stepped as 6,000 waves of 2
 keys (counted by instrumenting `Pipeline._run_wave`): ~6,000 x the ensemble's K=2 wave, plus
 the daemon's start (its group join on the embedded broker takes ~4 s: the first prediction comes
-{dt[first_prediction_s]:.1f} s after start). At 2.0-2.1 ms a 2-key wave, 10 s would need the wave at about
-0.9 ms.
+{dt[first_prediction_s]:.1f} s after start). 10 s would need the 2-key wave at about 0.9 ms.
 
 ## The learners as a Python library (River's API)
 
@@ -1002,41 +1071,59 @@ millisecond, so that it is not the bottleneck at 10k ticks/s; "achieved" is the 
 
 **The floor under the latency targets.** The bare aiokafka pass-through (the throughput
 table's ceiling) under the same offered load, each case beside the daemon's on a fresh broker,
-the cases alternating; 3 runs each, {floor[date]}, revision {floor[revision]}, a day this
-machine ran few-key waves about 4-5x slower than the few-keys table (measured ad hoc, not by a
-script here: a scratch call of `speed.py`'s own `few_keys_pipeline` gave sgd 388 ticks/s at one
-key, against the table's 2,074):
+the cases alternating, 3 runs each. Measured twice, hours apart: {floor[date]} (revision
+{floor[revision]}), when the machine ran at its usual speed, and {slow[date]} (revision
+{slow[revision]}), when it ran few-key waves about 4-5x slower than the few-keys table (an ad hoc
+call of `speed.py`'s own `few_keys_pipeline` gave sgd 388 ticks/s at one key, against 2,074 in the
+table then):
 
 ```bash
 python benchmarks/daemon.py --only-latency --rates 10000 --json benchmarks/out/daemon-floor.json
 ```
 
+{floor[date]}:
+
 | learner | keys | offered ticks/s | p50 ms | p99 ms (median run) | p99 of each run | p99 first / last third | max ms | ticks/wave |
 |---|---|---|---|---|---|---|---|---|
 {floor_rows}
 
-| target (issue 17) | the pass-through alone (p99) | the floor meets it |
-|---|---|---|
-| p99 <= 50 ms at 10k ticks/s offered, 1,000 keys | {fl[pt1000][p99_ms]:.0f} ms | {floor_v[k1000]} |
-| p99 <= 20 ms at 1k ticks/s offered over 4 keys | {fl[pt4][p99_ms]:.0f} ms | {floor_v[k4]} |
+{slow[date]}, the slow run (`benchmarks/data/daemon-floor-slow.json`):
+
+| learner | keys | offered ticks/s | p50 ms | p99 ms (median run) | p99 of each run | p99 first / last third | max ms | ticks/wave |
+|---|---|---|---|---|---|---|---|---|
+{slow_rows}
+
+| target (issue 17) | the pass-through alone (p99), usual-speed run | slow run | the floor meets it |
+|---|---|---|---|
+| p99 <= 50 ms at 10k ticks/s offered, 1,000 keys | {fl[pt1000][p99_ms]:.0f} ms | {fls[pt1000][p99_ms]:,.0f} ms | {floor_v[k1000]} |
+| p99 <= 20 ms at 1k ticks/s offered over 4 keys | {fl[pt4][p99_ms]:.0f} ms | {fls[pt4][p99_ms]:.0f} ms | {floor_v[k4]} |
 
 The pass-through's latency is a tick's trip through the broker to a consumer, plus one decode and
 one send: every daemon on this broker and client pays at least that, before any model. Where its
 p99 is above a target, no daemon meets that target on this machine: the broker (Tansu, embedded,
-on the same two cores as the daemon and the load generator) and the client set the floor. The ticks per wave
-are the daemon's own count (`streamer_waves_total`).
-- **On this day the floor is far above both targets**: the pass-through's p99 is
-  {fl[pt4][p99_ms]:.0f} ms at 1k ticks/s over 4 keys, and
-  {fl[pt1000][p99_ms]:,.0f} ms at 10k ticks/s over 1,000 keys, where the pass-through
-  itself falls behind.
+on the same two cores as the daemon and the load generator) and the client set the floor. The
+ticks per wave are the daemon's own count (`streamer_waves_total`).
+- **In both runs the floor is above both targets.** Its median is not: p50
+  {fl[pt4][p50_ms]:.0f} ms at 4 keys and {fl[pt1000][p50_ms]:.0f} ms at 1,000 keys on the usual
+  day. The tail is the broker and client path on two shared cores, and it moves with the day
+  (p99 {fl[pt4][p99_ms]:.0f} against {fls[pt4][p99_ms]:.0f} ms at 4 keys).
 - **The drift within a run is there without any model.** The pass-through's p99 over the last
   third of the ticks is {fl[pt4][p99_last_third_ms]:.0f} ms, against
-  {fl[pt4][p99_first_third_ms]:.0f} ms over the first (4 keys, 1k ticks/s). So the
-  waves emptying under a backlog (above) is not the whole story: the broker and client path drifts
-  too, on this machine.
-- The daemon's sgd at 4 keys is {floor_v[ratio]:.1f}x the
-  pass-through's p99; the default ensemble, at {fl[ens4][p99_ms]:,.0f} ms, is far over
-  its capacity on this day (its few-key waves cost 7-10 ms each here).
+  {fl[pt4][p99_first_third_ms]:.0f} ms over the first (4 keys, 1k ticks/s, usual-speed run;
+  {fls[pt4][p99_last_third_ms]:.0f} against {fls[pt4][p99_first_third_ms]:.0f} ms on the slow
+  day). So the waves emptying under a backlog (above) is not the whole story: the broker and
+  client path drifts too, on this machine.
+- **On the usual-speed run the sgd daemon is at the floor**: its p99 is {floor_v[ratio]:.2f}x the
+  pass-through's at 4 keys and {floor_v[ratio1000]:.2f}x at 1,000 keys (the runs spread more than
+  that difference). On the slow run it was {floor_v[ratio_slow]:.1f}x at 4 keys: its waves, slowed
+  with the machine, no longer kept up.
+- **The default ensemble at 4 keys is {floor_v[ens_ratio]:.1f}x the floor** (p50
+  {fl[ens4][p50_ms]:.0f} ms, p99 {fl[ens4][p99_ms]:.0f} ms on the usual-speed run; on the slow run, far
+  over its capacity, {fls[ens4][p99_ms]:,.0f} ms). 1k ticks/s in waves of
+  {fl[ens4][ticks_per_wave]:.2f} ticks leaves {floor_v[ens_budget_ms]:.1f} ms a wave, and the
+  ensemble's 4-key wave costs {floor_v[ens_wave_ms]:.1f} ms through the pipeline alone (the
+  few-keys table), before the consumer, the producer and the load generator take their share of
+  the two cores: it runs near its capacity, and a backlog builds.
 
 The previous revision's figure at 2k ticks/s (p99 38 ms) was measured with an aiokafka load
 generator; that revision's daemon under this librdkafka generator gives p50 19 ms, p99 104 ms in

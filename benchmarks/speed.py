@@ -166,6 +166,37 @@ def few_keys(counts: list[int], seconds: float, console: Console) -> list[dict]:
     return rows
 
 
+def covariance_products(counts: list[int], seconds: float) -> list[dict]:
+    """The DEKF's innovation product P H^T two ways, on its default covariance blocks (one torch thread):
+    as P times a column (`matmul(P, H[..., None])`) and, P being symmetric, as the row H times P
+    (`matmul(H[..., None, :], P)`, what `models.kalman.innovation` does). Same numbers, another kernel."""
+    torch.set_num_threads(1)
+    state = make_learner("dekf", daemon_spec()).init_state(torch.arange(1))
+    rows = []
+    for K in counts:
+        g = torch.Generator().manual_seed(0)
+        for name in ("Pc", "Ph"):
+            n = state[name].shape[-1]
+            inner = state[name].shape[1:-2]
+            a = torch.randn(K, *inner, n, n, generator=g, dtype=torch.float64)
+            P = a @ a.transpose(-1, -2)  # [K, *inner, n, n] symmetric
+            H = torch.randn(K, *inner, n, generator=g, dtype=torch.float64)  # [K, *inner, n]
+
+            def column_product(t: int, P: torch.Tensor = P, H: torch.Tensor = H) -> torch.Tensor:
+                return torch.matmul(P, H.unsqueeze(-1)).squeeze(-1)  # [K, *inner, n]
+
+            def row_product(t: int, P: torch.Tensor = P, H: torch.Tensor = H) -> torch.Tensor:
+                return torch.matmul(H.unsqueeze(-2), P).squeeze(-2)  # [K, *inner, n]
+
+            column = timed_waves(column_product, seconds / 4, least=20)
+            row = timed_waves(row_product, seconds / 4, least=20)
+            diff = column_product(0) - row_product(0)
+            rows.append({"keys": K, "block": name, "shape": list(P.shape[1:]), "column_us": column * 1e6,
+                         "row_us": row * 1e6, "speedup": column / row,
+                         "max_rel_diff": float(diff.abs().max() / P.abs().max())})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1000)
@@ -216,8 +247,18 @@ def main() -> None:
                       f"{r['pipeline_ms_per_wave']:.2f}", f"{r['default_key_bound']:,}")
     if few:
         console.print(table)
+    products = covariance_products([1, 4, 1000], args.few_seconds) if counts else []
+    table = Table(title="the DEKF's P H^T: matrix x column against (row x matrix)^T, 1 thread")
+    for col in ("keys", "block", "column us", "row us", "speed-up", "max rel. diff"):
+        table.add_column(col, justify="right")
+    for r in products:
+        table.add_row(str(r["keys"]), f"{r['block']} {'x'.join(map(str, r['shape']))}", f"{r['column_us']:,.1f}",
+                      f"{r['row_us']:,.1f}", f"{r['speedup']:.1f}x", f"{r['max_rel_diff']:.1e}")
+    if products:
+        console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
+                                     "covariance_products": products,
                                      "few_keys_spec": daemon_spec().describe()}, indent=2))
     console.print(f"wrote {args.json}")
 

@@ -200,12 +200,26 @@ def lstm_preactivation(
     return u, torch.bmm(u.unsqueeze(1), cell).view(B, m, -1)
 
 
+def lstm_gates(
+    a: torch.Tensor, c_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM step's activations from pre-activations a [B, m, 4] and c_{t-1} [B, m]:
+    (s [B, m, 4] with the gates i, f, o in columns 1-3, z [B, m], c [B, m], tanh(c) [B, m], y [B, m]).
+
+    The one place the step is written, for the forward pass and the closed-form BPTT alike (so the
+    two agree to the bit). The sigmoid runs over all four columns, column 0 unused: for few keys a
+    torch call costs more than the arithmetic, and one call on the whole is fewer than a slice and one."""
+    s = torch.sigmoid(a)  # [B, m, 4]
+    z = torch.tanh(a[:, :, 0])  # [B, m]
+    _, i, f, o = s.unbind(2)  # [B, m] each
+    c = i * z + f * c_prev  # [B, m]  (not addcmul: its fused rounding differs with the batch's layout)
+    tc = torch.tanh(c)  # [B, m]
+    return s, z, c, tc, o * tc
+
+
 def lstm_activation(a: torch.Tensor, c_prev: torch.Tensor) -> torch.Tensor:
     """New state [c; y] [B, 2m] from pre-activations a [B, m, 4] and c_{t-1} [B, m]."""
-    z = torch.tanh(a[:, :, 0])  # [B, m]
-    gates = torch.sigmoid(a[:, :, 1:])  # [B, m, 3]  i, f, o
-    c = gates[:, :, 0] * z + gates[:, :, 1] * c_prev  # [B, m]
-    y = gates[:, :, 2] * torch.tanh(c)  # [B, m]
+    _, _, c, _, y = lstm_gates(a, c_prev)
     return torch.cat([c, y], dim=1)
 
 

@@ -26,8 +26,12 @@ Block = tuple[torch.Tensor, torch.Tensor]  # (P [*batch, *inner, n, n], H [*batc
 
 
 def innovation(blocks: Sequence[Block], R: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(P_b H_b^T for each block [*batch, *inner, n], S [*batch]): the predictive variance of d."""
-    PH = [torch.matmul(P, H.unsqueeze(-1)).squeeze(-1) for P, H in blocks]
+    """(P_b H_b^T for each block [*batch, *inner, n], S [*batch]): the predictive variance of d.
+
+    P_b is a covariance, symmetric, so P_b H_b^T is taken as (H_b P_b)^T: on CPU a batch of row
+    vectors times matrices is the fast product, a batch of matrices times column vectors the slow
+    one (the DEKF's 16 blocks of 84 for one series: 4-5x; `benchmarks/speed.py`'s last table)."""
+    PH = [torch.matmul(H.unsqueeze(-2), P).squeeze(-2) for P, H in blocks]  # [*batch, *inner, n]
     S = R
     for (_, H), ph in zip(blocks, PH, strict=True):
         S = S + (H * ph).reshape(*R.shape, -1).sum(dim=-1)  # [*batch]

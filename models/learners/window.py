@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from models.cells import NetSpec, Params, cell_step, split_state, unpack, unpack_parts
+from models.cells import NetSpec, Params, cell_step, lstm_gates, split_state, unpack, unpack_parts
 from models.heads import estimate, readout_features
 from models.learners.base import State
 
@@ -94,57 +94,60 @@ def lstm_bptt(
     so H_cell = sum_k u_k (x) delta_k (one batched product) and H_head = phi. Window 1 is the
     paper's instantaneous gradient. Returns (d_hat [B], U [B, W, q], Delta [B, W, m*G],
     phi [B, n_readout], state after the first input [B, 2m]); H_cell = U^T Delta.
+
+    For few keys the number of torch calls is the cost (1-3 us each, whatever the size), so the
+    steps are written in as few calls as the recursion allows: the forward step is `lstm_gates`, the
+    local derivatives of every step come in one pass after the loop, and the backward recursion is
+    a few calls a step.
     """
     m, p = spec.hidden, spec.n_in
     params = theta if isinstance(theta, Params) else unpack(spec, theta)
     xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1) if xbuf.shape[1] else x.unsqueeze(1)  # [B, W, p]
     B, W = xs.shape[0], xs.shape[1]
+    cell = params.cell  # [B, q, m*4]
     ones = x.new_ones(B, 1)
     c, y = h0[:, :m], h0[:, m:]  # [B, m] each
-    us, zs, gs, tcs, c_prevs = [], [], [], [], []
+    us, cs, ss, zs, tcs = [], [c], [], [], []  # u_k, c_{k-1} and step k's activations
     h_first = h0
-    for k in range(W):
-        u = torch.cat([xs[:, k], y, ones], dim=1)  # [B, q]
-        a = torch.bmm(u.unsqueeze(1), params.cell).view(B, m, 4)  # [B, m, 4] pre-activations
-        z = torch.tanh(a[:, :, 0])  # [B, m]
-        g = torch.sigmoid(a[:, :, 1:])  # [B, m, 3]  i, f, o
-        c_prevs.append(c)
-        c = g[:, :, 0] * z + g[:, :, 1] * c  # [B, m]
-        tc = torch.tanh(c)  # [B, m]
-        y = g[:, :, 2] * tc  # [B, m]
+    for k, xk in enumerate(xs.unbind(1)):  # xk [B, p]
+        u = torch.cat([xk, y, ones], dim=1)  # [B, q]  as `lstm_preactivation`'s, so the forward agrees to the bit
+        a = torch.bmm(u.unsqueeze(1), cell).view(B, m, 4)  # [B, m, 4] pre-activations z, i, f, o
+        s, z, c, tc, y = lstm_gates(a, c)  # [B, m, 4], then [B, m] each
         us.append(u)
+        ss.append(s)
         zs.append(z)
-        gs.append(g)
         tcs.append(tc)
+        cs.append(c)
         if k == 0:
             h_first = torch.cat([c, y], dim=1)  # [B, 2m]
     y_prev = h0[:, m:] if W == 1 else us[-1][:, p : p + m]  # y_{W-1}
     phi = readout_features(spec, params, y, y_prev, x)  # [B, nr]
     d_hat = (params.r * phi).sum(dim=1)  # [B]
-    # The local derivatives of every step at once (elementwise in the stored activations), so the
-    # backward recursion is a few operations a step: for few keys the number of torch calls is the cost.
-    Z = torch.stack(zs, dim=1) if W > 1 else zs[0].unsqueeze(1)  # [B, W, m]
-    Gt = torch.stack(gs, dim=1) if W > 1 else gs[0].unsqueeze(1)  # [B, W, m, 3]  i, f, o
-    TC = torch.stack(tcs, dim=1) if W > 1 else tcs[0].unsqueeze(1)  # [B, W, m]
-    CP = torch.stack(c_prevs, dim=1) if W > 1 else c_prevs[0].unsqueeze(1)  # [B, W, m]
-    dG = Gt * (1 - Gt)  # [B, W, m, 3]  sigma' of i, f, o
-    # d a / d c_k per gate z, i, f ([B, W, m, 3]) and d a_o / d y_k ([B, W, m])
-    Ac = torch.stack([Gt[..., 0] * (1 - Z * Z), Z * dG[..., 0], CP * dG[..., 1]], dim=3)
-    Ao = TC * dG[..., 2]  # [B, W, m]
-    Oc = Gt[..., 2] * (1 - TC * TC)  # [B, W, m]  d y_k / d c_k
+    # The local derivatives of every step at once (elementwise in the stored activations).
+    S = torch.stack(ss, dim=1)  # [B, W, m, 4]
+    Z = torch.stack(zs, dim=1)  # [B, W, m]
+    TC = torch.stack(tcs, dim=1)  # [B, W, m]
+    CP = torch.stack(cs[:-1], dim=1)  # [B, W, m]  c_{k-1}
+    dS = S * (1 - S)  # [B, W, m, 4]  sigma' of i, f, o in columns 1-3
+    _, I, F, O = S.unbind(3)  # [B, W, m] each
+    # d a / d c_k for the gates z, i, f, and d a_o / d y_k: [B, W, m, 4];
+    # each step's delta is this times [dc, dc, dc, dy]
+    A = torch.stack([I * (1 - Z * Z), Z * dS[..., 1], CP * dS[..., 2], TC * dS[..., 3]], dim=3)
+    Oc = O * (1 - TC * TC)  # [B, W, m]  d y_k / d c_k
+    A_k, Oc_k, F_k = A.unbind(1), Oc.unbind(1), F.unbind(1)  # per step: [B, m, 4], [B, m], [B, m]
     deltas = [torch.empty(0)] * W
     dy = params.w  # [B, m]  d d_hat / d y_W
     dc = None  # [B, m]
     # recurrent rows of the gate matrix, transposed once: row-vector products are the fast kind
-    RT = params.cell[:, p : p + m, :].transpose(1, 2).contiguous() if W > 1 else None  # [B, mG, m]
+    RT = cell[:, p : p + m].transpose(1, 2).contiguous() if W > 1 else None  # [B, m*4, m]
     for k in range(W - 1, -1, -1):
-        dc = dy * Oc[:, k] if dc is None else dc + dy * Oc[:, k]  # [B, m]
-        delta = torch.cat([dc.unsqueeze(2) * Ac[:, k], (dy * Ao[:, k]).unsqueeze(2)], dim=2).view(B, -1)  # [B, m*4]
+        dc = dy * Oc_k[k] if dc is None else dc + dy * Oc_k[k]  # [B, m]
+        delta = A_k[k] * torch.stack([dc, dc, dc, dy], dim=2)  # [B, m, 4]
         deltas[k] = delta
         if k > 0:
             assert RT is not None
-            dy = torch.bmm(delta.unsqueeze(1), RT).squeeze(1)  # [B, m]  through u_k's y_{k-1} entries
-            dc = dc * Gt[:, k, :, 1]
-    U = torch.stack(us, dim=1) if W > 1 else us[0].unsqueeze(1)  # [B, W, q]
-    Delta = torch.stack(deltas, dim=1) if W > 1 else deltas[0].unsqueeze(1)  # [B, W, m*4]
+            dy = torch.bmm(delta.view(B, 1, -1), RT).view(B, m)  # [B, m]  through u_k's y_{k-1} entries
+            dc = dc * F_k[k]
+    U = torch.stack(us, dim=1)  # [B, W, q]
+    Delta = torch.stack(deltas, dim=1).view(B, W, -1)  # [B, W, m*4]
     return d_hat, U, Delta, phi, h_first

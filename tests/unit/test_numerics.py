@@ -227,6 +227,28 @@ def test_dekf_first_step_equals_ekf_with_diagonal_prior():
     torch.testing.assert_close(sd["Pc"][:, 1], se["P"][:, idx][:, :, idx])
 
 
+def test_covariances_stay_symmetric_so_the_innovation_may_take_p_h_as_h_p():
+    """`kalman.innovation` takes P H^T as (H P)^T, which holds for a symmetric P: after many DEKF and
+    EKF steps (rank-1 corrections, the random walk, recurrent Jacobians) every P is symmetric to
+    round-off, and the innovation equals the column product computed the textbook way."""
+    spec = NetSpec(n_in=3, hidden=4)
+    g = torch.Generator().manual_seed(3)
+    for learner in (DEKFLearner(spec, EKFConfig(window=3), dtype=D), EKFLearner(spec, EKFConfig(), dtype=D)):
+        state = learner.init_state(torch.arange(5))
+        for _ in range(60):
+            x, d = torch.randn(5, 3, generator=g, dtype=D), torch.randn(5, generator=g, dtype=D)
+            state = learner.step(state, x, d)[2]
+        for name in ("Pc", "Ph", "P"):
+            if name not in state:
+                continue
+            P = state[name]
+            torch.testing.assert_close(P, P.transpose(-1, -2), rtol=0, atol=1e-12 * float(P.abs().max()))
+            H = torch.randn(P.shape[:-1], generator=g, dtype=D)
+            (ph,), S = kalman.innovation([(P, H)], torch.zeros(P.shape[0], dtype=D))
+            textbook = torch.matmul(P, H.unsqueeze(-1)).squeeze(-1)  # [*, n]  P H^T
+            torch.testing.assert_close(ph, textbook, rtol=1e-12, atol=1e-12 * float(textbook.abs().max()))
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_pf_ekf_move_is_each_particles_diagonal_ekf_step(cell):
     """move="ekf": particle i's cell weights take the EKF step of a diagonal P_i, with H_i its own
