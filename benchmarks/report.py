@@ -10,6 +10,7 @@ The prose lives here; every number comes from a JSON file, so the report cannot 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -371,6 +372,15 @@ def main() -> None:
         f"| {r['keys']:,} | {r['block']} {' x '.join(map(str, r['shape']))} | {r['column_us']:,.1f} | "
         f"{r['row_us']:,.1f} | {r['speedup']:.1f}x | {r['max_rel_diff']:.0e} |"
         for r in load("speed").get("covariance_products", []))
+    abl = load("ab-lean")
+    abl_rows = "\n".join(
+        f"| {r['learner']} | {r['keys']:,} | {r['base_ticks_per_s']:,.0f} | {r['head_ticks_per_s']:,.0f} | "
+        f"{r['ratio']:.2f}x | {' '.join(f'{x:,.0f}' for x in r['base_all'])} / "
+        f"{' '.join(f'{x:,.0f}' for x in r['head_all'])} |" for r in abl["rows"])
+    lean_ratios = [r["ratio"] for r in abl["rows"]]
+    abl1000 = ", ".join(f"{r['learner']} {r['ratio']:.2f}x" for r in load("ab-lean-1000")["rows"])
+    issue17.update(abl=abl, abl_rows=abl_rows, abl1000=abl1000,
+                   abl_gain=f"+{min(lean_ratios) - 1:.0%} to +{max(lean_ratios) - 1:.0%} (median {statistics.median(lean_ratios) - 1:+.0%})")
     issue17.update(ab=ab, ab_rows=ab_rows, cov_rows=cov_rows,
                    ab_sgd1=next(r["head_ticks_per_s"] for r in ab["rows"] if (r["learner"], r["keys"]) == ("sgd", 1)),
                    ab_gain=f"{(min(gained) - 1):.0%} to {(max(gained) - 1):.0%}",
@@ -459,7 +469,7 @@ def main() -> None:
         v=v, fo=fo, fo_target=fo_target, fo_after_assign=fo_after_assign, rs=rs, rs_lin=rs_lin, restore_rows=restore_rows,
         kin=accuracy_table("kin8nm"), ele=accuracy_table("elevators"), puma=accuracy_table("puma8nh"),
         ett=accuracy_table("etth1"), gru=accuracy_table("kin8nm-gru", speed=False), **accuracy,
-        spec=load("speed")["spec"], speed_rows=speed_rows, ens=sp[next(k for k in sp if k.startswith("ensemble"))],
+        spec=load("speed")["spec"], speed_rows=speed_rows, speed_rev=load("speed").get("revision", "this one"), ens=sp[next(k for k in sp if k.startswith("ensemble"))],
         sgd1=sgd1, dekf1=sp["dekf (window 1)"], dekf10=sp["dekf (window 10)"],
         pf=sp["pf (N=64)"], sgd10=sgd10, sgd_default=sp["sgd (default: Adam, window 1)"],
         pf_grad=sp["pf (N=64, gradient move)"],
@@ -735,6 +745,8 @@ python benchmarks/speed.py      # --keys 1000 --steps 20; writes benchmarks/out/
 |---|---|---|---|---|---|
 {speed_rows}
 
+Measured at revision {speed_rev}.
+
 LSTM m=16, p=8, skip head, one tick per key per step, float32, 2 threads. "bank" is
 `ModelBank.step` (normaliser, calibration, health checks included); "batched learner" is the
 bare `learner.step` over the 1,000 keys; "per-key loop" calls the same learner once per key
@@ -791,6 +803,8 @@ Kafka); "bank" is its two calls into the model, `ModelBank.step` on the previous
 `ModelBank.predict` of the next. For few keys each wave's fixed cost is the cost, so the pipeline
 table gives ticks/s per key in brackets (K=1: waves per second).
 
+Measured at revision {speed_rev}.
+
 Pipeline ticks/s (per key):
 
 {few_head}
@@ -815,9 +829,10 @@ wave, which is a different measurement).
 | pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} | {v[few_pf1]} |
 | `streamer demo` (4 keys, 12,000 ticks, defaults) in <= 10 s | {dt[processed_in_s]:.1f} s ("processed in"); first prediction {dt[first_prediction_s]:.1f} s after start, last {dt[last_prediction_s]:.1f} s | {v[demo_time]} |
 
-This table was measured on a slower day than the previous report's: SGD, whose code did not change,
-gave 2,074 ticks/s at one key there and {fs1:,.0f} here ({ab_sgd1:,.0f} in the A/B run below, the same
-day). Read a revision's effect in the A/B table below, which runs both revisions side by side.
+The machine's speed moved a lot on this report's day: SGD at one key, whose step the first
+change below does not touch, gave 2,074 ticks/s in the previous report, {ab_sgd1:,.0f} in that change's
+A/B run and {fs1:,.0f} in the table above, hours apart. Read a revision's effect in the A/B tables
+below, which run both revisions side by side.
 
 What a wave of one key cost, and what took it down (measured with `py-spy` and line profiles of
 `Pipeline.process`, one key, one tick a call; before: ensemble 354 ticks/s, sgd 1,245, dekf 448,
@@ -872,10 +887,13 @@ Fetched batches: the prediction memo for some of the rows (`python benchmarks/ba
 - **What it does not change.** The few-keys table above steps every key once a wave, so the memo
   always fitted there, and those figures are unchanged by this.
 
-This revision: fewer torch calls in the DEKF's step (`python benchmarks/ab.py 17f3ce7 --rounds 5`;
-writes `benchmarks/out/ab.json`: the daemon's `Pipeline.process` at the previous revision, checked
-out into a temporary worktree, against this one, one worker process each, alternating case by case
-in one run; ticks/s, median of {ab[rounds]} rounds):
+This revision, in two steps, each measured against its base with `benchmarks/ab.py`: the
+daemon's `Pipeline.process` at the base revision, checked out into a temporary worktree, against
+the working tree, one worker process each, alternating case by case in one run (ticks/s, the
+median of the rounds, and every round).
+
+First, fewer torch calls in the DEKF's step (`python benchmarks/ab.py 17f3ce7 --rounds 5`, writes
+`benchmarks/out/ab.json`; copied to `benchmarks/data/ab.json`):
 
 | learner | keys | {ab[base]} | this revision | ratio | each round ({ab[base]} / this) |
 |---|---|---|---|---|---|
@@ -902,9 +920,37 @@ in one run; ticks/s, median of {ab[rounds]} rounds):
   the noise that SGD and the PF show (they do not run this code; their ratios, {ab_noise}, are
   that noise). The bank at 1,000 keys gained as well (DEKF {dekf1[ticks_per_s]:,.0f} ticks/s, window 1,
   in the bank table above).
+
+Second, the learner under `torch.inference_mode` (`python benchmarks/ab.py {abl[base]} --keys 1,4
+--rounds 5 --json benchmarks/out/ab-lean.json`; `benchmarks/data/ab-lean.json`):
+
+| learner | keys | {abl[base]} | this revision | ratio | each round ({abl[base]} / this) |
+|---|---|---|---|---|---|
+{abl_rows}
+
+- **Inference mode.** Every torch call outside it pays for autograd's bookkeeping (the dispatch
+  through the autograd and in-place/view keys, version counters), even under `no_grad`. A learner
+  that never records a graph now says so (`autograd = False`, `models.learners.base.uses_autograd`:
+  the baselines, and the recurrent learners on an LSTM with a plain or skip head, which take the
+  closed-form BPTT; the ensemble when all its experts do), and the bank runs its predict and step
+  under `torch.inference_mode` (`ModelBank._lean`). The tensors made there are inference tensors,
+  which cannot be written outside it, so none leaves: the bank's own tensors are allocated outside
+  (`_reserve`) and written by copy, and what it returns is made from numpy after. A conformance
+  test over every learner, on an LSTM with a skip head, a GRU and a gated head, checks that the
+  mode is used exactly when the learner records no graph, that the results equal a bank that never
+  uses it to the bit, and that the bank's tensors, its returns and its snapshots stay writable.
+- **Reading it.** {abl_gain} at one and four keys. It is a cost per torch call, so every learner
+  gains; the rounds spread widely on this busy day, so the ratios differ by more than the effect
+  does. In one process, wrapping the whole `Pipeline.process` in the mode gave a
+  little more (sgd at one key 0.58 -> 0.49 ms a wave, against ~0.53 ms with the bank's learner
+  calls alone; ad hoc), but then every tensor the pipeline makes is an inference tensor, which
+  is a hazard for code that writes them later; the bank's boundary is one that tests can hold. At
+  1,000 keys (`python benchmarks/ab.py {abl[base]} --keys 1000 --learners sgd,dekf,pf --rounds 3
+  --json benchmarks/out/ab-lean-1000.json`): {abl1000}, within the rounds' spread; the arithmetic
+  dominates there.
 - **The demo** took {dt[processed_in_s]:.1f} s in `demo_time.py`'s run for this report (16.9 s in the
-  previous report's, on its faster day). On this report's day, alternating the previous revision and
-  this one (each run from its own checkout, ad hoc): 23.6 and 22.6 s against 19.9 and 21.2 s.
+  previous report's, on its faster day). On this report's day, alternating 17f3ce7 and the first
+  change (each run from its own checkout, ad hoc): 23.6 and 22.6 s against 19.9 and 21.2 s.
 
 What is left at K=1 for the default learner is the DEKF expert's own arithmetic: its window-10
 BPTT (~25 torch calls a step, 10 steps, forward and backward) and its 16 blocks of 84 x 84

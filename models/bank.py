@@ -16,6 +16,7 @@ warm-start) state and counted in `resets`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import zlib
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ import torch
 from models import horizons as hz
 from models import normalize, rng
 from models.checkpoint import frame, unframe
-from models.learners.base import Learner, State, memo_rows
+from models.learners.base import Learner, State, memo_rows, uses_autograd
 from models.normalize import NormConfig, norm_init
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
@@ -128,6 +129,7 @@ class ModelBank:
         # which the next step of the same rows uses if nothing moved them and x is the same: (which rows,
         # the normalised x, the memo). Whatever writes state clears it (`_forget_memo`).
         self._memoise = bool(getattr(learner, "memoises", False))
+        self._fast = not uses_autograd(learner)  # the learner may run under inference mode (`_lean`)
         self._memo: tuple[np.ndarray, np.ndarray, dict] | None = None
         self._layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
         self.resets_total = 0
@@ -211,11 +213,12 @@ class ModelBank:
                 # there, and no growth ever holds old and new tensors at once.
                 cap = max(cap, self.capacity_hint)
             grown = {}
-            for k, (dt, shape) in self.layout().items():
-                t = torch.empty((cap, *shape), dtype=dt)  # rows are written before they are live
-                if k in self._buf:
-                    t[:n] = self._buf[k][:n]
-                grown[k] = t
+            with torch.inference_mode(False):  # the bank's own tensors stay normal ones (see `_lean`)
+                for k, (dt, shape) in self.layout().items():
+                    t = torch.empty((cap, *shape), dtype=dt)  # rows are written before they are live
+                    if k in self._buf:
+                        t[:n] = self._buf[k][:n]
+                    grown[k] = t
             self._buf = grown
         for i, name in enumerate(names):
             self.index[name] = n + i
@@ -314,10 +317,28 @@ class ModelBank:
         """`predict`, with the forecasts of every further horizon (`BankConfig.horizons`) from the same x."""
         return self._predict(names, x, ahead=True)
 
+    def _lean(self) -> contextlib.AbstractContextManager:
+        """Where the learner runs: under `torch.inference_mode` when it records no autograd graph, which
+        skips autograd's bookkeeping on each of the few hundred torch calls a few-keys wave makes
+        (15-20% of such a wave, `benchmarks/ab.py`). The tensors made there are inference tensors, so
+        they stay inside: the bank's own tensors are allocated outside it (`_reserve`) and written by
+        copy, and what a method returns is made from numpy after it."""
+        return torch.inference_mode() if self._fast else contextlib.nullcontext()
+
     def _predict(self, names: list[str], x: torch.Tensor, ahead: bool) -> Forecast:
         if len(set(names)) != len(names):
             raise ValueError("predict takes each key once; use step for sequences of ticks")
         rows, order, full = self._sorted(self._wave_rows(names))
+        with self._lean():
+            mean, var, a_mean, a_var = self._predict_rows(rows, order, full, x, ahead)
+        if order is not None:  # back to the caller's order
+            inverse = _inverse(order)
+            mean, var, a_mean, a_var = mean[inverse], var[inverse], a_mean[inverse], a_var[inverse]
+        return Forecast(torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(a_mean),
+                        torch.from_numpy(a_var))
+
+    def _predict_rows(self, rows: np.ndarray, order: np.ndarray | None, full: bool, x: torch.Tensor,
+                      ahead: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         xs = x.to(self._dtype)
         if order is not None:  # rows in increasing order, as a step of them reads them
             xs = xs[torch.from_numpy(order)]
@@ -344,11 +365,7 @@ class ModelBank:
                 h_mean, h_var, _ = hz.forecast(hst, z)  # [T, m] normalised
                 a_mean = nst["d_mean"][:, None] + sd[:, None] * h_mean.numpy()
                 a_var = h_var.numpy() * (sd * sd)[:, None]
-        if order is not None:  # back to the caller's order
-            inverse = _inverse(order)
-            mean, var, a_mean, a_var = mean[inverse], var[inverse], a_mean[inverse], a_var[inverse]
-        return Forecast(torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(a_mean),
-                        torch.from_numpy(a_var))
+        return mean, var, a_mean, a_var
 
     def _memo_rows(self, rows: np.ndarray | None) -> np.ndarray:
         return np.arange(len(self.names)) if rows is None else rows
@@ -425,6 +442,10 @@ class ModelBank:
         return _result(out)
 
     def _step_rows(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndarray]:
+        with self._lean():
+            return self._step_rows_lean(rows, x, d)
+
+    def _step_rows_lean(self, rows: torch.Tensor | None, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndarray]:
         c = self.config
         st = self._take(rows)
         book = self._book(None if rows is None else st)

@@ -62,7 +62,8 @@ _POOLS: dict[torch.dtype, torch.Tensor] = {}
 def _pool(dtype: torch.dtype) -> torch.Tensor:
     if dtype not in _POOLS:
         g = torch.Generator().manual_seed(20180801)
-        _POOLS[dtype] = torch.randn(POOL_SIZE, generator=g, dtype=torch.float64).to(dtype)
+        with torch.inference_mode(False):  # kept for the process: a normal tensor, wherever first drawn
+            _POOLS[dtype] = torch.randn(POOL_SIZE, generator=g, dtype=torch.float64).to(dtype)
     return _POOLS[dtype]
 
 

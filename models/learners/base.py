@@ -20,6 +20,10 @@ The caller owns the promise that makes that valid: the same state rows, unchange
 same x (the ModelBank keeps it; a streaming predict-then-learn pays for one Jacobian a tick, not two).
 Rows are independent, so a step of some of the predicted rows may use their part of the memo
 (`memo_rows`), where every tensor in it has the series first.
+
+A learner whose steps never record an autograd graph says so with `autograd = False`; the
+ModelBank then runs it under `torch.inference_mode`, which skips autograd's bookkeeping on every
+torch call (`uses_autograd`; a learner that does not say is taken to use it).
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ Positive = Annotated[float, Gt(0)]
 NonNegative = Annotated[float, Ge(0)]
 Share = Annotated[float, Interval(gt=0, le=1)]  # (0, 1]: a weight, a forgetting factor
 Count = Annotated[int, Ge(1)]
+
+
+def uses_autograd(learner: object) -> bool:
+    """Whether a learner's predict or step may record an autograd graph (its `autograd`, True when unsaid)."""
+    return bool(getattr(learner, "autograd", True))
 
 
 @runtime_checkable

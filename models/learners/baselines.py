@@ -27,6 +27,7 @@ def _running_var(state: State, e: torch.Tensor) -> None:
 
 class MeanLearner:
     name = "mean"
+    autograd = False  # closed-form arithmetic only (`models.learners.base`)
 
     def __init__(self, spec: NetSpec, dtype: torch.dtype = torch.float32):
         self.spec, self.dtype = spec, dtype
@@ -81,6 +82,7 @@ class RLSConfig:
 
 class RLSLearner:
     name = "linear"
+    autograd = False
 
     def __init__(self, spec: NetSpec, config: RLSConfig = RLSConfig(), dtype: torch.dtype = torch.float32):
         self.spec, self.config, self.dtype = spec, config, dtype

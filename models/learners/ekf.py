@@ -87,6 +87,11 @@ class _KalmanBase:
         self.spec, self.dtype = spec, dtype
         self.config = config if config is not None else self.default_config()
 
+    @property
+    def autograd(self) -> bool:
+        """The Jacobian by autograd where `lstm_bptt` does not apply (`models.learners.base`)."""
+        return not has_closed_form(self.spec)
+
     def _base_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None) -> tuple[State, float]:
         B, c = seeds.shape[0], self.config
         if theta0 is None:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 
 from models.cells import NetSpec
-from models.learners.base import Learner, NonNegative, Positive, Share, State, rows_finite
+from models.learners.base import Learner, NonNegative, Positive, Share, State, rows_finite, uses_autograd
 
 # Chosen by measurement (benchmarks/RESULTS.md, "How the defaults were chosen"): persistence and RLS
 # win where the stream is a random walk or linear, the recurrent experts where it is not.
@@ -108,6 +108,11 @@ class EnsembleLearner:
         # the loss scale is the squared-error rule's (the likelihood is scale-free already): no state otherwise
         self._relative = config.rule == "squared" and config.eta_scale == "relative"
         self._names: dict[tuple[int, int], list[tuple[str, str]]] = {}
+
+    @property
+    def autograd(self) -> bool:
+        """Whether any expert records an autograd graph (`models.learners.base.uses_autograd`)."""
+        return any(uses_autograd(e) for e in self.experts)
 
     # ------------------------------------------------------------ state layout
     def _sub(self, state: State, i: int) -> State:

@@ -110,6 +110,11 @@ class PFLearner:
         self.closed_form = has_closed_form(spec)
         self.memoises = self.closed_form
 
+    @property
+    def autograd(self) -> bool:
+        """The moves' gradients by autograd without the closed form (`models.learners.base`)."""
+        return not self.closed_form
+
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
         s, c, B, N = self.spec, self.config, seeds.shape[0], self.config.n_particles
         z = rng.normal_rows(seeds, torch.zeros_like(seeds), rng.STREAM_INIT, N, s.n_theta, self.dtype)  # [B, N, n]

@@ -77,6 +77,11 @@ class SGDLearner:
         # it for the next step (`models.learners.base`): one pass a tick instead of two
         self.memoises = has_closed_form(spec)
 
+    @property
+    def autograd(self) -> bool:
+        """The gradient by autograd where `lstm_bptt` does not apply (`models.learners.base`)."""
+        return not self.memoises
+
     def init_state(self, seeds: torch.Tensor, theta0: torch.Tensor | None = None) -> State:
         B, c = seeds.shape[0], self.config
         if theta0 is None:

@@ -290,3 +290,47 @@ def test_a_held_out_spike_moves_no_state_and_its_neighbours_learn(name):
         assert torch.equal(bank.state[k][bank.index["a"]], v), k
         torch.testing.assert_close(bank.state[k][bank.index["b"]], alone.state[k][alone.index["b"]], rtol=1e-4,
                                    atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("cell,head", [("lstm", "skip"), ("gru", "skip"), ("lstm", "gated")])
+@pytest.mark.parametrize("name", ALL)
+def test_the_bank_runs_a_learner_without_autograd_in_inference_mode_and_keeps_its_tensors_normal(name, cell, head):
+    """A learner that records no autograd graph (`uses_autograd`) runs under torch.inference_mode in
+    the bank, one that does (GRU, gated head: the Jacobian by autograd) outside it. Either way the
+    results equal a bank that never uses inference mode, to the bit, and nothing inference-only
+    leaks: the bank's tensors, what it returns and its snapshots stay writable outside."""
+    from models.learners.base import uses_autograd
+
+    spec = NetSpec(n_in=3, hidden=4, cell=cell, head=head)
+    L = learner(name, spec)
+    lean, plain = ModelBank(L), ModelBank(learner(name, spec))
+    plain._fast = False
+    assert lean._fast == (not uses_autograd(L))
+    if name in BASELINES or (cell, head) == ("lstm", "skip"):
+        assert lean._fast, "closed-form learners run lean"
+    elif name != "ensemble":  # the ensemble's experts may take another head (`EnsembleConfig.expert_head`)
+        assert not lean._fast, "an autograd learner runs outside inference mode"
+    modes: list[bool] = []
+    step = L.step
+    L.step = lambda *a, **k: (modes.append(torch.is_inference_mode_enabled()), step(*a, **k))[1]  # type: ignore[method-assign]
+    x, d = stream(12, 4, seed=3)
+    for t in range(12):
+        keys = [f"k{i}" for i in range(2 + (t >= 4) + (t >= 8))]  # keys arrive: the bank grows mid-stream
+        n = len(keys)
+        a, b = lean.step(keys, x[t, :n], d[t, :n]), plain.step(keys, x[t, :n], d[t, :n])
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.var, b.var)
+        pa, pb = lean.predict(keys, x[t, :n]), plain.predict(keys, x[t, :n])
+        assert torch.equal(pa[0], pb[0]) and torch.equal(pa[1], pb[1])
+    assert modes and all(m == lean._fast for m in modes)
+    for k, v in lean.state.items():
+        assert not v.is_inference(), k
+        torch.testing.assert_close(v, plain.state[k], rtol=0, atol=0, equal_nan=True)
+    a.mean.add_(1.0)  # what a step and a predict return is writable outside
+    pa[0].add_(1.0)
+    blob = lean.snapshot("k0")
+    fresh = ModelBank(learner(name, spec))
+    fresh.restore(blob)
+    for k, v in fresh.state.items():
+        assert not v.is_inference(), k
+        torch.testing.assert_close(v[0], lean.state[k][0], rtol=0, atol=0, equal_nan=True)
+    lean.state["b.lam"][0] = 2.0  # the bank's own tensors take writes outside its methods
