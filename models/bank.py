@@ -180,7 +180,8 @@ class ModelBank:
         does so outside the bank's own methods calls `_forget_memo()`: a memo assumes the rows unmoved)."""
         if self._view is None:
             n = len(self.names)
-            self._view = {k: v[:n] for k, v in self._buf.items()}
+            with torch.inference_mode(False):  # plain views, whoever asks first (see `_lean`)
+                self._view = {k: v[:n] for k, v in self._buf.items()}
             self._book_view = None
         return self._view
 

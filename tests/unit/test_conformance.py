@@ -333,4 +333,6 @@ def test_the_bank_runs_a_learner_without_autograd_in_inference_mode_and_keeps_it
     for k, v in fresh.state.items():
         assert not v.is_inference(), k
         torch.testing.assert_close(v[0], lean.state[k][0], rtol=0, atol=0, equal_nan=True)
-    lean.state["b.lam"][0] = 2.0  # the bank's own tensors take writes outside its methods
+    lean.state["b.lam"][0] = 2.0  # the bank's own tensors take writes outside its methods,
+    lam = lean.state["b.lam"]
+    lam.copy_(torch.full_like(lam, 2.0, requires_grad=True) * 1.0)  # a tracked value's too (autograd's rule)
