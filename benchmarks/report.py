@@ -361,11 +361,16 @@ def main() -> None:
                    fd1=fk("dekf", 1), fp1=fk("pf", 1), dt=dt, passthrough=passthrough, daemon_rows=daemon_rows,
                    latency_rows=latency_rows, lat10k=lat10k, lat4_sgd=lat4_sgd, lat4_ens=lat4_ens,
                    pf_bound=few[("pf", 1000)]["default_key_bound"] if ("pf", 1000) in few else 0)
+
+    def ab_table(run: dict) -> str:
+        """`benchmarks/ab.py`'s rows as a markdown table's body."""
+        return "\n".join(
+            f"| {r['learner']} | {r['keys']:,} | {r['base_ticks_per_s']:,.0f} | {r['head_ticks_per_s']:,.0f} | "
+            f"{r['ratio']:.2f}x | {' '.join(f'{x:,.0f}' for x in r['base_all'])} / "
+            f"{' '.join(f'{x:,.0f}' for x in r['head_all'])} |" for r in run["rows"])
+
     ab = load("ab")
-    ab_rows = "\n".join(
-        f"| {r['learner']} | {r['keys']:,} | {r['base_ticks_per_s']:,.0f} | {r['head_ticks_per_s']:,.0f} | "
-        f"{r['ratio']:.2f}x | {' '.join(f'{x:,.0f}' for x in r['base_all'])} / "
-        f"{' '.join(f'{x:,.0f}' for x in r['head_all'])} |" for r in ab["rows"])
+    ab_rows = ab_table(ab)
     gained = [r["ratio"] for r in ab["rows"] if r["learner"] in ("dekf", "ensemble")]
     noise = [r["ratio"] for r in ab["rows"] if r["learner"] not in ("dekf", "ensemble")]
     cov_rows = "\n".join(
@@ -373,10 +378,7 @@ def main() -> None:
         f"{r['row_us']:,.1f} | {r['speedup']:.1f}x | {r['max_rel_diff']:.0e} |"
         for r in load("speed").get("covariance_products", []))
     abl = load("ab-lean")
-    abl_rows = "\n".join(
-        f"| {r['learner']} | {r['keys']:,} | {r['base_ticks_per_s']:,.0f} | {r['head_ticks_per_s']:,.0f} | "
-        f"{r['ratio']:.2f}x | {' '.join(f'{x:,.0f}' for x in r['base_all'])} / "
-        f"{' '.join(f'{x:,.0f}' for x in r['head_all'])} |" for r in abl["rows"])
+    abl_rows = ab_table(abl)
     lean_ratios = [r["ratio"] for r in abl["rows"]]
     abl1000 = ", ".join(f"{r['learner']} {r['ratio']:.2f}x" for r in load("ab-lean-1000")["rows"])
     issue17.update(abl=abl, abl_rows=abl_rows, abl1000=abl1000,

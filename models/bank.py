@@ -321,9 +321,9 @@ class ModelBank:
     def _lean(self) -> contextlib.AbstractContextManager:
         """Where the learner runs: under `torch.inference_mode` when it records no autograd graph, which
         skips autograd's bookkeeping on each of the few hundred torch calls a few-keys wave makes
-        (15-20% of such a wave, `benchmarks/ab.py`). The tensors made there are inference tensors, so
-        they stay inside: the bank's own tensors are allocated outside it (`_reserve`) and written by
-        copy, and what a method returns is made from numpy after it."""
+        (a median +13% ticks/s at one and four keys, `benchmarks/ab.py`; RESULTS). The tensors made
+        there are inference tensors, so they stay inside: the bank's own tensors are allocated outside
+        it (`_reserve`) and written by copy, and what a method returns is made from numpy after it."""
         return torch.inference_mode() if self._fast else contextlib.nullcontext()
 
     def _predict(self, names: list[str], x: torch.Tensor, ahead: bool) -> Forecast:

@@ -10,6 +10,7 @@ import torch
 from models.bank import ModelBank
 from models.cells import NetSpec
 from models.learners import BASELINES, LEARNERS, make_learner
+from models.learners.base import uses_autograd
 
 SPEC = NetSpec(n_in=3, hidden=4)
 SMALL = {"pf": {"n_particles": 16}, "sgd": {"window": 3}, "ekf": {"window": 3}, "dekf": {"window": 3}}
@@ -299,8 +300,6 @@ def test_the_bank_runs_a_learner_without_autograd_in_inference_mode_and_keeps_it
     the bank, one that does (GRU, gated head: the Jacobian by autograd) outside it. Either way the
     results equal a bank that never uses inference mode, to the bit, and nothing inference-only
     leaks: the bank's tensors, what it returns and its snapshots stay writable outside."""
-    from models.learners.base import uses_autograd
-
     spec = NetSpec(n_in=3, hidden=4, cell=cell, head=head)
     L = learner(name, spec)
     lean, plain = ModelBank(L), ModelBank(learner(name, spec))
