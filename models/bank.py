@@ -3,9 +3,12 @@
 Per series (a row of every tensor):
     learner state     whatever the learner keeps (theta, P blocks, particles, window, ...)
     normaliser        running mean/variance of x and d (`models.normalize`)
-    calibration       lam = running mean of e^2 / var_raw, so the published variance
-                      lam * var_raw matches the errors actually seen (EKF/PF variances carry
-                      the arbitrary scale of their P0/Q/R); the interval is mean +- z sqrt(var)
+    calibration       lam = running mean of e^2 / var_raw, so that lam * var_raw matches the
+                      errors actually seen (EKF/PF variances carry the arbitrary scale of their
+                      P0/Q/R), and s, the log of a factor that adaptive conformal inference tunes
+                      until the interval covers its nominal share whatever the errors' shape:
+                      the published variance is lam * exp(2 s) * var_raw, the interval
+                      mean +- z sqrt(var)
     counters          ticks seen, interval hits, resets
 
 `step(keys, x, d)` takes a batch of ticks that may hold several ticks of one key: they are
@@ -29,7 +32,7 @@ import torch
 from models import horizons as hz
 from models import normalize, rng
 from models.checkpoint import frame, unframe
-from models.learners.base import Learner, State, memo_rows, uses_autograd
+from models.learners.base import Learner, State, added_state, memo_rows, uses_autograd
 from models.normalize import NormConfig, norm_init
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
@@ -48,6 +51,12 @@ class BankConfig:
     seed: int = 0
     norm: NormConfig = field(default_factory=NormConfig)
     calib_decay: float = 0.02  # weight of the newest e^2/var in the calibration factor
+    # The calibration matches the errors' second moment, which gives 90% only for Gaussian errors
+    # (0.932 for the running mean on puma8nh). So the half-width also carries a factor exp(s) that
+    # adaptive conformal inference tunes to the interval's nominal coverage (`models.horizons.conformal`,
+    # as every further horizon's does): gamma, and the bound on |s| (the factor within 1/10..10).
+    coverage_step: float = 0.01
+    coverage_bound: float = hz.HorizonConfig.coverage_bound
     z: float = Z90  # interval half-width in predictive standard deviations
     # A new level (a frozen sensor coming back, a re-scaled or re-based series) leaves the target
     # more than shift_z standard deviations from the key's running mean tick after tick, and the
@@ -162,6 +171,7 @@ class ModelBank:
         st.update({f"n.{k}": v for k, v in norm_init(len(seeds), p, self._dtype).items()})
         B = len(seeds)
         st["b.lam"] = torch.ones(B, dtype=self._dtype)
+        st["b.s"] = torch.zeros(B, dtype=self._dtype)  # log of the interval's conformal factor
         st["b.ticks"] = torch.zeros(B, dtype=torch.int64)
         st["b.hits"] = torch.zeros(B, dtype=torch.int64)
         st["b.resets"] = torch.zeros(B, dtype=torch.int64)
@@ -357,7 +367,7 @@ class ModelBank:
         sd = nst["d_sd"]
         with np.errstate(all="ignore"):
             mean = nst["d_mean"] + sd * mean_n.detach().numpy()
-            var = book["b.lam"] * var_n.detach().numpy() * sd * sd
+            var = book["b.lam"] * np.exp(2 * book["b.s"]) * var_n.detach().numpy() * sd * sd
             m = len(self.config.horizons) - 1
             a_mean = a_var = np.full((len(mean), m), np.nan, dtype=mean.dtype)
             if ahead and m:
@@ -517,7 +527,7 @@ class ModelBank:
             ahead = {"ahead_mean": h["mean"].numpy(), "ahead_lower": a_lower, "ahead_upper": a_upper,
                      "ahead_error": h["error"].numpy(), "ahead_hit": h["hit"].numpy()}
         with np.errstate(all="ignore"):
-            var_n = lam * var_raw  # [B] calibrated
+            var_n = lam * np.exp(2 * book["b.s"]) * var_raw  # [B] calibrated, and widened to the coverage
             mean, var = mu + sd * mean_n, var_n * sd * sd
             lower, upper = self._interval(mean, var)
             e_n = dn - mean_n
@@ -529,7 +539,11 @@ class ModelBank:
             ratio = np.minimum(e_n * e_n / var_raw, 1e6)
             new_book["b.lam"] = np.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
             new_book["b.ticks"] = book["b.ticks"] + 1
-            new_book["b.hits"] = book["b.hits"] + ((da >= lower) & (da <= upper))
+            inside = (da >= lower) & (da <= upper)
+            aci = hz.conformal(torch.from_numpy(book["b.s"]), torch.from_numpy(~inside), c.z, c.coverage_step,
+                               c.coverage_bound).numpy()
+            new_book["b.s"] = np.where(first | hold, book["b.s"], aci)
+            new_book["b.hits"] = book["b.hits"] + inside
             new_book["b.resets"] = book["b.resets"]
             finite = np.isfinite(mean_n) & np.isfinite(var_n) & np.isfinite(new_book["b.lam"])
         bad = ~(self.learner.healthy(lst).numpy() & finite)
@@ -582,6 +596,11 @@ class ModelBank:
         No pickle: restoring never executes code."""
         return self.snapshot_many([name])[0]
 
+    def _added(self) -> set[str]:
+        """State rows that a snapshot written before they existed lacks: restored, they start at zero, as a
+        new key's do (so an upgrade keeps the rest of every key's learned state)."""
+        return {*_ADDED, *(f"l.{k}" for k in added_state(self.learner))}
+
     def _head(self) -> dict[str, Any]:
         """The manifest every snapshot of this bank shares (all but the key and the checksum)."""
         manifest = []
@@ -627,8 +646,10 @@ class ModelBank:
         self._forget_memo()
         head = self._head()
         want_tensors = head["tensors"]
-        size = self.bytes_per_key()
-        good: list[tuple[str, int, bytes | memoryview]] = []  # key, payload offset, blob
+        added = self._added()
+        before_added = [t for t in want_tensors if t["name"] not in added]
+        sizes = {False: self.bytes_per_key(), True: sum(_width(t) for t in before_added)}
+        good: list[tuple[str, int, bytes | memoryview, bool]] = []  # key, payload offset, blob, older layout
         refused: dict[int, str] = {}
         for i, blob in enumerate(blobs):
             try:
@@ -636,14 +657,17 @@ class ModelBank:
                 if meta.get("learner") != head["learner"] or meta.get("spec") != head["spec"]:
                     raise ValueError(f"{OTHER_MODEL}snapshot is for {meta.get('learner')} {meta.get('spec')}, "
                                      f"bank runs {head['learner']} {head['spec']}")
-                if meta.get("tensors") != want_tensors:
+                tensors = meta.get("tensors")
+                older = tensors == before_added  # written before the bank kept its newer rows: those start fresh
+                if tensors != want_tensors and not older:
                     # the same learner and net with other state (a version of it, or an option, that keeps
                     # more or less): an intact snapshot of another model, not a damaged one
                     raise ValueError(f"{OTHER_MODEL}snapshot's state tensors are another layout than this bank's "
                                      f"({self.learner.name} with other options or of another version)")
-                if len(blob) - off != size:
-                    what = "truncated" if len(blob) - off < size else "has trailing bytes"
-                    raise ValueError(f"snapshot {what} ({len(blob) - off} payload bytes, want {size})")
+                want = sizes[older]
+                if len(blob) - off != want:
+                    what = "truncated" if len(blob) - off < want else "has trailing bytes"
+                    raise ValueError(f"snapshot {what} ({len(blob) - off} payload bytes, want {want})")
                 # format 1 (before checksums) is read as it is: a changelog written by an earlier build restores
                 if meta.get("__format__") != 1 and zlib.crc32(memoryview(blob)[off:]) != meta.get("crc32"):
                     raise ValueError("snapshot checksum does not match its bytes (corrupted)")
@@ -653,28 +677,33 @@ class ModelBank:
             except ValueError as exc:
                 refused[i] = str(exc)
                 continue
-            good.append((key, off, blob))
+            good.append((key, off, blob, older))
         if not good:
             return [], refused
-        last = {key: j for j, (key, _, _) in enumerate(good)}  # a key twice: its last snapshot wins
+        last = {g[0]: j for j, g in enumerate(good)}  # a key twice: its last snapshot wins
         good = [g for j, g in enumerate(good) if last[g[0]] == j]
-        keys = [key for key, _, _ in good]
+        keys = [g[0] for g in good]
         new = [k for k in keys if k not in self.index]
         if new:  # reserved up front, so the bank grows once (exactly, when it was empty)
             self._reserve(new)
-        rows = torch.tensor([self.index[k] for k in keys], dtype=torch.int64)
-        for start in range(0, len(good), _RESTORE_SLICE):  # a slice at a time: peak memory ~ blobs + bank
-            part = good[start : start + _RESTORE_SLICE]
-            payload = np.frombuffer(b"".join(memoryview(blob)[off:] for _, off, blob in part),
-                                    dtype=np.uint8).reshape(len(part), size)  # [b, bytes per key]
-            col = 0
-            for t in want_tensors:
-                dt = np.dtype(t["dtype"])
-                width = dt.itemsize * (int(np.prod(t["shape"])) if t["shape"] else 1)
-                a = np.ascontiguousarray(payload[:, col : col + width]).view(dt).astype(dt.newbyteorder("="))
-                block = torch.from_numpy(a.reshape(len(part), *t["shape"]))  # [b, ...]
-                self._buf[t["name"]][rows[start : start + len(part)]] = block
-                col += width
+        for older in (False, True):
+            group = [g for g in good if g[3] == older]
+            tensors = before_added if older else want_tensors
+            rows = torch.tensor([self.index[g[0]] for g in group], dtype=torch.int64)
+            for start in range(0, len(group), _RESTORE_SLICE):  # a slice at a time: peak memory ~ blobs + bank
+                part = group[start : start + _RESTORE_SLICE]
+                payload = np.frombuffer(b"".join(memoryview(blob)[off:] for _, off, blob, _ in part),
+                                        dtype=np.uint8).reshape(len(part), sizes[older])  # [b, bytes per key]
+                col = 0
+                for t in tensors:
+                    dt, width = np.dtype(t["dtype"]), _width(t)
+                    a = np.ascontiguousarray(payload[:, col : col + width]).view(dt).astype(dt.newbyteorder("="))
+                    block = torch.from_numpy(a.reshape(len(part), *t["shape"]))  # [b, ...]
+                    self._buf[t["name"]][rows[start : start + len(part)]] = block
+                    col += width
+            if older and len(group):
+                for name in added:
+                    self._buf[name][rows] = 0
         return keys, refused
 
     # ---------------------------------------------------------------- metrics
@@ -701,6 +730,15 @@ class ModelBank:
     def coverage(self) -> float:
         ticks = int(self.state["b.ticks"].sum()) if self.state else 0
         return float(self.state["b.hits"].sum()) / ticks if ticks else float("nan")
+
+
+# The bank's own rows added since snapshots of format 2 were first written (the learner's: its added_state).
+_ADDED = ("b.s",)  # the log of the interval's conformal factor
+
+
+def _width(tensor: Mapping[str, Any]) -> int:
+    """Bytes a row of a snapshot manifest's tensor takes."""
+    return np.dtype(tensor["dtype"]).itemsize * (int(np.prod(tensor["shape"])) if tensor["shape"] else 1)
 
 
 _SURVIVE_RESET = ("b.ticks", "b.hits", "b.resets", "h.hits", "h.scored")  # a key's counters outlive its model

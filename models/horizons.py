@@ -114,6 +114,14 @@ def init_state(B: int, p: int, config: HorizonConfig, dtype: torch.dtype, n_thet
     }
 
 
+def conformal(s: torch.Tensor, miss: torch.Tensor, z_score: float, step: float, bound: float) -> torch.Tensor:
+    """Adaptive conformal inference (Gibbs & Candes 2021) on the log s of an interval's half-width factor:
+    s + gamma (miss - alpha), alpha the nominal two-sided miss rate of +- z_score, |s| <= bound. The long-run
+    share of misses is alpha whatever the errors' distribution. s, miss: any shape, alike."""
+    alpha = math.erfc(z_score / math.sqrt(2))
+    return torch.clamp(s + step * (miss.to(s.dtype) - alpha), -bound, bound)
+
+
 def regressor(xn: torch.Tensor, mean_n: torch.Tensor) -> torch.Tensor:
     """z_t = [x_t, m_t, 1]: x [B, p], m [B] -> [B, p + 2]."""
     return torch.cat([xn, mean_n.unsqueeze(1), torch.ones_like(mean_n).unsqueeze(1)], dim=1)
@@ -171,9 +179,7 @@ def step(st: State, z: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor, d: torc
     st["lam"] = torch.where(due, (1 - config.calib_decay) * lam + config.calib_decay * ratio, lam)
     inside = e_pub.abs() <= z_score * v_i.sqrt()
     hit = due & inside
-    alpha = math.erfc(z_score / math.sqrt(2))  # the interval's nominal two-sided miss rate
-    s_new = torch.clamp(st["s"] + config.coverage_step * ((~inside).to(y.dtype) - alpha),
-                        -config.coverage_bound, config.coverage_bound)
+    s_new = conformal(st["s"], ~inside, z_score, config.coverage_step, config.coverage_bound)
     st["s"] = torch.where(due, s_new, st["s"])
     st["hits"] += hit
     st["scored"] += due

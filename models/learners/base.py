@@ -52,6 +52,13 @@ def uses_autograd(learner: object) -> bool:
     return bool(getattr(learner, "autograd", True))
 
 
+def added_state(learner: object) -> tuple[str, ...]:
+    """The learner's state tensors that a snapshot written before they existed lacks (its `added_state`,
+    none when unsaid): each starts at zero, as a new key's does, when the bank restores such a snapshot, so
+    an upgrade keeps the rest of a key's learned state."""
+    return tuple(getattr(learner, "added_state", ()))
+
+
 @runtime_checkable
 class Learner(Protocol):
     name: str

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 
 from models.cells import NetSpec
-from models.learners.base import Learner, NonNegative, Positive, Share, State, rows_finite, uses_autograd
+from models.learners.base import Learner, NonNegative, Positive, Share, State, added_state, rows_finite, uses_autograd
 
 # Chosen by measurement (benchmarks/RESULTS.md, "How the defaults were chosen"): persistence and RLS
 # win where the stream is a random walk or linear, the recurrent experts where it is not.
@@ -113,6 +113,11 @@ class EnsembleLearner:
     def autograd(self) -> bool:
         """Whether any expert records an autograd graph (`models.learners.base.uses_autograd`)."""
         return any(uses_autograd(e) for e in self.experts)
+
+    @property
+    def added_state(self) -> tuple[str, ...]:
+        """The experts' `added_state`, as named in this state (`models.learners.base.added_state`)."""
+        return tuple(f"x{i}.{k}" for i, e in enumerate(self.experts) for k in added_state(e))
 
     # ------------------------------------------------------------ state layout
     def _sub(self, state: State, i: int) -> State:

@@ -129,6 +129,43 @@ def test_sgd_default_read_out_takes_the_nlms_step():
     torch.testing.assert_close(st["theta"][:, : spec.n_cell], st2["theta"][:, : spec.n_cell])
 
 
+def test_sgd_read_out_step_follows_the_lag_1_correlation_of_its_errors():
+    """The default read-out step is head_step + (head_step_max - head_step) rho, rho the errors' lag-1
+    correlation (running means of e_t e_t-1 over e_t^2, both from 0, clamped to [0, 1]): near the top on a ramp the
+    estimate lags (correlated errors), near the bottom on white noise; and the NLMS move uses that step."""
+    spec = NetSpec(n_in=1, hidden=3, head="skip")
+    L = make_learner("sgd", spec, dtype=D, clip=1e9)
+    c = L.config
+    assert c.head_step_max > c.head_step > 0 and L.added_state == ("e_prev", "e_corr", "e_sq")
+    g = torch.Generator().manual_seed(1)
+    rho = {}
+    for kind in ("ramp", "noise"):
+        st = L.init_state(torch.arange(1))
+        for t in range(400):
+            x = torch.zeros(1, 1, dtype=D)
+            d = torch.tensor([0.01 * t], dtype=D) if kind == "ramp" else torch.randn(1, generator=g, dtype=D)
+            L.step(st, x, d)
+        rho[kind] = float(torch.clamp(st["e_corr"] / st["e_sq"], 0, 1))
+    assert rho["ramp"] > 0.7 and rho["noise"] < 0.2, rho
+    # one step, exactly: the read-out moves by the step the updated correlation gives
+    adam_only = make_learner("sgd", spec, dtype=D, clip=1e9, head_step=0.0, head_step_max=0.0)
+    st2 = {k: v.clone() for k, v in st.items()}
+    x, d = torch.randn(1, 1, generator=g, dtype=D), torch.randn(1, generator=g, dtype=D)
+    theta = st["theta"].clone().requires_grad_(True)
+    d_hat = window_forward(spec, theta, st["h0"], st["xbuf"], x)[0]
+    (phi,) = torch.autograd.grad(d_hat.sum(), theta)
+    r = slice(spec.n_cell, spec.n_cell + spec.n_readout)
+    phi = phi[:, r]
+    e = d - d_hat.detach()
+    corr = (1 - c.var_decay) * st["e_corr"] + c.var_decay * e * st["e_prev"]
+    sq = (1 - c.var_decay) * st["e_sq"] + c.var_decay * e * e
+    step = c.head_step + (c.head_step_max - c.head_step) * torch.clamp(corr / sq, 0, 1)
+    L.step(st, x, d)
+    adam_only.step({k: v for k, v in st2.items() if k not in L.added_state}, x, d)
+    want = theta.detach()[:, r] + (step * e).unsqueeze(1) * phi / (1 + (phi * phi).sum(1, keepdim=True))
+    torch.testing.assert_close(st["theta"][:, r], want)
+
+
 @pytest.mark.parametrize("joseph", [False, True])
 def test_kalman_update_equals_exact_kalman_filter(joseph):
     """Linear-Gaussian model d_t = h_t^T theta_t + eps, theta_t = theta_{t-1} + eta: the one update
