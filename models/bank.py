@@ -540,9 +540,9 @@ class ModelBank:
             new_book["b.lam"] = np.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
             new_book["b.ticks"] = book["b.ticks"] + 1
             inside = (da >= lower) & (da <= upper)
-            aci = hz.conformal(torch.from_numpy(book["b.s"]), torch.from_numpy(~inside), c.z, c.coverage_step,
-                               c.coverage_bound).numpy()
-            new_book["b.s"] = np.where(first | hold, book["b.s"], aci)
+            s = book["b.s"]
+            aci = hz.conformal(s, (~inside).astype(s.dtype), c.z, c.coverage_step, c.coverage_bound)
+            new_book["b.s"] = np.where(first | hold, s, aci)
             new_book["b.hits"] = book["b.hits"] + inside
             new_book["b.resets"] = book["b.resets"]
             finite = np.isfinite(mean_n) & np.isfinite(var_n) & np.isfinite(new_book["b.lam"])

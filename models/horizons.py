@@ -52,12 +52,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from models import kalman
 
 State = dict[str, torch.Tensor]
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,13 @@ def init_state(B: int, p: int, config: HorizonConfig, dtype: torch.dtype, n_thet
     }
 
 
-def conformal(s: torch.Tensor, miss: torch.Tensor, z_score: float, step: float, bound: float) -> torch.Tensor:
+def conformal(s: Array, miss: Array, z_score: float, step: float, bound: float) -> Array:
     """Adaptive conformal inference (Gibbs & Candes 2021) on the log s of an interval's half-width factor:
     s + gamma (miss - alpha), alpha the nominal two-sided miss rate of +- z_score, |s| <= bound. The long-run
-    share of misses is alpha whatever the errors' distribution. s, miss: any shape, alike."""
+    share of misses is alpha whatever the errors' distribution. s, miss (1 a miss, 0 a hit, in s's dtype):
+    any shape, alike; torch tensors or numpy arrays (the bank's bookkeeping is numpy)."""
     alpha = math.erfc(z_score / math.sqrt(2))
-    return torch.clamp(s + step * (miss.to(s.dtype) - alpha), -bound, bound)
+    return (s + step * (miss - alpha)).clip(-bound, bound)
 
 
 def regressor(xn: torch.Tensor, mean_n: torch.Tensor) -> torch.Tensor:
@@ -179,7 +183,7 @@ def step(st: State, z: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor, d: torc
     st["lam"] = torch.where(due, (1 - config.calib_decay) * lam + config.calib_decay * ratio, lam)
     inside = e_pub.abs() <= z_score * v_i.sqrt()
     hit = due & inside
-    s_new = conformal(st["s"], ~inside, z_score, config.coverage_step, config.coverage_bound)
+    s_new = conformal(st["s"], (~inside).to(y.dtype), z_score, config.coverage_step, config.coverage_bound)
     st["s"] = torch.where(due, s_new, st["s"])
     st["hits"] += hit
     st["scored"] += due

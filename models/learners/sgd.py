@@ -86,6 +86,8 @@ class SGDLearner:
 
     def __init__(self, spec: NetSpec, config: SGDConfig = SGDConfig(), dtype: torch.dtype = torch.float32):
         self.spec, self.config, self.dtype = spec, config, dtype
+        # the read-out's step varies (and the key keeps its error correlation) only where there is a read-out step
+        self._variable_step = 0 < config.head_step < config.head_step_max
         # with the closed-form gradient, a prediction can run its forward pass as the gradient's and leave
         # it for the next step (`models.learners.base`): one pass a tick instead of two
         self.memoises = has_closed_form(spec)
@@ -111,7 +113,7 @@ class SGDLearner:
         if c.optimizer == "adam":
             state["m1"] = torch.zeros_like(theta)
             state["m2"] = torch.zeros_like(theta)
-        if c.head_step_max > c.head_step:
+        if self._variable_step:
             state["e_prev"] = torch.zeros(B, dtype=self.dtype)  # [B]  the last error
             state["e_corr"] = torch.zeros(B, dtype=self.dtype)  # [B]  running mean of e_t e_t-1
             state["e_sq"] = torch.zeros(B, dtype=self.dtype)  # [B]  running mean of e_t^2, from 0 as e_corr
@@ -120,12 +122,12 @@ class SGDLearner:
     @property
     def added_state(self) -> tuple[str, ...]:
         """State that snapshots written before the read-out's variable step lack (`base.added_state`)."""
-        return ("e_prev", "e_corr", "e_sq") if self.config.head_step_max > self.config.head_step else ()
+        return ("e_prev", "e_corr", "e_sq") if self._variable_step else ()
 
     def _head_step(self, state: State, e: torch.Tensor) -> torch.Tensor | float:
         """The read-out's NLMS step [B] (or the fixed one), from the errors' lag-1 correlation."""
         c = self.config
-        if c.head_step_max <= c.head_step:
+        if not self._variable_step:
             return c.head_step
         state["e_corr"] = (1 - c.var_decay) * state["e_corr"] + c.var_decay * e * state["e_prev"]
         state["e_sq"] = (1 - c.var_decay) * state["e_sq"] + c.var_decay * e * e

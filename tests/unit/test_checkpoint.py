@@ -52,14 +52,12 @@ def _without(blob: bytes, names: set[str]) -> bytes:
     """A key-state snapshot as a build without the state tensors `names` wrote it (manifest, bytes, checksum)."""
     import zlib
 
-    import numpy as np
-
-    from models.bank import _MAGIC, FORMAT_VERSION
+    from models.bank import _MAGIC, FORMAT_VERSION, _width
 
     meta, off = unframe(blob, _MAGIC, FORMAT_VERSION, "key-state snapshot")
     payload, col, kept, parts = blob[off:], 0, [], []
     for t in meta["tensors"]:
-        width = np.dtype(t["dtype"]).itemsize * (int(np.prod(t["shape"])) if t["shape"] else 1)
+        width = _width(t)
         if t["name"] not in names:
             kept.append(t)
             parts.append(payload[col : col + width])
