@@ -33,6 +33,9 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("ensemble, eta per unit of squared error at every scale (the previous default)",
      {"learner_options": {"eta_scale": "fixed"}}),
     ("ensemble, eta relative at every scale, 0.25", {"learner_options": {"scale_ref": 0.0, "eta": 0.25}}),
+    ("ensemble, the previous default (persistence, linear, sgd, dekf at the model's m=16)", {"learner_options": {
+        "experts": ["persistence", "linear", "sgd", "dekf"], "expert_hidden_max": {}}}),
+    ("ensemble, its dekf at the model's m=16", {"learner_options": {"expert_hidden_max": {"ekf": 6}}}),
     ("sgd", {"learner": "sgd"}),
     ("sgd, NLMS read-out step fixed at 0.2 (the previous default)",
      {"learner": "sgd", "learner_options": {"head_step": 0.2, "head_step_max": 0.0}}),

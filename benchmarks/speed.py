@@ -45,8 +45,11 @@ from streamer.config import Settings
 from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record, wide_wave_threads
 from streamer.runtime import tune_allocator
 
+# the default ensemble before its Kalman experts were two small ones: the few-keys table runs it too
+PREVIOUS_ENSEMBLE: dict[str, Any] = {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}
 CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf)"),
+    ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf at m=8, ekf at m=6)"),
+    ("ensemble", PREVIOUS_ENSEMBLE, "ensemble (the previous default: persistence, RLS, sgd, dekf at m=16)"),
     ("sgd", {}, "sgd (default: Adam, window 1)"),
     ("sgd", {"window": 1, "optimizer": "sgd"}, "sgd (plain step, window 1)"),
     ("sgd", {"window": 10, "optimizer": "sgd"}, "sgd (plain step, window 10)"),
@@ -112,9 +115,9 @@ def timed_waves(wave, seconds: float, least: int = 5) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float) -> float:
+def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float, opts: dict[str, Any] | None = None) -> float:
     """Seconds per wave of K keys: learn from the previous tick, predict the next (the daemon's bank calls)."""
-    bank = ModelBank(make_learner(name, spec))
+    bank = ModelBank(make_learner(name, spec, **(opts or {})))
     keys = [f"k{i}" for i in range(K)]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, K, spec.n_in, generator=g, dtype=torch.float64)
@@ -127,12 +130,14 @@ def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float) -> float:
     return timed_waves(wave, seconds)
 
 
-def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1") -> tuple[float, int]:
+def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1",
+                      opts: dict[str, Any] | None = None) -> tuple[float, int]:
     """Seconds per wave of the daemon's Pipeline.process on K records, one per key (no Kafka), and the
     default memory budget's key bound (raised to K for the run if below: this measures a wave, not
     the eviction of idle keys that a budget too small for the key set causes)."""
-    bound = Pipeline(Settings(learner=name, horizons=horizons)).max_keys
-    p = Pipeline(Settings(learner=name, max_keys=max(K, bound), horizons=horizons))
+    options = dict(opts or {})
+    bound = Pipeline(Settings(learner=name, horizons=horizons, learner_options=options)).max_keys
+    p = Pipeline(Settings(learner=name, max_keys=max(K, bound), horizons=horizons, learner_options=options))
     offsets = itertools.count()
     values = [[orjson.dumps({"key": f"k{k}", "ts": t, "value": math.sin(t / 7 + k) + 0.01 * k})
                for k in range(K)] for t in range(64)]
@@ -153,16 +158,18 @@ def daemon_spec() -> NetSpec:
 def few_keys(counts: list[int], seconds: float, console: Console) -> list[dict]:
     spec = daemon_spec()
     rows = []
-    cases = [(name, K) for name in LEARNERS for K in counts]
-    for name, K in track(cases, description="few keys", console=console):
-        per_key = ModelBank(make_learner(name, spec)).bytes_per_key()
+    learners: list[tuple[str, str, dict[str, Any]]] = [(n, n, {}) for n in LEARNERS]
+    learners.insert(1, ("ensemble (previous default)", "ensemble", PREVIOUS_ENSEMBLE))
+    cases = [(row, K) for row in learners for K in counts]
+    for (label, name, opts), K in track(cases, description="few keys", console=console):
+        per_key = ModelBank(make_learner(name, spec, **opts)).bytes_per_key()
         if per_key * K > 4 << 30:  # the global EKF's dense P: 10 MiB a key
-            rows.append({"learner": name, "keys": K, "skipped": f"state {per_key * K / 2**30:.1f} GiB"})
+            rows.append({"learner": label, "keys": K, "skipped": f"state {per_key * K / 2**30:.1f} GiB"})
             continue
         torch.set_num_threads(daemon_threads(K))
-        bank_s = few_keys_bank(name, spec, K, seconds)
-        pipe_s, bound = few_keys_pipeline(name, K, seconds)  # sets its own threads per wave, as the daemon
-        rows.append({"learner": name, "keys": K, "default_key_bound": bound,
+        bank_s = few_keys_bank(name, spec, K, seconds, opts)
+        pipe_s, bound = few_keys_pipeline(name, K, seconds, opts=opts)  # its own threads per wave, as the daemon
+        rows.append({"learner": label, "keys": K, "default_key_bound": bound,
                      "bank_ticks_per_s": K / bank_s, "pipeline_ticks_per_s": K / pipe_s,
                      "pipeline_ticks_per_s_per_key": 1 / pipe_s, "bank_ms_per_wave": bank_s * 1e3,
                      "pipeline_ms_per_wave": pipe_s * 1e3})

@@ -14,7 +14,7 @@ from models.learners.base import uses_autograd
 
 SPEC = NetSpec(n_in=3, hidden=4)
 SMALL = {"pf": {"n_particles": 16}, "sgd": {"window": 3}, "ekf": {"window": 3}, "dekf": {"window": 3}}
-SMALL["ensemble"] = {"expert_options": {k: SMALL[k] for k in ("sgd", "dekf")}}
+SMALL["ensemble"] = {"expert_options": {k: SMALL[k] for k in ("sgd", "dekf", "ekf")}}
 ALL = LEARNERS + BASELINES
 
 

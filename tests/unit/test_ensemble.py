@@ -105,6 +105,51 @@ def test_recurrent_experts_take_the_warm_start_and_baselines_ignore_it():
     assert L.expert_spec == SPEC
 
 
+def test_the_kalman_experts_sizes_are_capped_and_a_smaller_expert_starts_cold():
+    """The default caps the DEKF expert at m=8 and the full EKF at m=6 (their covariances grow as m^3
+    and m^4) whatever the model's size; an expert below the model's size cannot take a warm start's
+    theta, so it starts cold while the SGD expert fine-tunes from it."""
+    spec = NetSpec(n_in=2, hidden=16)
+    theta0 = torch.linspace(-0.1, 0.1, spec.n_theta, dtype=D)
+    L = make_learner("ensemble", spec, D, warm=True)
+    sizes = {label: e.spec.hidden for label, e in zip(L.labels, L.experts, strict=True)}
+    assert {k: sizes[k] for k in ("sgd", "dekf", "ekf")} == {"sgd": 16, "dekf": 8, "ekf": 6}
+    st = L.init_state(torch.arange(2), theta0)
+    sgd, dekf, ekf = (L.labels.index(n) for n in ("sgd", "dekf", "ekf"))
+    assert torch.equal(st[f"x{sgd}.theta"], theta0.expand(2, -1)) and L.experts[sgd].spec == spec
+    for i, m in ((dekf, 8), (ekf, 6)):
+        cold = L.experts[i]
+        assert st[f"x{i}.theta"].shape == (2, cold.spec.n_theta) and cold.spec.hidden == m
+        assert cold.spec.head == "plain"  # a cold expert's head, as when every key starts cold
+        assert float(st[f"x{i}.P"][0, 0, 0] if f"x{i}.P" in st else st[f"x{i}.Pc"][0, 0, 0, 0]) == cold.config.p0
+    small = make_learner("ensemble", SPEC, D)  # a model below the caps: every expert at its size
+    assert all(e.spec.hidden == SPEC.hidden for e in small.experts)
+    uncapped = make_learner("ensemble", spec, D, expert_hidden_max={})
+    assert all(e.spec.hidden == 16 for e in uncapped.experts)
+    for bad in ({"lstm": 4}, {"persistence": 4}, {"dekf": 0}, {"ekf": 2.5}):
+        with pytest.raises(ValueError, match="expert_hidden_max"):
+            make_learner("ensemble", spec, D, expert_hidden_max=bad)
+
+
+def test_a_checkpoint_of_the_previous_default_ensemble_is_another_model():
+    """Upgrading from the four-expert ensemble (its DEKF at the model's size): its snapshot is intact
+    but of another model, so the bank refuses it as such (the daemon starts the key afresh), and the
+    previous default, named in full, restores it."""
+    from models.bank import OTHER_MODEL
+
+    spec = NetSpec(n_in=2, hidden=16)
+    previous = {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}
+    old = ModelBank(make_learner("ensemble", spec, **previous))
+    old.step(["k"], torch.ones(1, 2), torch.ones(1))
+    blob = old.snapshot("k")
+    with pytest.raises(ValueError) as refused:
+        ModelBank(make_learner("ensemble", spec)).restore(blob)
+    assert str(refused.value).startswith(OTHER_MODEL)
+    again = ModelBank(make_learner("ensemble", spec, **previous))
+    again.restore(blob)
+    assert again.snapshot("k") == blob
+
+
 def test_expert_labels_and_bad_expert_lists():
     assert expert_labels(("dekf", "linear", "dekf")) == ["dekf", "linear", "dekf2"]
     with pytest.raises(ValueError, match="unknown learner"):
