@@ -728,17 +728,19 @@ row at this revision:
 - **Why.** Alone, a full EKF (the cross-covariances of every weight) beats the DEKF (one block per
   neuron) at the same size: on kin8nm 0.285 against 0.331 at m=16, plain head (3 and 1 seeds,
   `streamer bench ... --learners ekf,dekf --head plain`, ad hoc). But at m=16 its covariance is
-  10 MiB a key. At m=6 it is 290 KB, and beside a DEKF at m=8 the two cost less than the DEKF at
-  m=16 did, and their errors differ enough for the mixture to use both.
+  10 MiB a key. At m=6 it is 290 KB at the daemon's 4 lags, and beside a DEKF at m=8 the two cost
+  less than the DEKF at m=16 did there (at 8 inputs a little more: the EKF's covariance grows with
+  the square of its inputs), and their errors differ enough for the mixture to use both.
 - **Accuracy**, the default against the previous one (the table's first two rows): {experts_gain}.
   The demo's keys (`benchmarks/demo_keys.py`, the previous default's row there): {experts_demo}.
   Not everywhere: the docstring examples on synthetic sines got worse (`OnlineRegressor`'s MAE
   0.003 -> 0.005, `KeyedRegressor`'s per-key MAE 0.012/0.017/0.050 -> 0.016/0.022/0.063), and so did
   River's TrumpApproval (MAE 0.1954 -> 0.2040): on a deterministic stream the bigger DEKF's capacity
   is what counts.
-- **Cost** (`speed.py`, both in the same run): state per key at p=8 {experts_mem}
-  (x{experts_mem_ratio:.2f}); the bank at 1,000 keys {experts_bank}; the pipeline at few keys
-  {experts_few}; the default key bound at 1536 MB {experts_bound}. Few keys pay: the fifth expert's
+- **Cost** (`speed.py`, both in the same run): state per key at 8 inputs {experts_mem}
+  (x{experts_mem_ratio:.2f}), at the daemon's 4 lags 391 KiB against 464 KiB (x0.84), so the default
+  key bound at 1536 MB is {experts_bound}; the bank at 1,000 keys (8 inputs) {experts_bank}; the
+  daemon's pipeline at few keys {experts_few}. Few keys pay: the fifth expert's
   window-10 BPTT is another few hundred torch calls a wave.
 - **Tried and not kept.** An EKF at m=6 or m=8 in place of the DEKF at 16: level with the previous
   default on the regression streams (m=8 ahead on ETTh1, 0.2392). The DEKF at 16 kept beside the
@@ -916,10 +918,11 @@ every tensor the bank holds for one key.
 | issue 17: pf >= 3.5k, and >= 5k (N=64) | {pf[ticks_per_s]:,.0f} | {v[bank_pf35]}; {v[bank_pf5]} |
 
 The default learner, the ensemble, costs the sum of its experts: {ens[ticks_per_s]:,.0f} ticks/s at
-1,000 keys through the bank, against {dekf10[ticks_per_s]:,.0f} for its DEKF expert alone and
+1,000 keys through the bank, against {dekf10[ticks_per_s]:,.0f} for a DEKF at m=16 alone and
 {sgd_default[ticks_per_s]:,.0f} for its SGD expert (Adam, window 1) alone; {ens_kib:,.0f} KiB of state per key, almost all of
-it the DEKF's covariance blocks. A replica that must hold tens of thousands of keys per GiB runs
-`STREAMER_LEARNER=sgd` (or an ensemble without `dekf`, see "How the defaults were chosen").
+it its two Kalman experts' covariances (a DEKF at m=8, a full EKF at m=6: "The ensemble's experts"). A
+replica that must hold tens of thousands of keys per GiB runs `STREAMER_LEARNER=sgd` (or an ensemble
+without `dekf` and `ekf`, see "How the defaults were chosen").
 
 The particle filter's default move (each particle's own diagonal EKF over its cell weights) now runs
 at {pf[ticks_per_s]:,.0f} ticks/s, against {pf_grad[ticks_per_s]:,.0f} with the cheaper gradient move (it was 677 when the move
@@ -979,10 +982,10 @@ wave, which is a different measurement).
 | pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} | {v[few_pf1]} |
 | `streamer demo` (4 keys, 12,000 ticks, defaults) in <= 10 s | {dt[processed_in_s]:.1f} s ("processed in"); first prediction {dt[first_prediction_s]:.1f} s after start, last {dt[last_prediction_s]:.1f} s | {v[demo_time]} |
 
-The machine's speed moved a lot on this report's day: SGD at one key, whose step the first
-change below does not touch, gave 2,074 ticks/s in the previous report, {ab_sgd1:,.0f} in that change's
-A/B run and {fs1:,.0f} in the table above, hours apart. Read a revision's effect in the A/B tables
-below, which run both revisions side by side.
+The machine's speed moves a lot from day to day: SGD at one key gave 1,635 ticks/s in the
+previous report's table (a slow day), {ab_sgd1:,.0f} in the first A/B run below and {fs1:,.0f} in the
+table above, with no change to its step in between. Read a revision's effect in tables that run
+both sides in one run: the A/B tables below, and "ensemble (previous default)" above.
 
 What a wave of one key cost, and what took it down (measured with `py-spy` and line profiles of
 `Pipeline.process`, one key, one tick a call; before: ensemble 354 ticks/s, sgd 1,245, dekf 448,
