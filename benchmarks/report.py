@@ -306,6 +306,7 @@ def main() -> None:
     vp = load("variants-pf-noise")
     pf_noise_rows = scores_table(vp, {"variant": "variant"}, score_names(vp))
     sp = {r["case"]: r for r in load("speed")["rows"]}
+    early = {r["case"]: r for r in load("speed-bb50816")["rows"]}  # the same script hours before: the noise
     dm = load("daemon")
     thr = {r["learner"]: r for r in dm["throughput"]}
     lat = dm["latency"][0]  # the 2k ticks/s run over 1,000 keys, as measured before the grid
@@ -516,6 +517,8 @@ def main() -> None:
         v=v, fo=fo, fo_target=fo_target, fo_after_assign=fo_after_assign, rs=rs, rs_lin=rs_lin, restore_rows=restore_rows,
         kin=accuracy_table("kin8nm"), ele=accuracy_table("elevators"), puma=accuracy_table("puma8nh"),
         ett=accuracy_table("etth1"), gru=accuracy_table("kin8nm-gru", speed=False), **accuracy,
+        early_sgd1=early["sgd (plain step, window 1)"], early_sgd10=early["sgd (plain step, window 10)"],
+        early_dekf1=early["dekf (window 1)"], early_pf=early["pf (N=64)"],
         spec=load("speed")["spec"], speed_rows=speed_rows, speed_rev=load("speed").get("revision", "this one"), ens=sp[next(k for k in sp if k.startswith("ensemble"))],
         sgd1=sgd1, dekf1=sp["dekf (window 1)"], dekf10=sp["dekf (window 10)"],
         pf=sp["pf (N=64)"], sgd10=sgd10, sgd_default=sp["sgd (default: Adam, window 1)"],
@@ -553,17 +556,11 @@ streams run 5 seeds (0-4); learners' rows are the mean over seeds (± their stan
 baselines are deterministic. `ensemble` is the default learner. coverage90 is the share of targets inside
 the published 90% interval; since this revision the interval carries a factor tuned by adaptive
 conformal inference (`models/bank.py`), which brought the `mean` baseline on puma8nh from 0.932 to
-0.903. The ticks/s column was measured with other benchmarks sharing the machine.
+0.903. The ticks/s column was measured with another benchmark and a test run sharing the machine.
 
-In the three regression tables the sgd rows are of the revision that made the SGD's read-out step
-variable (`streamer bench ... --learners sgd --seeds 5`), and the pf rows of this one, whose particle
-filter has new noise defaults (`streamer bench ... --learners pf --seeds 5`; "How the defaults were
-chosen"); the other rows are from `./benchmarks/accuracy.sh` one step before the SGD's change, when
-its error correlation was taken over its running e^2 that starts at 1 (the next section). That
-touches the ensemble's SGD expert only, so the ensemble rows and the curves in the plots are of that
-step. The ETTh1 table is of this revision: `./benchmarks/accuracy.sh`'s ETTh1 run, then its pf row
-again with the new defaults (`--learners pf`; the plot's pf curve is of the first run); one seed, as `ETT_SEEDS` defaults to (every learner at 5 seeds
-takes over an hour here, most of it the global EKF). The default learner alone ran 5 seeds
+Every row of the four tables and their plots is from one run of `./benchmarks/accuracy.sh` at
+revision 0156ba3 (the ensemble with its two small Kalman experts: "The ensemble's experts"); the
+ETTh1 table at one seed, as `ETT_SEEDS` defaults to. The default learner alone ran 5 seeds
 (`streamer bench ... --learners ensemble --seeds 5`, `benchmarks/data/etth1-ensemble5.json`): the
 targets table below uses that figure.
 
@@ -607,9 +604,8 @@ arrives 23 or 47 rows later (`models/horizons.py`). So nothing a forecast uses c
 {hz[table]}
 
 - h=1 is each learner's one-step forecast, bit for bit what it is without further horizons (a test
-  checks it): the same figures as the ETTh1 table above, measured in another run. As there, the pf
-  rows were run again with the PF's new noise defaults (`--learners pf`), and the plots' pf curves
-  are of the first run.
+  checks it): the same figures as the ETTh1 table above, measured in another run
+  (`./benchmarks/horizons.sh` at 0156ba3, every row and the plots in one run).
 - The default ({hz[default]}) beats persistence and linear at every horizon: {hz[beats]}. {hz[margin]}.
 - Its coverage90 within 0.87-0.93 at every horizon: {hz[cov]} ({hz[cov_default]}); {hz[cov_all]}.
 - **How the read-outs' defaults were chosen** (`python benchmarks/horizon_variants.py --learner
@@ -712,10 +708,8 @@ Cumulative error curves: `plots/kin8nm.png`, `plots/elevators.png`, `plots/puma8
 ### The ensemble's experts
 
 ```bash
-python benchmarks/variants.py --group ensemble --match "default|experts:" --streams kin8nm,elevators,puma8nh \
-    --json benchmarks/out/variants-experts-reg.json
-python benchmarks/variants.py --group ensemble --match "default|experts:" --streams ETTh1 \
-    --json benchmarks/out/variants-experts-ett.json
+python benchmarks/variants.py --group ensemble --match "default|experts:" --streams kin8nm,elevators,puma8nh --json benchmarks/out/variants-experts-reg.json
+python benchmarks/variants.py --group ensemble --match "default|experts:" --streams ETTh1 --json benchmarks/out/variants-experts-ett.json
 ```
 
 The default ensemble's Kalman experts are two small ones: a DEKF at m=8 and a full EKF at m=6
@@ -775,7 +769,8 @@ the demo's keys, in the table above):
 - **Why.** On a smooth stream every normalised squared error is tiny, so a rate per unit of squared
   error barely moves the weights, and the fixed share (1% a tick spread back evenly) holds a poor
   expert near 40% for good. On a sine, `OnlineRegressor()`'s MAE was 0.025 against its DEKF's
-  0.0006; it is 0.003 now.
+  0.0006; the relative rate made it 0.003 (0.005 since the Kalman experts became two small ones:
+  "The ensemble's experts").
 - **What changed.** Once the experts' typical (median) squared error falls below 0.05, the default
   takes the loss relative to it, as a scale-free Hedge does. Above 0.05 (every regression stream
   and ETTh1) the weights move as before. The result is the same NMSE to the 4th digit there, and on
@@ -897,7 +892,11 @@ python benchmarks/speed.py      # --keys 1000 --steps 20; writes benchmarks/out/
 |---|---|---|---|---|---|
 {speed_rows}
 
-Measured at revision {speed_rev}.
+Measured at revision {speed_rev}. The same script at bb50816, earlier the same day
+(`benchmarks/data/speed-bb50816.json`; no SGD, DEKF or PF code differs between the two): SGD plain
+step {early_sgd1[ticks_per_s]:,.0f} ticks/s at window 1 ({early_sgd1[speedup]:.0f}x) and {early_sgd10[ticks_per_s]:,.0f} at window 10
+({early_sgd10[speedup]:.1f}x), DEKF {early_dekf1[ticks_per_s]:,.0f} at window 1, PF {early_pf[ticks_per_s]:,.0f}. The spread between the two
+runs is the machine's, and the 50x target at window 10 sits inside it.
 
 LSTM m=16, p=8, skip head, one tick per key per step, float32, 2 threads. "bank" is
 `ModelBank.step` (normaliser, calibration, health checks included); "batched learner" is the
@@ -1101,19 +1100,21 @@ Second, the learner under `torch.inference_mode` (`python benchmarks/ab.py {abl[
   1,000 keys (`python benchmarks/ab.py {abl[base]} --keys 1000 --learners sgd,dekf,pf --rounds 3
   --json benchmarks/out/ab-lean-1000.json`): {abl1000}, within the rounds' spread; the arithmetic
   dominates there.
-- **The demo** took {dt[processed_in_s]:.1f} s in `demo_time.py`'s run for this report (16.9 s in the
-  previous report's, on its faster day). On this report's day, alternating 17f3ce7 and the first
-  change (each run from its own checkout, ad hoc): 23.6 and 22.6 s against 19.9 and 21.2 s.
+- **The demo** took {dt[processed_in_s]:.1f} s in `demo_time.py`'s run for this report, on a fast day
+  (the previous default ensemble gave 24.8 s earlier the same day, ad hoc, and 26.5 s in the previous
+  report). It is faster although its few-key waves are slower in the table above, so the demo's time
+  moves with more than the bank's cost; what else, I did not measure.
 
-What is left at K=1 for the default learner is the DEKF expert's own arithmetic: its window-10
-BPTT (~25 torch calls a step, 10 steps, forward and backward) and its 16 blocks of 84 x 84
-covariance (a batched row-vector product and a rank-1 update), {fd1_ms:.2f} ms a wave alone
-against the ensemble's {fe1_ms:.2f} ms; the target of 2,000 ticks/s (0.5 ms a wave) would need the
-whole ensemble to cost half of its DEKF expert alone. Eager torch costs 1-3 us a call whatever the
-size, so this is a count of calls: the ensemble makes ~780 a one-key wave. What would change it is
-fusing them (a compiled step: tried, see above, 10 s to compile per shape) or a window-1 DEKF
-expert (fewer calls by 10x, a different model: an accuracy question for issue 16's defaults, not a
-speed fix). The demo is bound by the same cost. Its daemon starts after the replay has sent everything, so
+What is left at K=1 for the default learner is its Kalman experts' own arithmetic. A DEKF at
+m=16 alone costs {fd1_ms:.2f} ms a wave (its window-10 BPTT: ~25 torch calls a step, 10 steps, forward
+and backward; its 16 blocks of 84 x 84 covariance: a batched row-vector product and a rank-1 update),
+and the ensemble {fe1_ms:.2f} ms, now with two window-10 Kalman experts (a DEKF at m=8 and a full EKF
+at m=6), which cost more calls than the one DEKF did (the few-keys table has the previous default
+beside it). The target of 2,000 ticks/s (0.5 ms a wave) would need the whole ensemble to cost less
+than one DEKF alone. Eager torch costs 1-3 us a call whatever the size, so this is a count of calls.
+What would change it is fusing them (a compiled step: tried, see above, 10 s to compile per shape)
+or window-1 Kalman experts (fewer calls, a different model: measured in "The ensemble's experts",
+2-4% worse on kin8nm and ETTh1). The demo is bound by the same cost. Its daemon starts after the replay has sent everything, so
 its first fetch holds all 12,003 messages; the FR and BE ticks carry two features and the Demand
 and Temperature ticks none, so they are two banks, and the batch is stepped as 6,000 waves of 2
 keys (counted by instrumenting `Pipeline._run_wave`): ~6,000 x the ensemble's K=2 wave, plus
@@ -1158,7 +1159,7 @@ half.
   linear models, at MAE {rv[sgd][mae]:.3f} against {rv[river_dict][mae]:.3f}.
 - River's SGD linear model, 200 ticks in, is still behind persistence on these scales.
 - The default ensemble runs at {rv[ens_keyed][ticks_per_s]:,.0f} ticks/s, the bank's rate for
-  it (its DEKF expert).
+  it (its Kalman experts).
 - Every row here includes a prediction per tick, as a prequential user would run it.
 
 ## The daemon on the embedded broker
@@ -1656,7 +1657,11 @@ persistence: {tw[notebook]}.
 With the training flags the series layout keeps (variational dropout 0.5, step 0.003), the
 daemon's warm start was worse than starting cold on both keys. So `--layout ticks` now defaults
 to dropout 0 and step 0.01 (`offline/warmstart.py`, `LAYOUT_DEFAULTS`), with the daemon's 4 lags
-and hidden 16. The warm start then beats cold on both keys.
+and hidden 16. The warm start then beats cold on both keys. Since the default ensemble's Kalman
+experts became smaller than the model (a DEKF at m=8, an EKF at m=6), they start cold under a warm
+start and only its SGD expert takes the warm weights; the table above is at that revision, and the
+warm start still beats cold on both keys (with the DEKF at m=16 warm too, the previous default had
+Demand -13% and Temperature -4%).
 
 Measured ad hoc along the way (in process, a bank over the same live rows):
 - the frozen warm model (SGD with step 0) with dropout 0.5: Demand MAE 136.6, against persistence's
