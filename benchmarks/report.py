@@ -307,6 +307,8 @@ def main() -> None:
     pf_noise_rows = scores_table(vp, {"variant": "variant"}, score_names(vp))
     sp = {r["case"]: r for r in load("speed")["rows"]}
     early = {r["case"]: r for r in load("speed-bb50816")["rows"]}  # the same script hours before: the noise
+    early_fs1 = next(r["pipeline_ticks_per_s"] for r in load("speed-bb50816")["few_keys"]
+                     if (r["learner"], r["keys"]) == ("sgd", 1))
     dm = load("daemon")
     thr = {r["learner"]: r for r in dm["throughput"]}
     lat = dm["latency"][0]  # the 2k ticks/s run over 1,000 keys, as measured before the grid
@@ -438,6 +440,9 @@ def main() -> None:
                               f"(x{fk('ensemble', K) / fk(prev_label, K):.2f})"
                               for K in few_counts if ("ensemble", K) in few and (prev_label, K) in few),
         experts_bound=f"{few[('ensemble', 1)]['default_key_bound']:,} against {few[(prev_label, 1)]['default_key_bound']:,}",
+        experts_mem_daemon=(f"{few[('ensemble', 1)]['bytes_per_key'] / 1024:,.0f} KiB against "
+                            f"{few[(prev_label, 1)]['bytes_per_key'] / 1024:,.0f} KiB "
+                            f"(x{few[('ensemble', 1)]['bytes_per_key'] / few[(prev_label, 1)]['bytes_per_key']:.2f})"),
     )
     accuracy = dict(
         demo_rows=demo_rows, demo_default=", ".join(f"{k} {r['skill']:+.1%}" for k, r in demo_default.items()),
@@ -518,12 +523,13 @@ def main() -> None:
         kin=accuracy_table("kin8nm"), ele=accuracy_table("elevators"), puma=accuracy_table("puma8nh"),
         ett=accuracy_table("etth1"), gru=accuracy_table("kin8nm-gru", speed=False), **accuracy,
         early_sgd1=early["sgd (plain step, window 1)"], early_sgd10=early["sgd (plain step, window 10)"],
-        early_dekf1=early["dekf (window 1)"], early_pf=early["pf (N=64)"],
-        spec=load("speed")["spec"], speed_rows=speed_rows, speed_rev=load("speed").get("revision", "this one"), ens=sp[next(k for k in sp if k.startswith("ensemble"))],
+        early_dekf1=early["dekf (window 1)"], early_pf=early["pf (N=64)"], early_fs1=early_fs1,
+        early_fs1_note="" if early_fs1 >= 2000 else ", not in the earlier one",
+        spec=load("speed")["spec"], speed_rows=speed_rows, speed_rev=load("speed").get("revision", "this one"), ens=ens_now,
         sgd1=sgd1, dekf1=sp["dekf (window 1)"], dekf10=sp["dekf (window 10)"],
         pf=sp["pf (N=64)"], sgd10=sgd10, sgd_default=sp["sgd (default: Adam, window 1)"],
         pf_grad=sp["pf (N=64, gradient move)"],
-        ens_kib=sp[next(k for k in sp if k.startswith("ensemble"))]["bytes_per_key"] / 1024,
+        ens_kib=ens_now["bytes_per_key"] / 1024,
         d_sgd=thr["sgd"], d_pf=thr["pf"], lat=lat,
         d_ens_row=(f"| ensemble (the default) | {thr['ensemble']['keys']} | {thr['ensemble']['ticks']:,} | "
                    f"{thr['ensemble']['ticks_per_s']:,.0f} | {thr['ensemble']['ticks_per_s_all']} | reported |"
@@ -732,7 +738,7 @@ row at this revision:
   River's TrumpApproval (MAE 0.1954 -> 0.2040): on a deterministic stream the bigger DEKF's capacity
   is what counts.
 - **Cost** (`speed.py`, both in the same run): state per key at 8 inputs {experts_mem}
-  (x{experts_mem_ratio:.2f}), at the daemon's 4 lags 391 KiB against 464 KiB (x0.84), so the default
+  (x{experts_mem_ratio:.2f}), at the daemon's 4 lags {experts_mem_daemon}, so the default
   key bound at 1536 MB is {experts_bound}; the bank at 1,000 keys (8 inputs) {experts_bank}; the
   daemon's pipeline at few keys {experts_few}. Few keys pay: the fifth expert's
   window-10 BPTT is another few hundred torch calls a wave.
@@ -975,7 +981,7 @@ wave, which is a different measurement).
 |---|---|---|
 | default learner (ensemble), K=1 >= 2,000 ticks/s | {fe1:,.0f} | {v[few_ens1]} |
 | default learner (ensemble), K=4 >= 5,000 ticks/s | {fe4:,.0f} | {v[few_ens4]} |
-| sgd, K=1 >= 2,000 ticks/s | {fs1:,.0f} | {v[few_sgd1]} |
+| sgd, K=1 >= 2,000 ticks/s | {fs1:,.0f} (the same script at bb50816 earlier the same day: {early_fs1:,.0f}) | {v[few_sgd1]} in this run{early_fs1_note} |
 | sgd, K=4 >= 5,000 ticks/s | {fs4:,.0f} | {v[few_sgd4]} |
 | dekf, K=1 >= 1,000 ticks/s | {fd1:,.0f} | {v[few_dekf1]} |
 | pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} | {v[few_pf1]} |

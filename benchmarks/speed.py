@@ -169,7 +169,7 @@ def few_keys(counts: list[int], seconds: float, console: Console) -> list[dict]:
         torch.set_num_threads(daemon_threads(K))
         bank_s = few_keys_bank(name, spec, K, seconds, opts)
         pipe_s, bound = few_keys_pipeline(name, K, seconds, opts=opts)  # its own threads per wave, as the daemon
-        rows.append({"learner": label, "keys": K, "default_key_bound": bound,
+        rows.append({"learner": label, "keys": K, "default_key_bound": bound, "bytes_per_key": per_key,
                      "bank_ticks_per_s": K / bank_s, "pipeline_ticks_per_s": K / pipe_s,
                      "pipeline_ticks_per_s_per_key": 1 / pipe_s, "bank_ms_per_wave": bank_s * 1e3,
                      "pipeline_ms_per_wave": pipe_s * 1e3})

@@ -115,14 +115,14 @@ class EnsembleLearner:
         cold_head = spec.head if config.expert_head is None else config.expert_head
         # the recurrent experts at the model's size take a warm start's theta, laid out for the model's head
         self.expert_spec = dataclasses.replace(spec, head=spec.head if warm else cold_head)
-        self._recurrent: list[bool] = []  # which experts take a warm start's theta
+        self._takes_theta: list[bool] = []  # which experts a warm start's theta is for
         self.experts: list[Learner] = []
         for n in config.experts:
             m = min(spec.hidden, caps.get(n, spec.hidden))
             takes_theta = n in RECURRENT and m == spec.hidden
             own = (self.expert_spec if takes_theta else dataclasses.replace(spec, hidden=m, head=cold_head)
                    ) if n in RECURRENT else spec
-            self._recurrent.append(takes_theta)
+            self._takes_theta.append(takes_theta)
             self.experts.append(make_learner(n, own, dtype, warm=warm and (takes_theta or n not in RECURRENT),
                                              **dict(options.get(n, {}))))
         self.labels = expert_labels(config.experts)
@@ -166,8 +166,8 @@ class EnsembleLearner:
             # the level its first tick set, are near 0 and alone would make the rate huge for hundreds of ticks
             prior = torch.tensor([1.0, SCALE_PRIOR_TICKS], dtype=self.dtype)
             state["lscale"] = prior.repeat(B, 1)  # [B, 2]
-        for i, (expert, recurrent) in enumerate(zip(self.experts, self._recurrent, strict=True)):
-            sub = expert.init_state(seeds ^ (i * _SEED_STRIDE), theta0 if recurrent else None)
+        for i, (expert, takes_theta) in enumerate(zip(self.experts, self._takes_theta, strict=True)):
+            sub = expert.init_state(seeds ^ (i * _SEED_STRIDE), theta0 if takes_theta else None)
             self._put(state, i, sub)
         return state
 
