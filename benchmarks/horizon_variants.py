@@ -1,11 +1,11 @@
 """How the read-outs' defaults were chosen (`models.horizons.HorizonConfig`): ETTh1 in the FSNet/OneNet
 protocol, horizons 1, 24, 48, one learner, each variant of the read-out's forgetting factor and conformal
-step, and (for the EKF/DEKF) the weights learning from every horizon's error too (`cell_r`); MSE and
+step, and (every recurrent learner) the weights learning from every horizon's error too (`cell_r`); MSE and
 coverage90 per horizon. Prints a table and writes JSON (RESULTS, "Multi-horizon").
 
     python benchmarks/horizon_variants.py --learner sgd --json benchmarks/out/horizon-variants.json
     python benchmarks/horizon_variants.py --learner dekf --match "default|weights" \
-        --json benchmarks/out/horizon-cell.json
+        --json benchmarks/out/horizon-cell-dekf.json   # likewise ekf, pf, sgd, ensemble: horizon-cell-NAME.json
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from models.cells import NetSpec
 from models.horizons import HorizonConfig
+from models.learners import RECURRENT
 from streamer import bench as B
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -31,7 +32,7 @@ VARIANTS = {  # name -> read-out settings; "default" is HorizonConfig()
     "no conformal factor": HorizonConfig(coverage_step=0.0),
     "conformal step 0.003": HorizonConfig(coverage_step=0.003),
     "conformal step 0.03": HorizonConfig(coverage_step=0.03),
-    # the EKF/DEKF only (`--learner dekf`): its weights learn from every due horizon's error too
+    # a recurrent learner only (not `--learner linear`): its weights learn from every due horizon's error too
     "weights learn from the horizons, R x 1": HorizonConfig(cell_r=1.0),
     "weights learn from the horizons, R x 10": HorizonConfig(cell_r=10.0),
 }
@@ -56,7 +57,7 @@ def main() -> None:
     for name, cfg in VARIANTS.items():
         if picks and not any(p in name for p in picks):
             continue
-        if name in NEEDS_FILTER and a.learner not in ("ekf", "dekf"):
+        if name in NEEDS_FILTER and a.learner not in (*RECURRENT, "ensemble"):
             continue
         t0 = time.perf_counter()
         r = B.run(stream, a.learner, spec, horizons=hs, readout=cfg)

@@ -246,9 +246,12 @@ def horizon_figures() -> dict:
                        + ("" if cov_all else " (**some outside 0.87-0.93**)")}
 
 
+CELL_LEARNERS = ("ekf", "dekf", "pf", "sgd", "ensemble")  # horizon-cell-NAME.json: horizon_variants.py --learner NAME
+
+
 def memo_readout_cell_figures() -> dict:
     """benchmarks/batches.py (the memo for some of the rows), variants.py's read-out step rows, and
-    horizon_variants.py --learner dekf (the weights learning from the horizons)."""
+    horizon_variants.py --learner NAME for each of CELL_LEARNERS (the weights learning from the horizons)."""
     bt = load("batches")
     by = {(r["learner"], r["keys"], r["memo"]): r for r in bt["rows"]}
     memo_lines = ["| learner | keys | subsets of the memo: ticks/s | exact rows only: ticks/s | change | steps served "
@@ -259,16 +262,37 @@ def memo_readout_cell_figures() -> dict:
                           f"{a['ticks_per_s'] / b['ticks_per_s'] - 1:+.0%} | {a['memo_share']:.0%} / {b['memo_share']:.0%} |")
     ro = load("variants-readout")
     readout_table = scores_table(ro, {"learner": "learner", "variant": "variant"}, score_names(ro))
-    hc = load("horizon-cell")
-    hs = hc["horizons"]
-    cell = {(r["variant"], r["horizon"]): r for r in hc["rows"]}
-    cell_lines = ["| " + hc["learner"] + " | " + " | ".join(f"MSE h={h}" for h in hs) + " | "
-                  + " | ".join(f"coverage90 h={h}" for h in hs) + " |", "|---|" + "---|" * (2 * len(hs))]
-    for n in dict.fromkeys(r["variant"] for r in hc["rows"]):
-        cell_lines.append(f"| {n} | " + " | ".join(f"{cell[(n, h)]['mse']:.4f}" for h in hs) + " | "
-                          + " | ".join(f"{cell[(n, h)]['coverage90']:.3f}" for h in hs) + " |")
+    cell_lines: list[str] = []
+    change: dict[tuple[str, float], list[tuple[str, int, float]]] = {}  # (variant kind) -> (learner, h, change)
+    for learner in CELL_LEARNERS:  # one run of horizon_variants.py each, at the same revision
+        hc = load(f"horizon-cell-{learner}")
+        hs = hc["horizons"]
+        cell = {(r["variant"], r["horizon"]): r for r in hc["rows"]}
+        for (_, h), r in cell.items():
+            if r["cell_r"]:
+                change.setdefault(("x", r["cell_r"]), []).append(
+                    (learner, h, r["mse"] / cell[("default", h)]["mse"] - 1))
+        if not cell_lines:
+            cell_lines = ["| learner | variant | " + " | ".join(f"MSE h={h}" for h in hs) + " | "
+                          + " | ".join(f"coverage90 h={h}" for h in hs) + " |", "|---|---|" + "---|" * (2 * len(hs))]
+        for n in dict.fromkeys(r["variant"] for r in hc["rows"]):
+            mse = [cell[(n, h)]["mse"] for h in hs]
+            base = [cell[("default", h)]["mse"] for h in hs]
+            cells = [f"{m:.4f}" if n == "default" else f"{m:.4f} ({m / b - 1:+.1%})" for m, b in zip(mse, base, strict=True)]
+            cell_lines.append(f"| {learner} | {n} | " + " | ".join(cells) + " | "
+                              + " | ".join(f"{cell[(n, h)]['coverage90']:.3f}" for h in hs) + " |")
     return {"memo_rows": "\n".join(memo_lines), "readout_rows": readout_table, "readout_seeds": ro["seeds"],
-            "cell_rows": "\n".join(cell_lines), "cell_learner": hc["learner"]}
+            "cell_rows": "\n".join(cell_lines), **cell_summary(change, 1.0), **cell_summary(change, 10.0)}
+
+
+def cell_summary(change: dict, r: float) -> dict:
+    """`cell_h1_xR`: each learner's one-step change at cell_r = R; `cell_far_xR`: the range over learners at h > 1."""
+    rows = change[("x", r)]
+    tag = f"x{r:g}"
+    far = [c for _, h, c in rows if h > 1]
+    return {f"cell_ekf_{tag}": ", ".join(f"{c:+.1%}" for n, h, c in rows if n == "ekf"),
+            f"cell_h1_{tag}": ", ".join(f"{n} {c:+.1%}" for n, h, c in rows if h == 1),
+            f"cell_far_{tag}": f"{min(far):+.1%} to {max(far):+.1%}"}
 
 
 def main() -> None:
@@ -636,27 +660,37 @@ arrives 23 or 47 rows later (`models/horizons.py`). So nothing a forecast uses c
 
 - Beyond one step, most of the gain over linear is gone: the read-outs are linear in the regressor
   and the learner's one-step forecast.
-- **Through the recurrent weights too** (`python benchmarks/horizon_variants.py --learner
-  {ns[cell_learner]} --match "default|weights" --json benchmarks/out/horizon-cell.json`). The issue's
-  head on the shared cell, learned by the filter with a vector innovation. The read-out's forecast
-  depends on the weights through m_t, so its Jacobian is w_h[m] H_t, where H_t is the filter's own
-  one-step Jacobian at t. Each pending forecast keeps H_t and H_t . theta_t.
-  - When its target arrives, the EKF or DEKF takes the error, linearised about today's weights, as
-    one more measurement of them. Its noise is `cell_r` x its own R x the horizon's calibrated
-    variance, and the due horizons are taken one after another (`HorizonConfig.cell_r`,
-    `learn_from`; off by default).
-  - At the filter's own R (x 1), the weights chase the long horizons' errors: 24 and 48 h gain
-    0.1-0.2%, and the one-step forecast loses 17%.
-  - At 10x R, in the previous revision's run, every horizon was a little better than the
-    read-outs alone (1.4% at the next tick, 0.1-0.2% at 24 and 48 h); in this revision's (the
-    table, with the bank's conformal factor and the SGD's variable step) it is 2% worse at the
-    next tick, level at 24 h and 0.2% worse at 48 h. Either way the effect is within what one
-    stream and one seed can tell.
-  - The cost: 4 bytes x n_theta x max(h) of state a key (337 KB here at 48 h, +35% on the DEKF's
-    0.9 MB). Each due horizon is also one more Kalman update of every covariance block per tick,
-    so a tick costs about 1 + m filter updates (not timed: other benchmarks shared the machine).
-  - So it stays off: a setting for a library user to measure on their data, not a default. The
-    SGD, the PF and the ensemble have no such update.
+- **Through the recurrent weights too** (for each learner NAME of the table, `python
+  benchmarks/horizon_variants.py --learner NAME --match "default|weights" --json
+  benchmarks/out/horizon-cell-NAME.json`). The issue's head on the shared cell, learned with a vector
+  innovation. The read-out's forecast depends on the weights through m_t, so its Jacobian is
+  w_h[m] J_t, where J_t = d m_t / d theta is the learner's own at t. Each pending forecast keeps J_t
+  and J_t . theta_t.
+  - When its target arrives, the learner takes the error, linearised about today's weights, as one
+    more measurement of them, with noise `cell_r` x its own x the horizon's calibrated variance; the
+    due horizons are taken one after another (`HorizonConfig.cell_r`, `learn_from`; off by default,
+    `models.learners.base.LearnsFromHorizons`). Each learner takes it its own way:
+    - the EKF and DEKF: the Kalman measurement update, the one-step update's own;
+    - SGD: one more descent step on e^2 / (2 r), scaled by Adam's current sqrt(v_hat) and at most lr
+      a weight, without touching Adam's moments (the read-out: the NLMS step);
+    - the PF: each particle's own diagonal EKF over its cell weights, along the Jacobian of the
+      mixture mean for a shift common to every particle (resampling leaves that well defined h ticks
+      later, where a particle's own row would need its lineage kept); the particles' weights stay;
+    - the ensemble: each of those experts with its part of the row, w_i J_i (w_i its mixture weight).
+  - The table: at 1x their own noise, every learner's one-step forecast gets worse
+    ({ns[cell_h1_x1]}), and 24 and 48 h move by {ns[cell_far_x1]}. At 10x: one step
+    {ns[cell_h1_x10]}; 24 and 48 h {ns[cell_far_x10]}. One stream and one seed; differences of a few
+    tenths of a per cent are within what that can tell.
+  - The one setting ahead at every horizon is the EKF's at 10x ({ns[cell_ekf_x10]} in this run). It
+    took about 3x the EKF's time in the run's log (968 s against 317 s, with another run sharing the
+    machine), and the EKF is not the default. For the default (the ensemble) 10x is level everywhere.
+  - The cost: 4 bytes x n x max(h) of state a key, n the learner's weights (the PF's cell weights,
+    the ensemble's experts' together): for the DEKF 337 KB here at 48 h, +35% on its 0.9 MB. Each due
+    horizon is also one more update a tick, so a tick costs about 1 + m updates (the table's seconds
+    in the run's log, not recorded: other runs shared the machine).
+  - So it stays off for every learner: a setting for a library user to measure on their data, not a
+    default. The recurrent weights learn from the one-step labels, which arrive first and are most of
+    the signal.
 
 {ns[cell_rows]}
 

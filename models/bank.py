@@ -32,7 +32,7 @@ import torch
 from models import horizons as hz
 from models import normalize, rng
 from models.checkpoint import frame, unframe
-from models.learners.base import Learner, State, added_state, memo_rows, uses_autograd
+from models.learners.base import Learner, LearnsFromHorizons, State, added_state, memo_rows, uses_autograd
 from models.normalize import NormConfig, norm_init
 
 Z90 = 1.6448536269514722  # two-sided 90% normal quantile
@@ -144,9 +144,11 @@ class ModelBank:
         self.resets_total = 0
         self._dtype = getattr(learner, "dtype", torch.float32)
         self._ahead = config.ahead
-        if self._ahead is not None and self._ahead.cell_r and not hasattr(learner, "learn_from"):
-            raise ValueError(f"readout cell_r > 0 needs a Kalman filter over the weights (ekf, dekf): {learner.name} "
-                             "has none")
+        if self._ahead is not None and self._ahead.cell_r and not isinstance(learner, LearnsFromHorizons):
+            raise ValueError(f"readout cell_r > 0 needs a learner with recurrent weights (ekf, dekf, pf, sgd, "
+                             f"ensemble): {learner.name} has none")
+        # the width of the pending forecasts' Jacobians (cell_r > 0): the weights the horizons' errors move
+        self._n_learned = getattr(learner, "n_learned", 0) if self._ahead is not None and self._ahead.cell_r else 0
         self._readout0 = dict(readout0) if readout0 is not None else None
         if self._readout0 is not None:
             layout = self.layout()
@@ -178,7 +180,7 @@ class ModelBank:
         st["b.shift"] = torch.zeros(B, dtype=torch.int64)  # consecutive ticks beyond shift_z
         if self._ahead is not None:
             st.update({f"h.{k}": v for k, v in hz.init_state(B, p, self._ahead, self._dtype,
-                                                              self.learner.spec.n_theta).items()})
+                                                              self._n_learned).items()})
             if self._readout0 is not None and not cold:
                 for k, v in self._readout0.items():
                     st[f"h.{k}"] = v.to(self._dtype).expand(B, *v.shape).clone()
@@ -497,7 +499,7 @@ class ModelBank:
                 inner = {}
                 self.learner.predict(learner_st, torch.from_numpy(xn), memo=inner)  # type: ignore[call-arg]
             jac = (self.learner.jacobian(learner_st, torch.from_numpy(xn), inner),  # type: ignore[attr-defined]
-                   learner_st["theta"])
+                   self.learner.learned_weights(learner_st))  # type: ignore[attr-defined]
         if inner is not None:
             mean_t, var_t, lst = self.learner.step(learner_st, torch.from_numpy(xn), torch.from_numpy(dn),
                                                    memo=inner)  # type: ignore[call-arg]
@@ -521,7 +523,8 @@ class ModelBank:
             if jac is not None:  # the due horizons' errors, through the recurrent weights too (not a held row's)
                 keep = torch.from_numpy(~hold).to(self._dtype).unsqueeze(1)  # [B, 1]
                 for j in range(len(self._ahead.horizons)):  # sequentially: each sees the theta the one before left
-                    H, e, r = hz.cell_measurement(h, j, lst["theta"], self._ahead)
+                    H, e, r = hz.cell_measurement(h, j, self.learner.learned_weights(lst),  # type: ignore
+                                                  self._ahead)
                     self.learner.learn_from(lst, H * keep, e, r)  # type: ignore[attr-defined]
             a_lower, a_upper = self._interval(h["mean"].numpy(), h["var"].numpy())
             ahead = {"ahead_mean": h["mean"].numpy(), "ahead_lower": a_lower, "ahead_upper": a_upper,

@@ -13,20 +13,24 @@ the forecast was made on) and the forecast that was published from it (so the er
 published one). Nothing used at t depends on a tick after t: the weights that forecast from z_t
 have learned from targets up to y_t only, by construction (a test checks it, learner by learner).
 
-Through the recurrent weights too (`cell_r` > 0, the EKF and DEKF): y_hat(t+h|t) depends on theta
-through m_t, so its Jacobian is w_h[m] H_t, H_t = d m_t / d theta the filter's own at t. Each pending
-forecast keeps H_t and H_t . theta_t ([n_theta] + 1 numbers per slot), and when y_{t+h} arrives the
-filter takes the error, linearised about today's theta,
+Through the recurrent weights too (`cell_r` > 0, every learner with them: `models.learners.base.
+LearnsFromHorizons`): y_hat(t+h|t) depends on theta through m_t, so its Jacobian is w_h[m] H_t, H_t =
+d m_t / d theta the learner's own at t. Each pending forecast keeps H_t and H_t . theta_t ([n] + 1
+numbers per slot), and when y_{t+h} arrives the learner takes the error, linearised about today's theta,
 
     e' = (y_{t+h} - y_hat(t+h|t)) - w_h[m] (H_t . theta_now - H_t . theta_t)
 
-as one more measurement with the row w_h[m] H_t and noise cell_r x its own R x the horizon's
-calibrated variance (normalised, at least 1): the targets due at a tick are a vector innovation
-with an m x n_theta Jacobian, taken entry by entry (`learn_from`). Off by default: measured on ETTh1
-(benchmarks/horizon_variants.py, RESULTS "Multi-horizon"), at 1x the filter's R it costs the one-step
-forecast 18% for under half a per cent at 24 and 48 h, and at 10x it is 0.1-1.4% better everywhere, for
-4 bytes x n_theta x max(h) a key and one more filter update per horizon and tick. The recurrent weights
-learn from the one-step labels, which arrive first and are most of the signal.
+as one more measurement with the row w_h[m] H_t and noise cell_r x its own x the horizon's calibrated
+variance (normalised, at least 1): the targets due at a tick are a vector innovation with an m x n
+Jacobian, taken entry by entry (`learn_from`). The EKF and DEKF take it as a Kalman measurement update,
+SGD as one more bounded descent step, the PF through each particle's own diagonal EKF along the
+Jacobian of its mixture mean (a shift common to the particles, which resampling leaves well defined),
+the ensemble through each such expert with its mixture weight's share. Off by default: measured on
+ETTh1 (benchmarks/horizon_variants.py, RESULTS "Multi-horizon"), at 1x their own noise it costs every
+learner's one-step forecast 3.5-97% for at most 1% at 24 and 48 h; at 10x the one-step forecast moves
+by -1.3% (the EKF) to +7% (SGD) and 24 and 48 h by -0.5% to +0.3%, the default ensemble level
+everywhere, for 4 bytes x n x max(h) a key and one more update per horizon and tick. The recurrent weights learn from
+the one-step labels, which arrive first and are most of the signal.
 
 The intervals are calibrated per horizon in two steps. A running mean of e^2 / var sets their scale,
 as the bank's one-step calibration does. An h-step error is known only h ticks late, and errors of
@@ -76,8 +80,8 @@ class HorizonConfig:
     # stretch of exact forecasts (a frozen sensor) drives s down by gamma alpha a tick, and the
     # interval then takes thousands of misses to grow back (the variance calibration recovers in a few)
     coverage_bound: float = math.log(10.0)
-    # > 0: the EKF/DEKF's weights learn from each due horizon's error too, with this multiple of their own R
-    # (scaled by the horizon's variance); 0: the read-outs alone learn from them (see the module doc)
+    # > 0: the learner's recurrent weights learn from each due horizon's error too, with this multiple of its
+    # own noise (scaled by the horizon's variance); 0: the read-outs alone learn from them (see the module doc)
     cell_r: float = 0.0
 
     def __post_init__(self) -> None:
@@ -97,7 +101,8 @@ def parse_horizons(spec: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def init_state(B: int, p: int, config: HorizonConfig, dtype: torch.dtype, n_theta: int = 0) -> State:
-    """The read-outs' state of B keys with regressors of width p (`n_theta`: the learner's, for cell_r > 0)."""
+    """The read-outs' state of B keys with regressors of width p (`n_theta`: the learner's `n_learned`, for
+    cell_r > 0)."""
     m, H, q = len(config.horizons), max(config.horizons), p + 2
     cell = {"J": torch.zeros(B, H, n_theta, dtype=dtype), "Js": torch.zeros(B, H, dtype=dtype)} if config.cell_r else {}
     return {**cell,

@@ -79,6 +79,29 @@ class Learner(Protocol):
         ...
 
 
+@runtime_checkable
+class LearnsFromHorizons(Protocol):
+    """A learner whose weights can learn from the errors of the forecasts further ahead too (`models.horizons`,
+    `HorizonConfig.cell_r` > 0). Those forecasts are linear read-outs of the learner's one-step forecast m_t,
+    so their Jacobian is the read-out's weight on m_t times J_t = d m_t / d theta, taken at t and kept pending
+    until the target arrives h ticks later; the error then comes in as one more measurement of theta:
+
+        jacobian(state, x, memo)    -> J_t [B, n_learned]     d m_t / d theta of the forecast from x
+        learned_weights(state)      -> theta [B, n_learned]    what J_t is linearised about
+        learn_from(state, H, e, r)  -> None, in place          one measurement: row H [B, n_learned],
+                                                               innovation e [B], noise r [B] x the learner's own
+    A zero row of H leaves that series as it is. Each learner makes the update its own way: the Kalman
+    filters' measurement update, SGD's step, the particles' own EKF steps, the ensemble's experts'."""
+
+    n_learned: int
+
+    def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor: ...
+
+    def learned_weights(self, state: State) -> torch.Tensor: ...
+
+    def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None: ...
+
+
 class _NotBatch(Exception):
     """A memo tensor without the series first (`memo_rows`)."""
 

@@ -143,9 +143,17 @@ class _KalmanBase:
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]  # type: ignore[attr-defined]
 
+    @property
+    def n_learned(self) -> int:
+        """The width of `jacobian` (`models.learners.base.LearnsFromHorizons`): every weight."""
+        return self.spec.n_theta
+
     def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
         """H = d d_hat / d theta [B, n_theta] of the forecast from x: the memo's (`predict`'s) when given."""
         return (memo["jacobian"] if memo else self._jacobian(state, x))[1]
+
+    def learned_weights(self, state: State) -> torch.Tensor:
+        return state["theta"]
 
     def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None:
         """One more measurement of theta, in place: innovation e [B] of an output whose Jacobian is H [B, n_theta],

@@ -39,7 +39,17 @@ from typing import Any, Literal
 import torch
 
 from models.cells import NetSpec
-from models.learners.base import Learner, NonNegative, Positive, Share, State, added_state, rows_finite, uses_autograd
+from models.learners.base import (
+    Learner,
+    LearnsFromHorizons,
+    NonNegative,
+    Positive,
+    Share,
+    State,
+    added_state,
+    rows_finite,
+    uses_autograd,
+)
 
 # Chosen by measurement (benchmarks/RESULTS.md, "How the defaults were chosen"): persistence and RLS
 # win where the stream is a random walk or linear, the recurrent experts where it is not. A full EKF
@@ -241,6 +251,41 @@ class EnsembleLearner:
         for i, expert in enumerate(self.experts):
             ok &= expert.healthy(self._sub(state, i))
         return ok
+
+    # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
+    def _learning(self) -> list[int]:
+        """The experts whose weights can learn from the horizons, in order."""
+        return [i for i, e in enumerate(self.experts) if isinstance(e, LearnsFromHorizons)]
+
+    @property
+    def n_learned(self) -> int:
+        return sum(self.experts[i].n_learned for i in self._learning())  # type: ignore[attr-defined]
+
+    def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+        """[B, n_learned]: the learning experts' Jacobians, each times its mixture weight, side by side. The
+        published forecast is sum_i w_i d_hat_i, so w_i J_i is its derivative in expert i's weights."""
+        w = torch.softmax(state["logw"], dim=1)  # [B, E]
+        parts = [self.experts[i].jacobian(self._sub(state, i), x,  # type: ignore[attr-defined]
+                                          memo.get(i) if memo else None) * w[:, i : i + 1]
+                 for i in self._learning()]
+        return torch.cat(parts, dim=1) if parts else x.new_zeros(x.shape[0], 0)
+
+    def learned_weights(self, state: State) -> torch.Tensor:
+        parts = [self.experts[i].learned_weights(self._sub(state, i)) for i in self._learning()]  # type: ignore
+        return torch.cat(parts, dim=1) if parts else state["logw"].new_zeros(state["logw"].shape[0], 0)
+
+    def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None:
+        """Each learning expert takes the measurement through its part of the row H [B, n_learned], its own way
+        and with its own noise: a block-diagonal approximation of one joint update (the experts share no
+        covariance, so each sees only its own share w_i J_i of the forecast's sensitivity)."""
+        at = 0
+        for i in self._learning():
+            expert = self.experts[i]
+            n = expert.n_learned  # type: ignore[attr-defined]
+            sub = self._sub(state, i)
+            expert.learn_from(sub, H[:, at : at + n], e, r_scale)  # type: ignore[attr-defined]
+            self._put(state, i, sub)
+            at += n
 
     # ------------------------------------------------------------- read-outs
     def weights(self, state: State) -> torch.Tensor:

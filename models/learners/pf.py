@@ -321,6 +321,62 @@ class PFLearner:
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]
 
+    # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
+    @property
+    def n_learned(self) -> int:
+        """The cell weights: the read-out is each particle's own Kalman filter's, and stays the one-step one's."""
+        return self.spec.n_cell
+
+    def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+        """J_t [B, n_cell]: the derivative of the published forecast, the mixture mean sum_i w^i d_hat^i, along a
+        shift of every particle's cell weights by the same amount: sum_i w^i d d_hat^i / d cell^i. A shift common
+        to the particles needs no particle's identity, so it is well defined h ticks later whatever resampling
+        has done to them since (one particle's own row would need its lineage kept)."""
+        s = self.spec
+        B, N, _ = state["cell"].shape
+        w = torch.softmax(state["logw"], dim=1)  # [B, N]
+        if self.closed_form:
+            with torch.no_grad():
+                leaves = (memo["propagate"] if memo else self._propagate(state, x))[4]
+                u = leaves["u"].view(B, N, -1) * w.unsqueeze(2)  # [B, N, q]  w^i u^i
+                return torch.bmm(u.transpose(1, 2), leaves["g"].view(B, N, -1)).reshape(B, -1)  # sum_i w^i u^i (x) g^i
+        with torch.enable_grad():
+            _, mean_i, _, _, leaves = self._propagate(state, x, grad=True)
+            wrt = leaves["a"] if s.cell == "lstm" else leaves["cell"]
+            (g,) = torch.autograd.grad((w * mean_i).sum(), [wrt])  # w^i d d_hat^i / d (a^i or cell^i)
+        with torch.no_grad():
+            if s.cell == "lstm":
+                return torch.bmm(leaves["u"].view(B, N, -1).transpose(1, 2), g.reshape(B, N, -1)).reshape(B, -1)
+            return g.reshape(B, N, -1).sum(dim=1)
+
+    def learned_weights(self, state: State) -> torch.Tensor:
+        """The particles' weighted mean cell weights [B, n_cell]: what a common shift moves."""
+        w = torch.softmax(state["logw"], dim=1)  # [B, N]
+        return torch.bmm(w.unsqueeze(1), state["cell"]).squeeze(1)
+
+    def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None:
+        """One more measurement of the cell weights, in place: row H [B, n_cell], innovation e [B], noise
+        r_scale [B] x R. With the EKF move each particle takes it through its own diagonal filter,
+
+            S^i = H P^i H^T + r R,   cell^i += P^i H^T e / S^i,   P^i -= (P^i H^T)^2 / S^i,
+
+        as its move takes the one-step error; with the gradient move, the fixed step grad_step e H / r. The
+        particles' weights are not changed: that would need each particle's own forecast of h ticks ago."""
+        c = self.config
+        with torch.no_grad():
+            if "Pcell" not in state:
+                state["cell"].add_((H * (e / r_scale).unsqueeze(1)).unsqueeze(1), alpha=c.grad_step)
+                return
+            B, N, n = state["cell"].shape
+            R = r_scale * c.r  # [B]
+            for b in _blocks(B, N * n * state["Pcell"].element_size()):
+                P = state["Pcell"][b]  # [b, N, n] view
+                Hb = H[b].unsqueeze(1)  # [b, 1, n]
+                PH = P * Hb  # [b, N, n]  a diagonal P: P H^T elementwise
+                S = (PH * Hb).sum(dim=2) + R[b].unsqueeze(1)  # [b, N]
+                state["cell"][b].addcmul_(PH, (e[b].unsqueeze(1) / S).unsqueeze(2))
+                P.addcmul_(PH, PH / S.unsqueeze(2), value=-1.0).clamp_(min=1e-12)
+
     def _resample(self, state: State) -> None:
         """Systematic resampling (Kitagawa 1996) of the series whose N_eff fell below threshold."""
         N = state["logw"].shape[1]

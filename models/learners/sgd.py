@@ -220,6 +220,55 @@ class SGDLearner:
             self._finish(state, x, e, h_first)
         return d_hat, var, state
 
+    # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
+    @property
+    def n_learned(self) -> int:
+        return self.spec.n_theta
+
+    def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+        """H = d d_hat / d theta [B, n_theta] of the forecast from x: from the memo's BPTT pass when given."""
+        if self.memoises:
+            with torch.no_grad():
+                d_hat, U, Delta, phi, _ = (memo["bptt"] if memo else
+                                           lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x))
+                Hc = torch.bmm(U.transpose(1, 2), Delta).reshape(x.shape[0], -1)  # [B, n_cell]  sum_k u_k delta_k^T
+                return torch.cat([Hc, phi], dim=1)
+        _, (Hc, Hh), _ = window_jacobian_parts(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+        return torch.cat([Hc, Hh], dim=1)
+
+    def learned_weights(self, state: State) -> torch.Tensor:
+        return state["theta"]
+
+    def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None:
+        """One more descent step, on e^2 / (2 r) of an output with Jacobian H [B, n] (e, r [B]), in place.
+
+        The one-step loss weighs its error by 1 / (SGD's own noise, the running e^2), so a measurement with
+        r times that noise takes the step direction e H / r, clipped in norm as the one-step one is. Each
+        optimizer steps as it does on the one-step gradient, without touching its running state: Adam
+        divides by its current sqrt(v_hat) + eps and each weight moves by at most lr (Adam's own bound on
+        a step; a weight the one-step errors hardly moved has a v_hat near 0); the read-out takes the NLMS
+        step head_step e H_r / (r (1 + |H_r|^2)); plain SGD lr e H / r, `normalized` that over 1 + |H|^2."""
+        c, s = self.config, self.spec
+        with torch.no_grad():
+            h_norm = torch.sqrt((H * H).sum(dim=1))  # [B]
+            g = H * (self._clipped(e, h_norm) / r_scale).unsqueeze(1)  # [B, n]  the ascent direction
+            t = state["t"].to(self.dtype)
+            lr = self._lr(t).unsqueeze(1)  # [B, 1]
+            theta = state["theta"]
+            if c.optimizer != "adam":
+                if c.optimizer == "normalized":
+                    lr = lr / (c.norm_eps + h_norm * h_norm).unsqueeze(1)
+                theta.addcmul_(g, lr)
+                return
+            k = torch.clamp(t, min=1).unsqueeze(1)  # [B, 1]  the steps the moments have seen
+            denom = (state["m2"] / (1 - c.betas[1] ** k)).sqrt_().add_(c.eps)  # [B, n]  sqrt(v_hat) + eps
+            step = (g / denom).clamp_(-1.0, 1.0).mul_(lr)  # [B, n]
+            if c.head_step > 0:
+                r = slice(s.n_cell, s.n_cell + s.n_readout)
+                Hr = H[:, r]  # [B, nr]
+                step[:, r] = g[:, r] * (c.head_step / (1.0 + (Hr * Hr).sum(dim=1))).unsqueeze(1)
+            theta.add_(step)
+
     def _adam(self, state: State, g: torch.Tensor, t: torch.Tensor, lr: torch.Tensor, phi2: torch.Tensor,
               head_step: torch.Tensor | float) -> None:
         """theta += lr m_hat / (sqrt(v_hat) + eps) for the ascent direction g = e H [B, n], per series (in

@@ -51,11 +51,11 @@ def _run(bank: ModelBank, x: torch.Tensor, d: torch.Tensor) -> dict[str, np.ndar
     return {k: np.stack(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize(("name", "cell_r"), [(n, 0.0) for n in LEARNERS + BASELINES] + [("ekf", 1.0), ("dekf", 1.0)])
+@pytest.mark.parametrize(("name", "cell_r"), [(n, 0.0) for n in LEARNERS + BASELINES] + [(n, 1.0) for n in LEARNERS])
 def test_no_look_ahead_forecasts_made_at_t_do_not_depend_on_anything_after_t(name, cell_r):
     """Every horizon's forecast made at row t (from x_t, before its label d_t) is bit-identical whether the
-    stream goes on as it did, goes on differently, or stops: it uses nothing after t. `cell_r`: the EKF's and
-    DEKF's weights learning from the due horizons' errors as well."""
+    stream goes on as it did, goes on differently, or stops: it uses nothing after t. `cell_r`: every
+    learner's weights learning from the due horizons' errors as well."""
     x, d = _ar_stream(60, 2, seed=1)
     t0 = 40
     x2, d2 = x.clone(), d.clone()
@@ -102,27 +102,146 @@ def test_learn_from_is_the_kalman_measurement_update_of_the_weights(name):
         assert not torch.equal(st["theta"][0], before["theta"][0])
 
 
-def test_the_weights_learn_from_the_horizons_only_when_asked_and_keep_their_pending_jacobians():
-    """cell_r > 0 moves the DEKF's one-step forecasts (its weights learn from the h-step errors too); the
-    pending forecasts' Jacobians are part of the key's state (a restored key goes on identically); a learner
-    with no Kalman filter over its weights refuses the setting."""
+@pytest.mark.parametrize("name", LEARNERS)
+def test_the_weights_learn_from_the_horizons_only_when_asked_and_keep_their_pending_jacobians(name):
+    """cell_r > 0 moves every learner's one-step forecasts (its weights learn from the h-step errors too); the
+    pending forecasts' Jacobians are part of the key's state, as wide as the weights they move (a restored
+    key goes on identically); a learner with no recurrent weights refuses the setting."""
     x, d = _ar_stream(50, 2, seed=6)
-    off, on = _run(_bank("dekf", 3), x, d), _run(_bank("dekf", 3, cell_r=1.0), x, d)
+    off, on = _run(_bank(name, 3), x, d), _run(_bank(name, 3, cell_r=1.0), x, d)
     np.testing.assert_array_equal(off["mean"][:3], on["mean"][:3])  # until the first horizon (h = 3) came due
     assert not np.array_equal(off["mean"], on["mean"])
     keys = ["k0", "k1"]
-    a = _bank("dekf", 3, cell_r=1.0)
+    a = _bank(name, 3, cell_r=1.0)
     for t in range(20):
         a.step(keys, x[t], d[t])
-    assert {"h.J", "h.Js"} <= set(a.layout())
-    b = _bank("dekf", 3, cell_r=1.0)
+    layout = a.layout()
+    assert layout["h.J"][1] == (max(HS), a.learner.n_learned) and "h.Js" in layout
+    b = _bank(name, 3, cell_r=1.0)
     for blob in a.snapshot_many(keys):
         b.restore(blob)
     for t in range(20, 50):
         ra, rb = a.step(keys, x[t], d[t]), b.step(keys, x[t], d[t])
         np.testing.assert_array_equal(ra.mean.numpy(), rb.mean.numpy())
-    with pytest.raises(ValueError, match="Kalman filter over the weights"):
-        _bank("sgd", 3, cell_r=1.0)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_a_learner_without_recurrent_weights_refuses_to_learn_them_from_the_horizons(name):
+    with pytest.raises(ValueError, match="recurrent weights"):
+        _bank(name, 3, cell_r=1.0)
+
+
+def _stepped(name: str, T: int = 12, cell: str = "lstm", head: str = "plain", **options):
+    """A learner of 2 series (float64) after T ticks of an AR stream, and the next tick's x."""
+    L = make_learner(name, NetSpec(n_in=3, hidden=4, cell=cell, head=head), torch.float64, **options)
+    st = L.init_state(torch.arange(2))
+    x, d = _ar_stream(T + 1, 2, seed=8)
+    for t in range(T):
+        st = L.update(st, x[t], d[t])
+    return L, st, x[T]
+
+
+def _shifted(L, st, delta: torch.Tensor):
+    """The state with the weights `jacobian` is taken against moved by delta [B, n_learned] (every particle's
+    cell weights alike, for the PF)."""
+    out = {k: v.clone() for k, v in st.items()}
+    if L.name == "pf":
+        out["cell"] = out["cell"] + delta.unsqueeze(1)
+    else:
+        out["theta"] = out["theta"] + delta
+    return out
+
+
+@pytest.mark.parametrize(("name", "cell", "head"), [(n, "lstm", "plain") for n in ("ekf", "dekf", "sgd", "pf")]
+                         + [(n, c, h) for n in ("sgd", "pf") for c, h in (("gru", "plain"), ("lstm", "gated"))])
+def test_each_learners_jacobian_is_the_derivative_of_its_published_forecast(name, cell, head):
+    """J_t from `jacobian` (from the prediction's memo and without one) against central differences of the
+    published forecast along random directions of the weights it names (the PF: a shift common to every
+    particle, the derivative of the mixture mean); the closed form (LSTM, plain head) and autograd alike."""
+    L, st, x = _stepped(name, cell=cell, head=head, **({"n_particles": 8} if name == "pf" else {}))
+    memo: dict = {}
+    L.predict(st, x, memo=memo)
+    J = L.jacobian(st, x, memo if getattr(L, "memoises", False) else None)
+    assert J.shape == (2, L.n_learned)
+    torch.testing.assert_close(J, L.jacobian(st, x))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        v = torch.randn(2, L.n_learned, generator=g, dtype=torch.float64)
+        eps = 1e-6
+        up, down = (L.predict(_shifted(L, st, s * eps * v), x)[0] for s in (1.0, -1.0))
+        torch.testing.assert_close((J * v).sum(1), (up - down) / (2 * eps), rtol=1e-5, atol=1e-8)
+    # and learned_weights is what the shift moves
+    torch.testing.assert_close(L.learned_weights(_shifted(L, st, v)) - L.learned_weights(st), v)
+
+
+def test_sgd_learns_from_a_horizon_by_a_bounded_descent_step():
+    """SGD's `learn_from`: plain SGD moves theta by lr e H / r exactly; Adam moves each weight by at most lr,
+    in the direction of e H, and leaves its moments as they were; a zero row changes nothing."""
+    g = torch.Generator().manual_seed(2)
+    e, r = torch.tensor([0.7, -0.3], dtype=torch.float64), torch.tensor([3.0, 2.0], dtype=torch.float64)
+    for optimizer in ("sgd", "adam"):
+        L, st, _ = _stepped("sgd", optimizer=optimizer)
+        H = 0.05 * torch.randn(2, L.n_learned, generator=g, dtype=torch.float64)
+        H[1] = 0.0
+        before = {k: v.clone() for k, v in st.items()}
+        L.learn_from(st, H, e, r)
+        step = st["theta"] - before["theta"]
+        assert torch.equal(step[1], torch.zeros_like(step[1]))
+        if optimizer == "sgd":
+            torch.testing.assert_close(step[0], L.config.lr * e[0] * H[0] / r[0])
+        else:
+            cell = slice(0, L.spec.n_cell)
+            assert step[0, cell].abs().max() <= L.config.lr + 1e-12
+            moved = step[0] != 0
+            assert moved.any() and torch.equal(torch.sign(step[0][moved]), torch.sign(e[0] * H[0][moved]))
+            assert torch.equal(st["m1"], before["m1"]) and torch.equal(st["m2"], before["m2"])
+
+
+def test_each_particle_takes_a_horizon_through_its_own_diagonal_kalman_filter():
+    """The PF's `learn_from`: particle i's cell weights and diagonal P^i take the scalar measurement update
+    with S^i = H P^i H^T + r R; the particles' weights stay; a zero row changes nothing."""
+    L, st, _ = _stepped("pf", n_particles=8)
+    g = torch.Generator().manual_seed(3)
+    H = 0.1 * torch.randn(2, L.n_learned, generator=g, dtype=torch.float64)
+    H[1] = 0.0
+    e, r = torch.tensor([0.4, 0.9], dtype=torch.float64), torch.tensor([2.0, 2.0], dtype=torch.float64)
+    before = {k: v.clone() for k, v in st.items()}
+    L.learn_from(st, H, e, r)
+    P = before["Pcell"][0]  # [N, n]
+    PH = P * H[0]
+    S = (PH * H[0]).sum(1) + r[0] * L.config.r  # [N]
+    torch.testing.assert_close(st["cell"][0] - before["cell"][0], PH * (e[0] / S).unsqueeze(1))
+    torch.testing.assert_close(st["Pcell"][0], P - PH * PH / S.unsqueeze(1))
+    for k in ("cell", "Pcell"):
+        assert torch.equal(st[k][1], before[k][1])
+    assert torch.equal(st["logw"], before["logw"])
+
+
+def test_the_ensemble_passes_a_horizon_to_each_learning_expert_weighted_by_its_share():
+    """The ensemble's J_t is its learning experts' J_i times their mixture weights, side by side (the
+    derivative of sum_i w_i d_hat_i), and `learn_from` gives each expert its part of the row."""
+    L, st, x = _stepped("ensemble")
+    names = [n for n, e in zip(L.config.experts, L.experts, strict=True) if hasattr(e, "learn_from")]
+    assert names == ["sgd", "dekf", "ekf"]
+    w = L.weights(st)
+    J = L.jacobian(st, x)
+    parts, at = [], 0
+    for i in L._learning():
+        e, sub = L.experts[i], L._sub(st, i)
+        parts.append((i, slice(at, at + e.n_learned)))
+        torch.testing.assert_close(J[:, at : at + e.n_learned], e.jacobian(sub, x) * w[:, i : i + 1])
+        at += e.n_learned
+    assert at == L.n_learned == J.shape[1]
+    g = torch.Generator().manual_seed(4)
+    H = 0.1 * torch.randn(2, L.n_learned, generator=g, dtype=torch.float64)
+    ev, r = torch.tensor([0.5, -0.2], dtype=torch.float64), torch.tensor([2.0, 4.0], dtype=torch.float64)
+    alone = {k: v.clone() for k, v in st.items()}
+    L.learn_from(st, H, ev, r)
+    for i, cols in parts:
+        sub = {k: v.clone() for k, v in L._sub(alone, i).items()}
+        L.experts[i].learn_from(sub, H[:, cols], ev, r)
+        for k, v in sub.items():
+            torch.testing.assert_close(st[f"x{i}.{k}"], v, rtol=0, atol=0)
 
 
 def test_each_read_out_is_the_least_squares_fit_of_its_delayed_targets():
