@@ -215,6 +215,12 @@ def test_each_particle_takes_a_horizon_through_its_own_diagonal_kalman_filter():
     for k in ("cell", "Pcell"):
         assert torch.equal(st[k][1], before[k][1])
     assert torch.equal(st["logw"], before["logw"])
+    # the gradient move (no covariance per particle) takes the fixed step grad_step e H / r, every particle alike
+    L, st, _ = _stepped("pf", n_particles=8, move="gradient")
+    before = st["cell"].clone()
+    L.learn_from(st, H, e, r)
+    want = (L.config.grad_step * e / r).view(2, 1, 1) * H.unsqueeze(1)  # [2, 1, n]
+    torch.testing.assert_close(st["cell"] - before, want.expand_as(before))
 
 
 def test_the_ensemble_passes_a_horizon_to_each_learning_expert_weighted_by_its_share():
