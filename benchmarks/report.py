@@ -335,7 +335,7 @@ def main() -> None:
                      if (r["learner"], r["keys"]) == ("sgd", 1))
     dm = load("daemon")
     thr = {r["learner"]: r for r in dm["throughput"]}
-    lat = dm["latency"][0]  # the 2k ticks/s run over 1,000 keys, as measured before the grid
+    lat = next(r for r in dm["latency"] if (r["learner"], r["keys"], r["offered_ticks_per_s"]) == ("sgd", 1000, 2000.0))
     speed_rows = "\n".join(
         f"| {r['case']} | {r['ticks_per_s']:,.0f} | {r['learner_ticks_per_s']:,.0f} | {r['naive_ticks_per_s']:,.0f} "
         f"| {r['speedup']:.0f}x | {r['bytes_per_key'] / 1024:,.1f} KiB |" for r in load("speed")["rows"])
@@ -390,6 +390,10 @@ def main() -> None:
                     and r["offered_ticks_per_s"] == rate)
 
     lat10k, lat4_sgd, lat4_ens = lat_of("sgd", 1000, 10000.0), lat_of("sgd", 4, 1000.0), lat_of("ensemble", 4, 1000.0)
+    lat4_pass = lat_of("passthrough", 4, 1000.0)
+    fk1000 = {r["learner"]: r for r in load("speed")["few_keys"] if r["keys"] == 1000}
+    in_process_share = ", ".join(f"{n} {thr[n]['ticks_per_s'] / fk1000[n]['pipeline_ticks_per_s']:.0%}"
+                                 for n in ("ensemble", "pf"))
     v.update(
         few_ens1=met(fk("ensemble", 1) >= 2000), few_ens4=met(fk("ensemble", 4) >= 5000),
         few_sgd1=met(fk("sgd", 1) >= 2000), few_sgd4=met(fk("sgd", 4) >= 5000),
@@ -414,7 +418,8 @@ def main() -> None:
                    few_skipped=few_skipped or "none", few_spec=load("speed").get("few_keys_spec", ""),
                    fe1=fk("ensemble", 1), fe4=fk("ensemble", 4), fs1=fk("sgd", 1), fs4=fk("sgd", 4),
                    fd1=fk("dekf", 1), fp1=fk("pf", 1), dt=dt, passthrough=passthrough, daemon_rows=daemon_rows,
-                   latency_rows=latency_rows, lat10k=lat10k, lat4_sgd=lat4_sgd, lat4_ens=lat4_ens,
+                   latency_rows=latency_rows, lat10k=lat10k, lat4_sgd=lat4_sgd, lat4_ens=lat4_ens, lat4_pass=lat4_pass,
+                   in_process_share=in_process_share,
                    pf_bound=few[("pf", 1000)]["default_key_bound"] if ("pf", 1000) in few else 0)
 
     def ab_table(run: dict) -> str:
@@ -1241,13 +1246,15 @@ Found in these runs and not fixed in this revision:
   message, bookkeeping: ~8 us a tick, py-spy), on the same two cores. 60% of the pass-through
   needs the pipeline at about twice its speed: per-key bookkeeping in arrays instead of a Python
   object per key, which is a redesign of the pipeline, not a fix.
-- The ensemble and the pf daemons at 1,000 keys move about a quarter of their in-process rate. Both
-  have large checkpoints (475 KB for the four-expert ensemble these runs used, 815 KB for the pf), and a partition's
+- The ensemble and the pf daemons at 1,000 keys move {in_process_share} of their in-process rate (the
+  pipeline at 1,000 keys, "Few keys at a high rate"). Both
+  have large checkpoints (403 KB for the ensemble, 815 KB for the pf), and a partition's
   staggered checkpoint (~250 keys, 120-200 MB) falls inside each run; that they are the cause is
   likely, not measured.
 - Latency drifts within a run at a constant offered rate: the 4-key sgd run's p99 over the first
-  third of its ticks is 23-59 ms, over the last third 127-132 ms (`latency` in `benchmarks/daemon.py`
-  now reports both). The bare broker does not drift (produce to consume with aiokafka, linger 0:
+  third of its ticks is {lat4_sgd[p99_first_third_ms]:.0f} ms, over the last third {lat4_sgd[p99_last_third_ms]:.0f} ms
+  in this run, and the pass-through's drifts alike ({lat4_pass[p99_first_third_ms]:.0f} and
+  {lat4_pass[p99_last_third_ms]:.0f} ms; `latency` in `benchmarks/daemon.py` reports both). The broker alone did not drift in an earlier check (produce to consume with aiokafka, linger 0, no group:
   p99 29-37 ms over 15 s at ~700 messages/s, so the broker alone is above the 20 ms target on this
   machine; measured ad hoc, not by a script here), and between the first and the last third the worker thread's share of time in
   `Pipeline.run` grows from 53% to 66% (py-spy): the daemon does more work per tick as the run goes
