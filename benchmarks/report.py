@@ -263,14 +263,14 @@ def memo_readout_cell_figures() -> dict:
     ro = load("variants-readout")
     readout_table = scores_table(ro, {"learner": "learner", "variant": "variant"}, score_names(ro))
     cell_lines: list[str] = []
-    change: dict[tuple[str, float], list[tuple[str, int, float]]] = {}  # (variant kind) -> (learner, h, change)
+    change: dict[float, list[tuple[str, int, float]]] = {}  # cell_r -> (learner, h, MSE change against default)
     for learner in CELL_LEARNERS:  # one run of horizon_variants.py each, at the same revision
         hc = load(f"horizon-cell-{learner}")
         hs = hc["horizons"]
         cell = {(r["variant"], r["horizon"]): r for r in hc["rows"]}
         for (_, h), r in cell.items():
             if r["cell_r"]:
-                change.setdefault(("x", r["cell_r"]), []).append(
+                change.setdefault(r["cell_r"], []).append(
                     (learner, h, r["mse"] / cell[("default", h)]["mse"] - 1))
         if not cell_lines:
             cell_lines = ["| learner | variant | " + " | ".join(f"MSE h={h}" for h in hs) + " | "
@@ -287,7 +287,7 @@ def memo_readout_cell_figures() -> dict:
 
 def cell_summary(change: dict, r: float) -> dict:
     """`cell_h1_xR`: each learner's one-step change at cell_r = R; `cell_far_xR`: the range over learners at h > 1."""
-    rows = change[("x", r)]
+    rows = change[r]
     tag = f"x{r:g}"
     far = [c for _, h, c in rows if h > 1]
     return {f"cell_ekf_{tag}": ", ".join(f"{c:+.1%}" for n, h, c in rows if n == "ekf"),

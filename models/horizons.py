@@ -29,8 +29,8 @@ the ensemble through each such expert with its mixture weight's share. Off by de
 ETTh1 (benchmarks/horizon_variants.py, RESULTS "Multi-horizon"), at 1x their own noise it costs every
 learner's one-step forecast 3.5-97% for at most 1% at 24 and 48 h; at 10x the one-step forecast moves
 by -1.3% (the EKF) to +7% (SGD) and 24 and 48 h by -0.5% to +0.3%, the default ensemble level
-everywhere, for 4 bytes x n x max(h) a key and one more update per horizon and tick. The recurrent weights learn from
-the one-step labels, which arrive first and are most of the signal.
+everywhere, for 4 bytes x n x max(h) a key and one more update per horizon and tick. The recurrent
+weights learn from the one-step labels, which arrive first and are most of the signal.
 
 The intervals are calibrated per horizon in two steps. A running mean of e^2 / var sets their scale,
 as the bank's one-step calibration does. An h-step error is known only h ticks late, and errors of

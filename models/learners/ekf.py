@@ -49,7 +49,14 @@ from models.learners.base import (
     linear_anneal,
     rows_finite,
 )
-from models.learners.window import has_closed_form, lstm_bptt, window_advance, window_init, window_jacobian
+from models.learners.window import (
+    bptt_jacobian,
+    has_closed_form,
+    lstm_bptt,
+    window_advance,
+    window_init,
+    window_jacobian,
+)
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,7 @@ class _KalmanBase:
         if has_closed_form(self.spec):
             with torch.no_grad():
                 d_hat, U, Delta, phi, h_first = lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x)
-                Hc = torch.bmm(U.transpose(1, 2), Delta).reshape(x.shape[0], -1)  # [B, n_cell]
-                return d_hat, torch.cat([Hc, phi], dim=1), h_first
+                return d_hat, bptt_jacobian(U, Delta, phi), h_first
         return window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
 
     def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,6 +136,8 @@ class EnsembleLearner:
             self.experts.append(make_learner(n, own, dtype, warm=warm and (takes_theta or n not in RECURRENT),
                                              **dict(options.get(n, {}))))
         self.labels = expert_labels(config.experts)
+        # the experts whose weights can learn from the horizons, in order (`learn_from`)
+        self._learning = [i for i, e in enumerate(self.experts) if isinstance(e, LearnsFromHorizons)]
         # the loss scale is the squared-error rule's (the likelihood is scale-free already): no state otherwise
         self._relative = config.rule == "squared" and config.eta_scale == "relative"
         self._names: dict[tuple[int, int], list[tuple[str, str]]] = {}
@@ -253,13 +255,9 @@ class EnsembleLearner:
         return ok
 
     # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
-    def _learning(self) -> list[int]:
-        """The experts whose weights can learn from the horizons, in order."""
-        return [i for i, e in enumerate(self.experts) if isinstance(e, LearnsFromHorizons)]
-
     @property
     def n_learned(self) -> int:
-        return sum(self.experts[i].n_learned for i in self._learning())  # type: ignore[attr-defined]
+        return sum(self.experts[i].n_learned for i in self._learning)  # type: ignore[attr-defined]
 
     def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
         """[B, n_learned]: the learning experts' Jacobians, each times its mixture weight, side by side. The
@@ -267,11 +265,11 @@ class EnsembleLearner:
         w = torch.softmax(state["logw"], dim=1)  # [B, E]
         parts = [self.experts[i].jacobian(self._sub(state, i), x,  # type: ignore[attr-defined]
                                           memo.get(i) if memo else None) * w[:, i : i + 1]
-                 for i in self._learning()]
+                 for i in self._learning]
         return torch.cat(parts, dim=1) if parts else x.new_zeros(x.shape[0], 0)
 
     def learned_weights(self, state: State) -> torch.Tensor:
-        parts = [self.experts[i].learned_weights(self._sub(state, i)) for i in self._learning()]  # type: ignore
+        parts = [self.experts[i].learned_weights(self._sub(state, i)) for i in self._learning]  # type: ignore
         return torch.cat(parts, dim=1) if parts else state["logw"].new_zeros(state["logw"].shape[0], 0)
 
     def learn_from(self, state: State, H: torch.Tensor, e: torch.Tensor, r_scale: torch.Tensor) -> None:
@@ -279,7 +277,7 @@ class EnsembleLearner:
         and with its own noise: a block-diagonal approximation of one joint update (the experts share no
         covariance, so each sees only its own share w_i J_i of the forecast's sensitivity)."""
         at = 0
-        for i in self._learning():
+        for i in self._learning:
             expert = self.experts[i]
             n = expert.n_learned  # type: ignore[attr-defined]
             sub = self._sub(state, i)

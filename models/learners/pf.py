@@ -282,13 +282,7 @@ class PFLearner:
                 H = (leaves["u"].unsqueeze(2) * g.reshape(BN, 1, -1)).reshape(B, N, -1)  # [B, N, n_cell]  u (x) g_a
             else:
                 H = g.reshape(B, N, -1)  # [B, N, n_cell]
-            P = state["Pcell"]  # [B, N, n_cell]
-            PH = P * H  # [B, N, n_cell]  a diagonal P: P H^T elementwise
-            S = (PH * H).sum(dim=2) + var_i  # [B, N]
-            state["cell"].addcmul_(PH, (innov / S).unsqueeze(2))
-            P.addcmul_(PH, PH / S.unsqueeze(2), value=-1.0).add_(c.move_q)
-            torch.clamp_(P, min=1e-12)
-        return S
+            return _diagonal_ekf(state["cell"], state["Pcell"], H, innov, var_i, c.move_q)
 
     def _ekf_move_blocked(self, state: State, innov: torch.Tensor, var_i: torch.Tensor, u: torch.Tensor,
                           g: torch.Tensor) -> torch.Tensor:
@@ -369,13 +363,9 @@ class PFLearner:
                 return
             B, N, n = state["cell"].shape
             R = r_scale * c.r  # [B]
-            for b in _blocks(B, N * n * state["Pcell"].element_size()):
-                P = state["Pcell"][b]  # [b, N, n] view
-                Hb = H[b].unsqueeze(1)  # [b, 1, n]
-                PH = P * Hb  # [b, N, n]  a diagonal P: P H^T elementwise
-                S = (PH * Hb).sum(dim=2) + R[b].unsqueeze(1)  # [b, N]
-                state["cell"][b].addcmul_(PH, (e[b].unsqueeze(1) / S).unsqueeze(2))
-                P.addcmul_(PH, PH / S.unsqueeze(2), value=-1.0).clamp_(min=1e-12)
+            for b in _blocks(B, N * n * state["Pcell"].element_size()):  # the row is common: [b, 1, n]
+                _diagonal_ekf(state["cell"][b], state["Pcell"][b], H[b].unsqueeze(1), e[b].unsqueeze(1),
+                              R[b].unsqueeze(1), 0.0)
 
     def _resample(self, state: State) -> None:
         """Systematic resampling (Kitagawa 1996) of the series whose N_eff fell below threshold."""
@@ -421,6 +411,19 @@ class PFLearner:
 
     def healthy(self, state: State) -> torch.Tensor:
         return rows_finite(state["logw"], state["h"])
+
+
+def _diagonal_ekf(cell: torch.Tensor, P: torch.Tensor, H: torch.Tensor, innov: torch.Tensor, var: torch.Tensor,
+                  q: float) -> torch.Tensor:
+    """Each particle's EKF step with a diagonal covariance, in place: S = H P H^T + var, cell += P H^T e / S,
+    P -= (P H^T)^2 / S, + q, clamped at 1e-12. cell, P [B, N, n]; H [B, N or 1, n]; innov, var [B, N or 1]
+    -> S [B, N]."""
+    PH = P * H  # [B, N, n]  a diagonal P: P H^T elementwise
+    S = (PH * H).sum(dim=2) + var  # [B, N]
+    cell.addcmul_(PH, (innov / S).unsqueeze(2))
+    P.addcmul_(PH, PH / S.unsqueeze(2), value=-1.0).add_(q)
+    torch.clamp_(P, min=1e-12)
+    return S
 
 
 def _blocks(B: int, bytes_per_key: int) -> list[slice]:

@@ -28,11 +28,13 @@ import torch
 from models.cells import NetSpec
 from models.learners.base import Count, NonNegative, Positive, Share, State, cold_theta, rows_finite
 from models.learners.window import (
+    bptt_jacobian,
     has_closed_form,
     lstm_bptt,
     window_advance,
     window_forward,
     window_init,
+    window_jacobian,
     window_jacobian_parts,
 )
 
@@ -229,12 +231,10 @@ class SGDLearner:
         """H = d d_hat / d theta [B, n_theta] of the forecast from x: from the memo's BPTT pass when given."""
         if self.memoises:
             with torch.no_grad():
-                d_hat, U, Delta, phi, _ = (memo["bptt"] if memo else
-                                           lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x))
-                Hc = torch.bmm(U.transpose(1, 2), Delta).reshape(x.shape[0], -1)  # [B, n_cell]  sum_k u_k delta_k^T
-                return torch.cat([Hc, phi], dim=1)
-        _, (Hc, Hh), _ = window_jacobian_parts(self.spec, state["theta"], state["h0"], state["xbuf"], x)
-        return torch.cat([Hc, Hh], dim=1)
+                _, U, Delta, phi, _ = (memo["bptt"] if memo else
+                                       lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x))
+                return bptt_jacobian(U, Delta, phi)
+        return window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)[1]
 
     def learned_weights(self, state: State) -> torch.Tensor:
         return state["theta"]

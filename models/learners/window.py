@@ -68,6 +68,13 @@ def window_jacobian_parts(
     return d_hat.detach(), (Hc, Hh), h_first.detach()
 
 
+def bptt_jacobian(U: torch.Tensor, Delta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """H = [H_cell, phi] [B, n_theta] from `lstm_bptt`'s U [B, W, q], Delta [B, W, m*G], phi [B, n_readout]:
+    H_cell = sum_k u_k (x) delta_k, laid out as the cell weights [q, m*G]."""
+    Hc = torch.bmm(U.transpose(1, 2), Delta).reshape(U.shape[0], -1)  # [B, n_cell]
+    return torch.cat([Hc, phi], dim=1)
+
+
 def window_advance(state: State, x: torch.Tensor, h_first: torch.Tensor) -> None:
     """Slide the window by one tick, in place."""
     if state["xbuf"].shape[1] > 0:

@@ -232,7 +232,7 @@ def test_the_ensemble_passes_a_horizon_to_each_learning_expert_weighted_by_its_s
     w = L.weights(st)
     J = L.jacobian(st, x)
     parts, at = [], 0
-    for i in L._learning():
+    for i in L._learning:
         e, sub = L.experts[i], L._sub(st, i)
         parts.append((i, slice(at, at + e.n_learned)))
         torch.testing.assert_close(J[:, at : at + e.n_learned], e.jacobian(sub, x) * w[:, i : i + 1])
