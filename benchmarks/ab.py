@@ -35,8 +35,9 @@ import json, sys
 sys.path.insert(0, ".")
 import models, streamer
 from benchmarks.speed import few_keys_pipeline
-from streamer.runtime import tune_allocator
+from streamer.runtime import tune_allocator, tune_gc
 tune_allocator()
+tune_gc()
 print(json.dumps({"models": models.__file__}), flush=True)
 for line in sys.stdin:
     case = json.loads(line)

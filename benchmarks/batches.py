@@ -34,7 +34,7 @@ from rich.table import Table
 from models.bank import ModelBank
 from streamer.config import Settings
 from streamer.pipeline import Pipeline, Record
-from streamer.runtime import tune_allocator
+from streamer.runtime import tune_allocator, tune_gc
 
 LEARNERS = ("ensemble", "sgd", "dekf", "pf")
 MODES = {"subsets": True, "exact": False}
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/batches.json"))
     a = ap.parse_args()
     tune_allocator()
+    tune_gc()
     torch.set_num_threads(1)  # the daemon's choice for waves this small
     console = Console()
     rows = []

@@ -22,7 +22,7 @@ from rich.console import Console
 
 import streamer.demo as demo
 from models import defaults
-from streamer.runtime import tune_allocator
+from streamer.runtime import tune_allocator, tune_gc
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/demo-time.json"))
     args = ap.parse_args()
     tune_allocator()  # as `streamer demo` has it
+    tune_gc()
     stamps: list[float] = []
     update = demo._update
 

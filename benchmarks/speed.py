@@ -16,6 +16,8 @@
 3. The DEKF's innovation product P H^T on its default covariance blocks, for 1, 4 and 1,000 keys,
    as a matrix times a column and as (H P)^T, the row-vector product `models.kalman.innovation`
    uses (P is symmetric): microseconds each, one thread.
+4. The garbage collector: the pipeline at 4 and 1,000 keys (default learner and sgd) with the
+   collector as the CLI tunes it (`streamer.runtime.tune_gc`) and as Python has it, alternating.
 
 Ratios are what to read: the machine is shared and noisy.
 
@@ -32,18 +34,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from models import defaults
 from models.bank import ModelBank
 from models.cells import NetSpec
 from models.learners import LEARNERS, make_learner
 from streamer.config import Settings
 from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record, wide_wave_threads
-from streamer.runtime import tune_allocator
+from streamer.runtime import GC_YOUNG_THRESHOLD, tune_allocator, tune_gc
 
 # the default ensemble before its Kalman experts were two small ones: the few-keys table runs it too
 PREVIOUS_ENSEMBLE: dict[str, Any] = {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}
@@ -176,6 +180,26 @@ def few_keys(counts: list[int], seconds: float, console: Console) -> list[dict]:
     return rows
 
 
+def collector_ab(counts: list[int], seconds: float, repeat: int, console: Console) -> list[dict]:
+    """The daemon's pipeline (`few_keys_pipeline`) with the collector as the CLI tunes it (`streamer.runtime.tune_gc`)
+    and as Python has it, the two alternating run by run; the median run of each."""
+    rows = []
+    cases = [(name, K) for name in (defaults.LEARNER, "sgd") for K in counts]
+    for name, K in track(cases, description="collector", console=console):
+        torch.set_num_threads(daemon_threads(K))
+        runs: dict[str, list[float]] = {"tuned": [], "python": []}
+        for _ in range(repeat):
+            for mode in runs:
+                tune_gc(GC_YOUNG_THRESHOLD if mode == "tuned" else 0)
+                runs[mode].append(K / few_keys_pipeline(name, K, seconds)[0])
+        tune_gc()
+        med = {mode: float(np.median(v)) for mode, v in runs.items()}
+        rows.append({"learner": name, "keys": K, "tuned_ticks_per_s": med["tuned"],
+                     "python_ticks_per_s": med["python"], "change": med["tuned"] / med["python"] - 1,
+                     "tuned_all": runs["tuned"], "python_all": runs["python"]})
+    return rows
+
+
 def covariance_products(counts: list[int], seconds: float) -> list[dict]:
     """The DEKF's innovation product P H^T two ways, on its default covariance blocks (one torch thread):
     as P times a column (`matmul(P, H[..., None])`) and, P being symmetric, as the row H times P
@@ -217,9 +241,13 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=8)
     ap.add_argument("--few-keys", default="1,4,16,1000", help="key counts of the few-keys table ('' skips it)")
     ap.add_argument("--few-seconds", type=float, default=2.0, help="seconds measured per few-keys case and path")
+    ap.add_argument("--collector-keys", default="4,1000",
+                    help="key counts of the collector A/B, tuned against Python's ('' skips it)")
+    ap.add_argument("--collector-repeat", type=int, default=3, help="runs per mode of the collector A/B")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/speed.json"))
     args = ap.parse_args()
     tune_allocator()  # as the daemon's process has it (`streamer.runtime`)
+    tune_gc()
     threads = torch.get_num_threads()
     spec = NetSpec(n_in=args.inputs, hidden=args.hidden)
     console = Console()
@@ -266,9 +294,21 @@ def main() -> None:
                       f"{r['row_us']:,.1f}", f"{r['speedup']:.1f}x", f"{r['max_rel_diff']:.1e}")
     if products:
         console.print(table)
+    gc_counts = [int(k) for k in args.collector_keys.split(",") if k]
+    collector = collector_ab(gc_counts, args.few_seconds, args.collector_repeat, console) if gc_counts else []
+    table = Table(title=f"the pipeline with the collector tuned (young threshold {GC_YOUNG_THRESHOLD:,}, start-up "
+                        "frozen) and as Python has it, runs alternating")
+    for col in ("learner", "keys", "tuned ticks/s", "Python's ticks/s", "change"):
+        table.add_column(col, justify="left" if col == "learner" else "right")
+    for r in collector:
+        table.add_row(r["learner"], str(r["keys"]), f"{r['tuned_ticks_per_s']:,.0f}", f"{r['python_ticks_per_s']:,.0f}",
+                      f"{r['change']:+.0%}")
+    if collector:
+        console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
-                                     "covariance_products": products,
+                                     "covariance_products": products, "collector": collector,
+                                     "gc_young_threshold": GC_YOUNG_THRESHOLD,
                                      "few_keys_spec": daemon_spec().describe()}, indent=2))
     console.print(f"wrote {args.json}")
 

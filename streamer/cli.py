@@ -149,6 +149,9 @@ def bench_cmd(
     from models.cells import NetSpec
     from models.learners import BASELINES
     from streamer import bench as B
+    from streamer.runtime import tune_gc
+
+    tune_gc()  # once the imports are in: each wave's many small objects need not wake the collector (runtime)
     if (target is None) == (series is None):
         raise UserError("give exactly one of --target (regression) or --series (multi-series)")
     names = [n.strip() for n in learners.split(",") if n.strip()]
@@ -304,6 +307,9 @@ def run_cmd(
     Pipeline._load_warm_start(settings)
     Pipeline._load_text_model(settings)
     Pipeline._load_anomaly_model(settings)
+    from streamer.runtime import tune_gc
+
+    tune_gc(settings.gc_threshold)  # once start-up has imported and loaded (streamer.runtime; 0: Python's own)
     raise typer.Exit(run_daemon(settings))
 
 
@@ -388,7 +394,9 @@ def demo_cmd(
     import asyncio
 
     from streamer.demo import run_demo, summary
+    from streamer.runtime import tune_gc
 
+    tune_gc()  # the daemon's process as `streamer run` sets it (STREAMER_GC_THRESHOLD's default)
     if learner not in LEARNERS:
         raise UserError(f"learner must be one of {', '.join(LEARNERS)}")
     try:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models import defaults
 from models.learners import CONFIGS
+from streamer.runtime import GC_YOUNG_THRESHOLD
 
 
 class Settings(BaseSettings):
@@ -87,6 +88,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, le=256, description="torch intra-op threads of the model step; 0: one for a wave of fewer than "
                                      "128 ticks, else the cores this process may use (at most 4)")
+    gc_threshold: int = Field(
+        GC_YOUNG_THRESHOLD, ge=0, description="net allocations between the garbage collector's young collections, "
+                                              "start-up's objects frozen out of its scans (0: Python's default, "
+                                              "700, nothing frozen); RESULTS \"The garbage collector\"")
     max_keys: int | None = Field(
         None, ge=1, description="live keys per replica, the idlest evicted beyond it (default: as many as "
                                 "STREAMER_MEMORY_MB holds at the learner's bytes per key, at most 100,000)")
