@@ -382,7 +382,7 @@ def main() -> None:
         return few[(name, K)]["pipeline_ticks_per_s"]
 
     dt = load("demo-time")
-    passthrough = thr.get("passthrough")
+    passthrough = thr["passthrough"]
     lat_grid = dm["latency"]
 
     def lat_of(learner: str, keys: int, rate: float) -> dict:

@@ -53,6 +53,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -73,7 +74,7 @@ from aiokafka.structs import OffsetAndMetadata
 from models.bank import OTHER_MODEL
 from streamer import __version__
 from streamer.config import Settings
-from streamer.metrics import HealthServer, Metrics
+from streamer.metrics import HealthServer, Metrics, observe_many
 from streamer.pipeline import Pipeline
 from streamer.statelog import FENCE_KEY, ChangelogReader, ChangelogWriter, Restored
 from streamer.store import PartitionStore
@@ -454,8 +455,8 @@ class Daemon:
         s, m = self.settings, self.metrics
         assert self.consumer is not None
         now = time.time()
-        for msg in result.records:
-            m.latency.observe(max(0.0, now - msg.timestamp / 1000))
+        stamps = np.fromiter((msg.timestamp for msg in result.records), dtype=np.float64, count=len(result.records))
+        observe_many(m.latency, np.maximum(now - stamps / 1000, 0.0))
         if result.evicted:  # evicted keys leave memory: their state must be in the changelog first
             await self._deliver("changelog", self.changelog, self._state_records(
                 [(k, p, blob) for k, p, blob in result.evicted if self.store.ready(p)]))

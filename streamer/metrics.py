@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -26,6 +27,28 @@ from streamer.schema import REASONS
 UPDATE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+
+
+def observe_many(histogram: Histogram, amounts: np.ndarray) -> None:
+    """`histogram.observe(a)` for every a in amounts [n], in a few calls whatever n (the tick latencies of a
+    whole chunk: one observe a tick cost the event loop about a microsecond each, at 1,000 keys a few per
+    cent of the daemon's time). It adds to the counters `observe` itself adds to (prometheus_client's
+    `_sum` and per-bucket `_buckets`, the first bucket whose bound is >= a); a histogram without them
+    (another client version) takes the amounts one at a time. NaN is counted in the sum only, as `observe`
+    counts it."""
+    buckets, total = getattr(histogram, "_buckets", None), getattr(histogram, "_sum", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if buckets is None or total is None or bounds is None:
+        for a in amounts.tolist():
+            histogram.observe(a)
+        return
+    if not len(amounts):
+        return
+    total.inc(float(amounts.sum()))
+    where = np.searchsorted(np.asarray(bounds, dtype=float), amounts, side="left")  # [n] a <= bounds[where]
+    counts = np.bincount(where, minlength=len(bounds))[: len(bounds)]  # NaN sorts past the last bound: no bucket
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
 
 
 class Metrics:

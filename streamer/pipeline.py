@@ -602,11 +602,14 @@ class Pipeline:
                                      "upper": f[2]})
             prev_error = None
             if ks.seq > 0 and math.isfinite(ks.last_mean):
-                # within the float range, so always a number: -1e308 after a prediction of 1e308 is -inf
-                prev_error = min(max(tick.value - ks.last_mean, -_FLOAT_MAX), _FLOAT_MAX)
+                prev_error = tick.value - ks.last_mean
+                if not -_FLOAT_MAX <= prev_error <= _FLOAT_MAX:
+                    # within the float range, so always a number: -1e308 after a prediction of 1e308 is -inf
+                    prev_error = _FLOAT_MAX if prev_error > 0 else -_FLOAT_MAX
                 errors.append(prev_error)
                 scaled.append(prev_error / scale.get(tick.key, 1.0))
-                hits += int(ks.last_lower <= tick.value <= ks.last_upper)
+                if ks.last_lower <= tick.value <= ks.last_upper:
+                    hits += 1
             try:  # the bank has stepped: from here a failure costs this tick's message, not the key's state
                 value = encode_prediction(tick.key, tick.ts, ks.seq + 1, mean_l[i], lo_l[i], hi_l[i], models[i],
                                           prev_error, self.version, anomalies[i], horizons)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -56,8 +55,10 @@ class TickError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(NamedTuple):
+    """One decoded tick (immutable; a named tuple, which costs a third of a frozen dataclass to build:
+    the daemon makes one per message)."""
+
     key: str
     ts: float  # epoch seconds
     value: float
@@ -117,12 +118,15 @@ def decode_tick(raw: bytes | None, kafka_key: bytes | None = None, max_bytes: in
         raise TickError("bad_key", f"key must be 1-{MAX_KEY_CHARS} printable characters")
     if "value" not in obj:
         raise TickError("missing_value", "no 'value' field")
-    value = _number(obj["value"])
-    if value is None:
-        raise TickError("non_numeric_value", f"value is {type(obj['value']).__name__}")
+    value = obj["value"]
+    if type(value) is not float:  # the common case costs one check, the rest `_number`'s
+        value = _number(value)
+        if value is None:
+            raise TickError("non_numeric_value", f"value is {type(obj['value']).__name__}")
     if not math.isfinite(value):
         raise TickError("non_finite_value", f"value is {value}")
-    ts = _parse_ts(obj.get("ts"))
+    ts = obj.get("ts")
+    ts = ts if type(ts) is float and math.isfinite(ts) else _parse_ts(ts)
     names: tuple[str, ...] = ()
     values: tuple[float, ...] = ()
     raw_features = obj.get("features")
