@@ -16,7 +16,9 @@
 3. The DEKF's innovation product P H^T on its default covariance blocks, for 1, 4 and 1,000 keys,
    as a matrix times a column and as (H P)^T, the row-vector product `models.kalman.innovation`
    uses (P is symmetric): microseconds each, one thread.
-4. The garbage collector: the pipeline at 4 and 1,000 keys (default learner and sgd) with the
+4. The window BPTT both ways: the compiled kernel that waves of few rows take and the torch pass of wide
+   ones (`models.learners.window.lstm_bptt`), microseconds a call by rows, at the learners' shapes.
+5. The garbage collector: the pipeline at 4 and 1,000 keys (default learner and sgd) with the
    collector as the CLI tunes it (`streamer.runtime.tune_gc`) and as Python has it, alternating.
 
 Ratios are what to read: the machine is shared and noisy.
@@ -153,6 +155,12 @@ def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1",
     return timed_waves(wave, seconds), bound
 
 
+def bptt_kernel_rows() -> int:
+    from models.learners import bptt_kernel
+
+    return bptt_kernel.MAX_ROWS
+
+
 def daemon_spec() -> NetSpec:
     """The model a key gets in the daemon with its defaults (lags, hidden size, cell, head)."""
     s = Settings()
@@ -178,6 +186,38 @@ def few_keys(counts: list[int], seconds: float, console: Console) -> list[dict]:
                      "pipeline_ticks_per_s_per_key": 1 / pipe_s, "bank_ms_per_wave": bank_s * 1e3,
                      "pipeline_ms_per_wave": pipe_s * 1e3})
     return rows
+
+
+def bptt_paths(rows: list[int], seconds: float) -> list[dict]:
+    """The closed-form window BPTT both ways (`models.learners.window.lstm_bptt`): the compiled kernel and the
+    torch pass, at the shapes the learners run it (the ensemble's DEKF at m=8 and EKF at m=6 with window 10,
+    SGD at m=16 with window 1; the daemon's 4 lags), for a growing number of rows, on one torch thread (the
+    daemon's for a wave under 128 ticks). Microseconds a call; where the kernel stops winning sets MAX_ROWS."""
+    from models.learners import bptt_kernel
+    from models.learners.window import lstm_bptt
+
+    torch.set_num_threads(1)
+    bptt_kernel.warm_up()
+    out = []
+    for m, window, head, who in ((8, 10, "plain", "the ensemble's dekf"), (6, 10, "plain", "the ensemble's ekf"),
+                                 (16, 1, "skip", "sgd, pf (per particle)"), (16, 10, "skip", "dekf, ekf alone")):
+        spec = NetSpec(n_in=daemon_spec().n_in, hidden=m, head=head)  # type: ignore[arg-type]
+        for B in rows:
+            g = torch.Generator().manual_seed(0)
+            theta = 0.3 * torch.randn(B, spec.n_theta, generator=g)
+            h0 = 0.3 * torch.randn(B, spec.state_dim, generator=g)
+            xbuf, x = torch.randn(B, window - 1, spec.n_in, generator=g), torch.randn(B, spec.n_in, generator=g)
+            timed = {}
+            for way, compiled in (("kernel", True), ("torch", False)):
+                def call(t: int, s: NetSpec = spec, a: tuple = (theta, h0, xbuf, x), c: bool = compiled) -> None:
+                    lstm_bptt(s, a[0], a[1], a[2], a[3], compiled=c)
+
+                with torch.inference_mode():
+                    timed[way] = timed_waves(call, seconds / 8, least=10)
+            out.append({"learner": who, "hidden": m, "window": window, "rows": B,
+                        "kernel_us": timed["kernel"] * 1e6, "torch_us": timed["torch"] * 1e6,
+                        "speedup": timed["torch"] / timed["kernel"]})
+    return out
 
 
 def collector_ab(counts: list[int], seconds: float, repeat: int, console: Console) -> list[dict]:
@@ -241,6 +281,8 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=8)
     ap.add_argument("--few-keys", default="1,4,16,1000", help="key counts of the few-keys table ('' skips it)")
     ap.add_argument("--few-seconds", type=float, default=2.0, help="seconds measured per few-keys case and path")
+    ap.add_argument("--bptt-rows", default="1,4,16,64,256,1000",
+                    help="rows of the window BPTT table, the kernel against the torch pass ('' skips it)")
     ap.add_argument("--collector-keys", default="4,1000",
                     help="key counts of the collector A/B, tuned against Python's ('' skips it)")
     ap.add_argument("--collector-repeat", type=int, default=3, help="runs per mode of the collector A/B")
@@ -294,6 +336,17 @@ def main() -> None:
                       f"{r['row_us']:,.1f}", f"{r['speedup']:.1f}x", f"{r['max_rel_diff']:.1e}")
     if products:
         console.print(table)
+    bptt_rows = [int(k) for k in args.bptt_rows.split(",") if k]
+    bptt = bptt_paths(bptt_rows, args.few_seconds) if bptt_rows else []
+    table = Table(title=f"the window BPTT: the compiled kernel against the torch pass, 1 thread (kernel up to "
+                        f"{bptt_kernel_rows()} rows)")
+    for col in ("learner", "m", "window", "rows", "kernel us", "torch us", "kernel speed-up"):
+        table.add_column(col, justify="left" if col == "learner" else "right")
+    for r in bptt:
+        table.add_row(r["learner"], str(r["hidden"]), str(r["window"]), str(r["rows"]), f"{r['kernel_us']:,.0f}",
+                      f"{r['torch_us']:,.0f}", f"{r['speedup']:.1f}x")
+    if bptt:
+        console.print(table)
     gc_counts = [int(k) for k in args.collector_keys.split(",") if k]
     collector = collector_ab(gc_counts, args.few_seconds, args.collector_repeat, console) if gc_counts else []
     table = Table(title=f"the pipeline with the collector tuned (young threshold {GC_YOUNG_THRESHOLD:,}, start-up "
@@ -307,7 +360,8 @@ def main() -> None:
         console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
-                                     "covariance_products": products, "collector": collector,
+                                     "covariance_products": products, "collector": collector, "bptt": bptt,
+                                     "bptt_kernel_rows": bptt_kernel_rows(),
                                      "gc_young_threshold": GC_YOUNG_THRESHOLD,
                                      "few_keys_spec": daemon_spec().describe()}, indent=2))
     console.print(f"wrote {args.json}")

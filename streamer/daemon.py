@@ -72,6 +72,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 from models.bank import OTHER_MODEL
+from models.learners import bptt_kernel
 from streamer import __version__
 from streamer.config import Settings
 from streamer.metrics import HealthServer, Metrics, observe_many
@@ -185,6 +186,7 @@ class Daemon:
         self.producer: AIOKafkaProducer | None = None
         self.admin: AIOKafkaAdminClient | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._warm_task: asyncio.Task[bool] | None = None
         self._stopped = False
 
     # ------------------------------------------------------------ lifecycle
@@ -310,6 +312,9 @@ class Daemon:
         log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
                  output=s.output_topic, group=s.group_id, changelog=self.changelog, max_keys=self.pipeline.max_keys,
                  bytes_per_key=self.pipeline.bytes_per_key, metrics_port=port)
+        # the compiled window BPTT of few-key waves, loaded (or, in a fresh container, compiled: ~1.5 s) in a
+        # worker thread while the clients connect and join, so the first wave does not wait for it
+        self._warm_task = asyncio.create_task(asyncio.to_thread(bptt_kernel.usable, torch.float32))
         await self._start_clients()
         self._probe_task = asyncio.create_task(self._probe())
 
@@ -322,6 +327,8 @@ class Daemon:
         self._stop.set()
         if self._probe_task is not None:
             self._probe_task.cancel()
+        if self._warm_task is not None:  # a thread cannot be cancelled: it ends within seconds
+            await self._warm_task
         await self.cancel_restore()
         if self.producer is not None and self.consumer is not None:
             try:

@@ -38,6 +38,7 @@ from models import rng
 from models.cells import NetSpec, init_theta
 
 State = dict[str, torch.Tensor]
+NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}  # a learner's float width, for its numpy bookkeeping
 
 # The ranges of the learners' config fields. Plain dataclasses ignore them; whoever takes configs from
 # users (the daemon's STREAMER_LEARNER_OPTIONS) checks them with pydantic, which reads these markers.
@@ -128,15 +129,16 @@ def memo_rows(memo: object, idx: torch.Tensor, B: int) -> object | None:
         return None
 
 
-def anneal_fraction(t: torch.Tensor, steps: int) -> torch.Tensor:
-    """How far each series is through a `steps`-tick schedule: t / steps, at most 1. t [B] -> [B] float64."""
+def anneal_fraction(t: torch.Tensor, steps: int) -> np.ndarray:
+    """How far each series is through a `steps`-tick schedule: t / steps, at most 1. t [B] -> [B] float64.
+    In numpy: a few operations on B counters, a third of torch's cost each where few keys make it count."""
     if steps <= 0:
-        return torch.ones(t.shape, dtype=torch.float64)
-    return torch.clamp(t.to(torch.float64) / steps, max=1.0)
+        return np.ones(t.shape, dtype=np.float64)
+    return np.minimum(t.numpy() / steps, 1.0)
 
 
-def linear_anneal(t: torch.Tensor, start: float, end: float, steps: int) -> torch.Tensor:
-    """start -> end linearly over `steps` ticks of each series, then constant. t [B] -> [B]."""
+def linear_anneal(t: torch.Tensor, start: float, end: float, steps: int) -> np.ndarray:
+    """start -> end linearly over `steps` ticks of each series, then constant. t [B] -> [B] float64."""
     return start + (end - start) * anneal_fraction(t, steps)
 
 

@@ -40,6 +40,7 @@ import torch
 from models import kalman
 from models.cells import NetSpec
 from models.learners.base import (
+    NP_FLOAT,
     Count,
     NonNegative,
     Positive,
@@ -114,14 +115,17 @@ class _KalmanBase:
         return state, p0
 
     def _noise(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R_t [B], q_t [B]) at each series' tick, in the filter's float width."""
         c = self.config
         if c.r_steps == c.q_steps:  # one schedule for both (the default): its fraction once
             frac = anneal_fraction(state["t"], c.r_steps)  # [B]
-            return ((c.r_init + (c.r_last - c.r_init) * frac).to(self.dtype),
-                    (c.q_init + (c.q_last - c.q_init) * frac).to(self.dtype))
-        R = linear_anneal(state["t"], c.r_init, c.r_last, c.r_steps).to(self.dtype)  # [B]
-        q = linear_anneal(state["t"], c.q_init, c.q_last, c.q_steps).to(self.dtype)  # [B]
-        return R, q
+            R = c.r_init + (c.r_last - c.r_init) * frac
+            q = c.q_init + (c.q_last - c.q_init) * frac
+        else:
+            R = linear_anneal(state["t"], c.r_init, c.r_last, c.r_steps)  # [B]
+            q = linear_anneal(state["t"], c.q_init, c.q_last, c.q_steps)  # [B]
+        dt = NP_FLOAT[self.dtype]
+        return torch.from_numpy(R.astype(dt)), torch.from_numpy(q.astype(dt))
 
     def _jacobian(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(d_hat [B], H [B, n_theta], state after the window's first input): closed form where it exists."""

@@ -36,10 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from models.cells import NetSpec
 from models.learners.base import (
+    NP_FLOAT,
     Learner,
     LearnsFromHorizons,
     NonNegative,
@@ -184,29 +186,37 @@ class EnsembleLearner:
         return state
 
     # ---------------------------------------------------------------- mixture
-    def _mixture(self, state: State, means: torch.Tensor, variances: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # The mixture's bookkeeping is a few dozen operations on [B, E] numbers a wave: in numpy, whose cost per
+    # operation is a third of torch's (for a few keys at a high rate that cost is the wave's), as the bank's own.
+    def _mixture(self, state: State, means: np.ndarray, variances: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean [B], var [B], calibrated expert variances [B, E]) from means, variances [B, E]."""
-        w = torch.softmax(state["logw"], dim=1)  # [B, E]
-        v = torch.clamp(state["lam"] * variances, min=self.config.min_var)  # [B, E]
-        mean = (w * means).sum(dim=1)  # [B]
-        var = (w * (v + means * means)).sum(dim=1) - mean * mean  # [B]  law of total variance
-        return mean, torch.clamp(var, min=self.config.min_var), v
+        min_var = self.config.min_var
+        w = _softmax(_array(state["logw"]))  # [B, E]
+        v = np.maximum(_array(state["lam"]) * variances, min_var)  # [B, E]
+        mean = (w * means).sum(axis=1)  # [B]
+        var = (w * (v + means * means)).sum(axis=1) - mean * mean  # [B]  law of total variance
+        return mean, np.maximum(var, min_var), v
+
+    def _expert_columns(self, out: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
+        """Each expert's (mean [B], var [B]) as columns: means, variances [B, E], in the ensemble's float width."""
+        dt = NP_FLOAT[self.dtype]
+        means = np.stack([_array(m) for m, _ in out], axis=1).astype(dt, copy=False)  # [B, E]
+        variances = np.stack([_array(v) for _, v in out], axis=1).astype(dt, copy=False)  # [B, E]
+        return means, variances
 
     def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             out = [e.predict(self._sub(state, i), x, memo=memo.setdefault(i, {}))  # type: ignore[call-arg]
                    if memo is not None and getattr(e, "memoises", False) else e.predict(self._sub(state, i), x)
                    for i, e in enumerate(self.experts)]
-            means = torch.stack([m for m, _ in out], dim=1)  # [B, E]
-            variances = torch.stack([v for _, v in out], dim=1)  # [B, E]
-            mean, var, _ = self._mixture(state, means, variances)
-        return mean, var
+        mean, var, _ = self._mixture(state, *self._expert_columns(out))
+        return torch.from_numpy(mean), torch.from_numpy(var)
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, State]:
         c = self.config
-        means, variances = [], []
+        out = []
         for i, expert in enumerate(self.experts):
             sub_memo = memo.get(i) if memo else None
             if sub_memo:
@@ -214,36 +224,37 @@ class EnsembleLearner:
             else:
                 m, v, sub = expert.step(self._sub(state, i), x, d)
             self._put(state, i, sub)
-            means.append(m)
-            variances.append(v)
-        with torch.no_grad():
-            M = torch.stack(means, dim=1).to(self.dtype)  # [B, E]  each expert's prediction before the label
-            V = torch.stack(variances, dim=1).to(self.dtype)  # [B, E]
-            mean, var, v_cal = self._mixture(state, M, V)
-            e2 = (d.unsqueeze(1) - M) ** 2  # [B, E]
-            e2 = torch.nan_to_num(e2, nan=1e6, posinf=1e6)  # an expert that broke loses its weight, not the key
+            out.append((m, v))
+        M, V = self._expert_columns(out)  # [B, E] each expert's prediction before the label, and its variance
+        mean, var, v_cal = self._mixture(state, M, V)
+        with np.errstate(all="ignore"):
+            e2 = (_array(d).astype(M.dtype, copy=False)[:, None] - M) ** 2  # [B, E]
+            e2 = np.nan_to_num(e2, nan=1e6, posinf=1e6)  # an expert that broke loses its weight, not the key
             if self._relative:
-                typical = torch.clamp(e2.median(dim=1).values, max=1e6)  # [B]
-                n = state["lscale"][:, 1] + 1  # [B]
-                a = torch.clamp(1.0 / n, min=c.scale_decay)  # [B]
-                scale = (1 - a) * state["lscale"][:, 0] + a * typical  # [B]
-                state["lscale"] = torch.stack([scale, n], dim=1)
-                unit = torch.clamp(scale, min=c.min_var)  # [B]
+                lscale = _array(state["lscale"])  # [B, 2]  (typical squared error, ticks seen)
+                E = M.shape[1]
+                typical = np.minimum(np.sort(e2, axis=1)[:, (E - 1) // 2], 1e6)  # [B]  the (lower) median
+                n = lscale[:, 1] + 1  # [B]
+                a = np.maximum(1.0 / n, c.scale_decay).astype(M.dtype)  # [B]
+                scale = (1 - a) * lscale[:, 0] + a * typical  # [B]
+                state["lscale"] = torch.from_numpy(np.stack([scale, n], axis=1).astype(M.dtype, copy=False))
+                unit = np.maximum(scale, c.min_var)  # [B]
                 if c.scale_ref > 0:
-                    unit = torch.clamp(unit / c.scale_ref, max=1.0)
-                loss = c.eta * torch.clamp(e2, max=1e6) / unit.unsqueeze(1)  # [B, E]
+                    unit = np.minimum(unit / c.scale_ref, 1.0)
+                loss = c.eta * np.minimum(e2, 1e6) / unit[:, None]  # [B, E]
             elif c.rule == "squared":
-                loss = c.eta * torch.clamp(e2, max=1e6)  # [B, E]
+                loss = c.eta * np.minimum(e2, 1e6)  # [B, E]
             else:
-                loss = 0.5 * (torch.log(2 * math.pi * v_cal) + e2 / v_cal)  # [B, E]  -log N(d; m_i, v_i)
-            logw = state["logw"] - loss
-            logw = logw - torch.logsumexp(logw, dim=1, keepdim=True)
+                loss = 0.5 * (np.log(2 * math.pi * v_cal) + e2 / v_cal)  # [B, E]  -log N(d; m_i, v_i)
+            logw = _array(state["logw"]) - loss
+            logw = logw - _logsumexp(logw)
             E = M.shape[1]
-            w = (1 - c.share) * torch.exp(logw) + c.share / E  # [B, E]  fixed share
-            state["logw"] = torch.log(w)
-            ratio = torch.clamp(e2 / torch.clamp(V, min=c.min_var), max=1e6)  # [B, E]
-            state["lam"] = (1 - c.var_decay) * state["lam"] + c.var_decay * ratio
-        return mean, var, state
+            w = (1 - c.share) * np.exp(logw) + c.share / E  # [B, E]  fixed share
+            state["logw"] = torch.from_numpy(np.log(w).astype(M.dtype, copy=False))
+            ratio = np.minimum(e2 / np.maximum(V, c.min_var), 1e6)  # [B, E]
+            lam = (1 - c.var_decay) * _array(state["lam"]) + c.var_decay * ratio
+            state["lam"] = torch.from_numpy(lam.astype(M.dtype, copy=False))
+        return torch.from_numpy(mean), torch.from_numpy(var), state
 
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]
@@ -293,3 +304,20 @@ class EnsembleLearner:
     def leader(self, state: State) -> torch.Tensor:
         """Index [B] of each key's heaviest expert."""
         return torch.argmax(state["logw"], dim=1)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    """log sum_j exp(a_ij) [B, 1], shifted by each row's largest entry (a row of -inf stays -inf)."""
+    top = a.max(axis=1, keepdims=True)  # [B, 1]
+    top = np.where(np.isfinite(top), top, 0)
+    return top + np.log(np.exp(a - top).sum(axis=1, keepdims=True))
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    """exp(a_ij) / sum_j exp(a_ij) [B, E], as torch.softmax."""
+    z = np.exp(a - a.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)

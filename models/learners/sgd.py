@@ -139,9 +139,11 @@ class SGDLearner:
 
     def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            if memo is not None and self.memoises:
-                memo["bptt"] = lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x)
-                return memo["bptt"][0], state["r2"].clone()
+            if self.memoises:  # the closed form: the pass the step takes, so the two predict alike to the bit
+                bptt = lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x)
+                if memo is not None:
+                    memo["bptt"] = bptt
+                return bptt[0], state["r2"].clone()
             d_hat, _ = window_forward(self.spec, state["theta"], state["h0"], state["xbuf"], x)
         return d_hat, state["r2"].clone()
 

@@ -15,6 +15,7 @@ import torch
 
 from models.cells import NetSpec, Params, cell_step, lstm_gates, split_state, unpack, unpack_parts
 from models.heads import estimate, readout_features
+from models.learners import bptt_kernel
 from models.learners.base import State
 
 
@@ -88,7 +89,8 @@ def has_closed_form(spec: NetSpec) -> bool:
 
 
 def lstm_bptt(
-    spec: NetSpec, theta: torch.Tensor | Params, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+    spec: NetSpec, theta: torch.Tensor | Params, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor,
+    compiled: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Truncated BPTT over the window in closed form (no autograd), for the LSTM.
 
@@ -102,12 +104,24 @@ def lstm_bptt(
     paper's instantaneous gradient. Returns (d_hat [B], U [B, W, q], Delta [B, W, m*G],
     phi [B, n_readout], state after the first input [B, 2m]); H_cell = U^T Delta.
 
-    For few keys the number of torch calls is the cost (1-3 us each, whatever the size), so the
-    steps are written in as few calls as the recursion allows: the forward step is `lstm_gates`, the
-    local derivatives of every step come in one pass after the loop, and the backward recursion is
-    a few calls a step.
+    For few keys the number of torch calls is the cost (1-3 us each, whatever the size): a wave of up to
+    `bptt_kernel.MAX_ROWS` rows takes the same recursion compiled, in one call (`models.learners.bptt_kernel`;
+    `compiled` forces one way or the other). The torch pass below writes the steps in as few calls as the
+    recursion allows: the forward step is `lstm_gates`, the local derivatives of every step come in one pass
+    after the loop, and the backward recursion is a few calls a step.
     """
     m, p = spec.hidden, spec.n_in
+    if compiled is None:  # few rows, and nothing that autograd is to differentiate through (the kernel is opaque)
+        weights = (theta.cell, theta.r) if isinstance(theta, Params) else (theta,)
+        compiled = x.shape[0] <= bptt_kernel.MAX_ROWS and not (
+            torch.is_grad_enabled() and any(t.requires_grad for t in (*weights, h0, xbuf, x))
+        ) and bptt_kernel.usable(x.dtype)
+    if compiled:
+        if isinstance(theta, Params):  # the particle filter's: its cell and head tensors, [B, n_cell] and [B, nr]
+            weights_at = (theta.cell.reshape(x.shape[0], -1), 0), (theta.r, 0)
+        else:
+            weights_at = (theta, 0), (theta, spec.n_cell)
+        return bptt_kernel.lstm_bptt(m, spec.head == "skip", *weights_at, h0, xbuf, x)
     params = theta if isinstance(theta, Params) else unpack(spec, theta)
     xs = torch.cat([xbuf, x.unsqueeze(1)], dim=1) if xbuf.shape[1] else x.unsqueeze(1)  # [B, W, p]
     B, W = xs.shape[0], xs.shape[1]

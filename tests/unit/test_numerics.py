@@ -4,6 +4,7 @@ Kalman filter, a conjugate Gaussian posterior, and the defining property of syst
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -395,9 +396,12 @@ def test_rng_streams_are_per_key_and_counter_based():
     assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("head", ["plain", "skip"])
 @pytest.mark.parametrize("window", [1, 2, 5])
-def test_closed_form_bptt_matches_autograd(head, window):
+def test_closed_form_bptt_matches_autograd(head, window, compiled):
+    """Both ways of the closed-form window BPTT (the compiled kernel that few rows take, the torch pass of
+    wide batches) against autograd through the plain forward pass."""
     from models.learners.window import lstm_bptt, window_jacobian_parts
 
     spec = NetSpec(n_in=3, hidden=5, head=head)
@@ -406,11 +410,94 @@ def test_closed_form_bptt_matches_autograd(head, window):
     h0 = 0.5 * torch.randn(4, spec.state_dim, generator=g, dtype=D)
     xbuf, x = torch.randn(4, window - 1, 3, generator=g, dtype=D), torch.randn(4, 3, generator=g, dtype=D)
     d_ref, (Hc, Hh), h_ref = window_jacobian_parts(spec, theta, h0, xbuf, x)
-    d_hat, U, Delta, phi, h_first = lstm_bptt(spec, theta, h0, xbuf, x)
+    d_hat, U, Delta, phi, h_first = lstm_bptt(spec, theta, h0, xbuf, x, compiled=compiled)
     torch.testing.assert_close(d_hat, d_ref)
     torch.testing.assert_close(h_first, h_ref)
     torch.testing.assert_close(torch.bmm(U.transpose(1, 2), Delta).reshape(4, -1), Hc)
     torch.testing.assert_close(phi, Hh)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("head", ["plain", "skip"])
+@pytest.mark.parametrize("window", [1, 4, 10])
+def test_compiled_bptt_agrees_with_the_torch_pass_within_rounding(head, window, dtype):
+    """The kernel (`models.learners.bptt_kernel`) is the torch pass's arithmetic in another order: the same
+    outputs to a few units of the float's last place, at the learners' own widths."""
+    from models.learners.window import lstm_bptt
+
+    spec = NetSpec(n_in=4, hidden=6, head=head)
+    g = torch.Generator().manual_seed(3)
+    theta = 0.5 * torch.randn(7, spec.n_theta, generator=g, dtype=dtype)
+    h0 = 0.5 * torch.randn(7, spec.state_dim, generator=g, dtype=dtype)
+    xbuf, x = torch.randn(7, window - 1, 4, generator=g, dtype=dtype), torch.randn(7, 4, generator=g, dtype=dtype)
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(lstm_bptt(spec, theta, h0, xbuf, x, compiled=True),
+                    lstm_bptt(spec, theta, h0, xbuf, x, compiled=False), strict=True):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=16 * eps, atol=16 * eps)
+
+
+def test_compiled_bptt_carries_a_broken_row_through_and_leaves_the_others():
+    """A key whose weights went non-finite must come out non-finite (the bank then resets it); its neighbours in
+    the wave are untouched by it. No fast-math assumption of finite values may drop that."""
+    from models.learners.window import lstm_bptt
+
+    spec = NetSpec(n_in=3, hidden=4, head="skip")
+    g = torch.Generator().manual_seed(4)
+    theta = 0.5 * torch.randn(3, spec.n_theta, generator=g)
+    theta[1, 5] = float("nan")
+    theta[2, spec.n_cell] = float("inf")  # a read-out weight
+    h0, xbuf, x = torch.zeros(3, spec.state_dim), torch.randn(3, 4, 3, generator=g), torch.randn(3, 3, generator=g)
+    d_hat, U, Delta, phi, h_first = lstm_bptt(spec, theta, h0, xbuf, x, compiled=True)
+    assert not torch.isfinite(d_hat[1]) and not torch.isfinite(d_hat[2])
+    assert not torch.isfinite(Delta[1]).all() and not torch.isfinite(h_first[1]).all()
+    ref = lstm_bptt(spec, theta[:1], h0[:1], xbuf[:1], x[:1], compiled=False)
+    for a, b in zip((d_hat, U, Delta, phi, h_first), ref, strict=True):
+        torch.testing.assert_close(a[:1], b, rtol=1e-5, atol=1e-6)
+
+
+def test_bptt_takes_the_kernel_for_few_rows_and_torch_where_autograd_or_width_asks(monkeypatch):
+    from models.learners import bptt_kernel
+    from models.learners.window import lstm_bptt
+
+    assert bptt_kernel.usable(torch.float32)  # compiled (or loaded) before counting
+    calls = []
+    real = bptt_kernel.lstm_bptt
+    monkeypatch.setattr(bptt_kernel, "lstm_bptt", lambda *a: calls.append(a[-1].shape[0]) or real(*a))
+    spec = NetSpec(n_in=2, hidden=3)
+
+    def inputs(B: int) -> tuple[torch.Tensor, ...]:
+        return torch.randn(B, spec.n_theta), torch.zeros(B, 6), torch.randn(B, 2, 2), torch.randn(B, 2)
+
+    with torch.no_grad():
+        lstm_bptt(spec, *inputs(bptt_kernel.MAX_ROWS))
+        lstm_bptt(spec, *inputs(bptt_kernel.MAX_ROWS + 1))
+    assert calls == [bptt_kernel.MAX_ROWS]
+    theta, h0, xbuf, x = inputs(2)
+    theta.requires_grad_(True)
+    d_hat = lstm_bptt(spec, theta, h0, xbuf, x)[0]  # differentiated through: the torch pass
+    (grad,) = torch.autograd.grad(d_hat.sum(), theta)
+    assert calls == [bptt_kernel.MAX_ROWS] and grad.abs().sum() > 0
+
+
+def test_bptt_falls_back_to_torch_with_one_warning_where_the_kernel_cannot_compile(monkeypatch):
+    from models.learners import bptt_kernel
+    from models.learners.window import lstm_bptt
+
+    def broken() -> None:
+        raise ImportError("no numba here")
+
+    monkeypatch.setattr(bptt_kernel, "_compiled", broken)
+    monkeypatch.setattr(bptt_kernel, "_usable", {})
+    spec = NetSpec(n_in=2, hidden=3)
+    theta, h0, xbuf, x = torch.randn(2, spec.n_theta), torch.zeros(2, 6), torch.randn(2, 2, 2), torch.randn(2, 2)
+    with pytest.warns(RuntimeWarning, match="no numba here"):
+        first = lstm_bptt(spec, theta, h0, xbuf, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next wave says nothing
+        again = lstm_bptt(spec, theta, h0, xbuf, x)
+    for a, b, c in zip(first, again, lstm_bptt(spec, theta, h0, xbuf, x, compiled=False), strict=True):
+        assert torch.equal(a, c) and torch.equal(b, c)
 
 
 @pytest.mark.parametrize("window", [1, 4])
