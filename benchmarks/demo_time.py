@@ -5,7 +5,11 @@ from the start: the broker, the daemon's start and group join, the first predict
 and the last. "Processed in" is the demo's own footer figure: from the moment it starts reading
 predictions (the daemon started, the replay under way) to the last one.
 
-    python benchmarks/demo_time.py [--learner ensemble] [--json benchmarks/out/demo-time.json]
+With `--base REV`, the demo of that revision (checked out into a temporary worktree) and of the working
+tree run alternately, `--repeat` times each, every run in a process of its own; the JSON then holds every
+run of both sides and their medians.
+
+    python benchmarks/demo_time.py [--learner ensemble] [--base REV --repeat 2] [--json benchmarks/out/demo-time.json]
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +31,50 @@ import streamer.demo as demo
 from models import defaults
 from streamer.runtime import tune_allocator, tune_gc
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def against_base(base: str, repeat: int, learner: str, out: Path) -> None:
+    """The demo at `base` and in the working tree, alternating, each run its own process (as ab.py's sides)."""
+    rev = subprocess.run(["git", "rev-parse", "--short", base], cwd=ROOT, capture_output=True, text=True)
+    if rev.returncode:
+        raise SystemExit(f"not a revision here: {base}")
+    base_rev = rev.stdout.strip()
+    runs: dict[str, list[dict]] = {"base": [], "head": []}
+    with tempfile.TemporaryDirectory(prefix="demo-ab-") as tmp:
+        tree = Path(tmp) / base_rev
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), base_rev], cwd=ROOT, check=True)
+        try:
+            for i in range(repeat):
+                for side in (("base", "head") if i % 2 == 0 else ("head", "base")):
+                    where = tree if side == "base" else ROOT
+                    got = Path(tmp) / f"{side}-{i}.json"
+                    subprocess.run([sys.executable, str(where / "benchmarks" / "demo_time.py"), "--learner", learner,
+                                    "--json", str(got)], cwd=where, env={**os.environ, "PYTHONPATH": str(where)},
+                                   check=True, stdout=subprocess.DEVNULL)
+                    runs[side].append(json.loads(got.read_text()))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    res = {"learner": learner, "base": base_rev, "repeat": repeat, "runs": runs,
+           **{f"{side}_processed_in_s": statistics.median(r["processed_in_s"] for r in runs[side]) for side in runs},
+           **{f"{side}_first_prediction_s": statistics.median(r["first_prediction_s"] for r in runs[side])
+              for side in runs}}
+    Console().print(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--learner", default=defaults.LEARNER)
     ap.add_argument("--rows", type=int, default=3000)
+    ap.add_argument("--base", default="", help="a git revision to time beside the working tree, alternating")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each side with --base")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/demo-time.json"))
     args = ap.parse_args()
+    if args.base:
+        against_base(args.base, args.repeat, args.learner, args.json)
+        return
     tune_allocator()  # as `streamer demo` has it
     tune_gc()
     stamps: list[float] = []

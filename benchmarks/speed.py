@@ -16,9 +16,11 @@
 3. The DEKF's innovation product P H^T on its default covariance blocks, for 1, 4 and 1,000 keys,
    as a matrix times a column and as (H P)^T, the row-vector product `models.kalman.innovation`
    uses (P is symmetric): microseconds each, one thread.
-4. The window BPTT both ways: the compiled kernel that waves of few rows take and the torch pass of wide
+4. Where a wave of 1 and of 4 keys of the default learner goes: each expert's predict and step, the bank's
+   own work (its wave on persistence, the cheapest learner), and the rest (the mixture's bookkeeping).
+5. The window BPTT both ways: the compiled kernel that waves of few rows take and the torch pass of wide
    ones (`models.learners.window.lstm_bptt`), microseconds a call by rows, at the learners' shapes.
-5. The garbage collector: the pipeline at 4 and 1,000 keys (default learner and sgd) with the
+6. The garbage collector: the pipeline at 4 and 1,000 keys (default learner and sgd) with the
    collector as the CLI tunes it (`streamer.runtime.tune_gc`) and as Python has it, alternating.
 
 Ratios are what to read: the machine is shared and noisy.
@@ -155,10 +157,11 @@ def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1",
     return timed_waves(wave, seconds), bound
 
 
-def bptt_kernel_rows() -> int:
+def bptt_kernel_rows(hidden: int = 16) -> int:
+    """The most rows of a net of this size that take the compiled window BPTT (`bptt_kernel.MAX_WORK`)."""
     from models.learners import bptt_kernel
 
-    return bptt_kernel.MAX_ROWS
+    return bptt_kernel.MAX_WORK // hidden**2
 
 
 def daemon_spec() -> NetSpec:
@@ -192,7 +195,8 @@ def bptt_paths(rows: list[int], seconds: float) -> list[dict]:
     """The closed-form window BPTT both ways (`models.learners.window.lstm_bptt`): the compiled kernel and the
     torch pass, at the shapes the learners run it (the ensemble's DEKF at m=8 and EKF at m=6 with window 10,
     SGD at m=16 with window 1; the daemon's 4 lags), for a growing number of rows, on one torch thread (the
-    daemon's for a wave under 128 ticks). Microseconds a call; where the kernel stops winning sets MAX_ROWS."""
+    daemon's for a wave under 128 ticks). Microseconds a call; where the kernel stops winning sets
+    `bptt_kernel.MAX_WORK`."""
     from models.learners import bptt_kernel
     from models.learners.window import lstm_bptt
 
@@ -218,6 +222,49 @@ def bptt_paths(rows: list[int], seconds: float) -> list[dict]:
                         "kernel_us": timed["kernel"] * 1e6, "torch_us": timed["torch"] * 1e6,
                         "speedup": timed["torch"] / timed["kernel"]})
     return out
+
+
+def wave_parts(K: int, seconds: float) -> dict[str, Any]:
+    """Where a wave of K keys of the default learner goes: the bank's step + predict timed whole, each expert's
+    predict and step timed inside it, and the bank alone on the cheapest learner (persistence: its normaliser,
+    calibration and checks) as its floor. Milliseconds a wave, one torch thread."""
+    torch.set_num_threads(daemon_threads(K))
+    spec = daemon_spec()
+    bank = ModelBank(make_learner(defaults.LEARNER, spec))
+    learner: Any = bank.learner
+    spent: dict[str, float] = {}
+    for label, expert in zip(learner.labels, learner.experts, strict=True):
+        for method in ("predict", "step"):
+            inner = getattr(expert, method)
+
+            def timed(*a: Any, _f: Any = inner, _k: str = f"{label} {method}", **kw: Any) -> Any:
+                t0 = time.perf_counter()
+                out = _f(*a, **kw)
+                spent[_k] = spent.get(_k, 0.0) + time.perf_counter() - t0
+                return out
+
+            setattr(expert, method, timed)
+    keys = [f"k{i}" for i in range(K)]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, K, spec.n_in, generator=g, dtype=torch.float64)
+    d = torch.randn(64, K, generator=g, dtype=torch.float64)
+
+    def wave(t: int) -> None:
+        bank.step(keys, x[t % 63], d[t % 63])
+        bank.predict(keys, x[t % 63 + 1])
+
+    for t in range(3):
+        wave(t)
+    spent.clear()
+    n, t0 = 0, time.perf_counter()
+    while n < 5 or time.perf_counter() - t0 < seconds:
+        wave(3 + n)
+        n += 1
+    whole = (time.perf_counter() - t0) / n
+    parts = {k: v / n * 1e3 for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    floor = few_keys_bank("persistence", spec, K, seconds)
+    return {"keys": K, "wave_ms": whole * 1e3, "experts_ms": parts, "bank_floor_ms": floor * 1e3,
+            "mixture_ms": whole * 1e3 - sum(parts.values()) - floor * 1e3}
 
 
 def collector_ab(counts: list[int], seconds: float, repeat: int, console: Console) -> list[dict]:
@@ -336,10 +383,22 @@ def main() -> None:
                       f"{r['row_us']:,.1f}", f"{r['speedup']:.1f}x", f"{r['max_rel_diff']:.1e}")
     if products:
         console.print(table)
+    parts = [wave_parts(K, args.few_seconds) for K in (1, 4)] if counts else []
+    for p in parts:
+        table = Table(title=f"a wave of {p['keys']} key(s) of the default learner ({defaults.LEARNER}), "
+                            f"{p['wave_ms']:.2f} ms: where it goes")
+        table.add_column("part")
+        table.add_column("ms a wave", justify="right")
+        for k, ms in p["experts_ms"].items():
+            table.add_row(f"expert {k}", f"{ms:.3f}")
+        table.add_row("the bank's own work (its wave on persistence alone)", f"{p['bank_floor_ms']:.3f}")
+        table.add_row("the rest: the mixture, the experts' health checks, their state in and out",
+                      f"{p['mixture_ms']:.3f}")
+        console.print(table)
     bptt_rows = [int(k) for k in args.bptt_rows.split(",") if k]
     bptt = bptt_paths(bptt_rows, args.few_seconds) if bptt_rows else []
-    table = Table(title=f"the window BPTT: the compiled kernel against the torch pass, 1 thread (kernel up to "
-                        f"{bptt_kernel_rows()} rows)")
+    table = Table(title=f"the window BPTT: the compiled kernel against the torch pass, 1 thread (the kernel up to "
+                        f"{bptt_kernel_rows(16)} rows at m=16, {bptt_kernel_rows(8)} at m=8)")
     for col in ("learner", "m", "window", "rows", "kernel us", "torch us", "kernel speed-up"):
         table.add_column(col, justify="left" if col == "learner" else "right")
     for r in bptt:
@@ -361,7 +420,9 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
                                      "covariance_products": products, "collector": collector, "bptt": bptt,
-                                     "bptt_kernel_rows": bptt_kernel_rows(),
+                                     "wave_parts": parts,
+                                     "bptt_kernel_rows": {m: bptt_kernel_rows(m) for m in (6, 8, 16)},
+                                     "bptt_kernel_max_work": bptt_kernel_rows(1),
                                      "gc_young_threshold": GC_YOUNG_THRESHOLD,
                                      "few_keys_spec": daemon_spec().describe()}, indent=2))
     console.print(f"wrote {args.json}")

@@ -5,8 +5,8 @@ makes about 20 a step, 200 at window 10, and each costs 1-3 us whatever the size
 was a third of the default learner's one-key wave (the two Kalman experts' window-10 Jacobians).
 Here the same recursion is one compiled loop over rows, steps and units (numba), a single call:
 30 us instead of 400 for one key at m=8, window 10. Over wide batches torch's vectorised kernels
-(its exp and tanh above all) are faster, so `window.lstm_bptt` takes this path up to `MAX_ROWS`
-rows only (`benchmarks/speed.py`'s kernel table measures the crossover).
+(its exp and tanh above all) are faster, so `window.lstm_bptt` takes this path for small waves only
+(`MAX_WORK`; `benchmarks/speed.py`'s kernel table measures the crossover).
 
 The arithmetic is `window.lstm_bptt`'s, written as loops: forward over u_k = [x_k; y_{k-1}; 1],
 
@@ -35,10 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
-# Above this many rows (keys, or keys x particles) a wave takes the torch pass. One torch thread
-# (the daemon's for a wave under 128 ticks): at m=16 and window 10 the two cross near 64 rows, at
-# m=8 beyond 512, at window 1 near 256 (benchmarks/speed.py, "the window BPTT").
-MAX_ROWS = 64
+# A wave takes this kernel while rows x m^2 is at most this (rows: keys, or keys x particles): 48 rows at
+# m=16, 192 at m=8, 341 at m=6. The kernel's time grows with the rows and the square of m (its products),
+# torch's hardly with either until its vectorised arithmetic takes over; on one torch thread (the daemon's
+# for a wave under 128 ticks) they cross near 45 rows at m=16 and window 10 and near 250 at m=8
+# (benchmarks/speed.py, "the window BPTT").
+MAX_WORK = 48 * 16 * 16
 
 # reassociation and contraction let loops over units vectorise; no nnan/ninf (see the module's doc)
 _FLAGS = {"reassoc", "contract", "nsz"}
