@@ -361,10 +361,10 @@ def main() -> None:
             acc_changes.append((s_, x["learner"], x[score[s_]] / before[x["learner"]][score[s_]] - 1,
                                 round(x[score[s_]], 4) == round(before[x["learner"]][score[s_]], 4)))
     moved = [c for c in acc_changes if not c[3]]
-    big = max(moved, key=lambda c: abs(c[2]))
+    widest = max(moved, key=lambda c: abs(c[2]))
     acc = dict(acc_rows=len(acc_changes), acc_same=len(acc_changes) - len(moved),
                acc_moves=f"{min(c[2] for c in moved):+.1%} to {max(c[2] for c in moved):+.1%}",
-               acc_largest=f"{big[1]} on {big[0]}, {big[2]:+.1%}")
+               acc_largest=f"{widest[1]} on {widest[0]}, {widest[2]:+.1%}")
     ves = load("variants-ekf-size")
     ves_of = {("default" if r["variant"].startswith("default") else "m10" if "ekf at m=10" in r["variant"]
                else "m8"): r["scores"] for r in ves["rows"]}
