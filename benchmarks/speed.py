@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,19 +124,24 @@ def timed_waves(wave, seconds: float, least: int = 5) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float, opts: dict[str, Any] | None = None) -> float:
-    """Seconds per wave of K keys: learn from the previous tick, predict the next (the daemon's bank calls)."""
-    bank = ModelBank(make_learner(name, spec, **(opts or {})))
+def bank_wave(bank: ModelBank, K: int) -> Callable[[int], None]:
+    """Wave t of K keys through a bank: learn from the previous tick, predict the next (the daemon's bank calls)."""
     keys = [f"k{i}" for i in range(K)]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, K, spec.n_in, generator=g, dtype=torch.float64)
+    n_in = bank.learner.spec.n_in
+    x = torch.randn(64, K, n_in, generator=g, dtype=torch.float64)
     d = torch.randn(64, K, generator=g, dtype=torch.float64)
 
     def wave(t: int) -> None:
         bank.step(keys, x[t % 63], d[t % 63])
         bank.predict(keys, x[t % 63 + 1])
 
-    return timed_waves(wave, seconds)
+    return wave
+
+
+def few_keys_bank(name: str, spec: NetSpec, K: int, seconds: float, opts: dict[str, Any] | None = None) -> float:
+    """Seconds per wave of K keys through a bank of this learner (`bank_wave`)."""
+    return timed_waves(bank_wave(ModelBank(make_learner(name, spec, **(opts or {}))), K), seconds)
 
 
 def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1",
@@ -244,23 +250,17 @@ def wave_parts(K: int, seconds: float) -> dict[str, Any]:
                 return out
 
             setattr(expert, method, timed)
-    keys = [f"k{i}" for i in range(K)]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, K, spec.n_in, generator=g, dtype=torch.float64)
-    d = torch.randn(64, K, generator=g, dtype=torch.float64)
+    wave = bank_wave(bank, K)
+    measured = []  # the waves timed_waves times, after its 3 warm-up waves
 
-    def wave(t: int) -> None:
-        bank.step(keys, x[t % 63], d[t % 63])
-        bank.predict(keys, x[t % 63 + 1])
-
-    for t in range(3):
+    def counted(t: int) -> None:
+        if t == 3:
+            spent.clear()
+        measured.append(t >= 3)
         wave(t)
-    spent.clear()
-    n, t0 = 0, time.perf_counter()
-    while n < 5 or time.perf_counter() - t0 < seconds:
-        wave(3 + n)
-        n += 1
-    whole = (time.perf_counter() - t0) / n
+
+    whole = timed_waves(counted, seconds)
+    n = sum(measured)
     parts = {k: v / n * 1e3 for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
     floor = few_keys_bank("persistence", spec, K, seconds)
     return {"keys": K, "wave_ms": whole * 1e3, "experts_ms": parts, "bank_floor_ms": floor * 1e3,
