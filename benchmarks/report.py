@@ -1074,7 +1074,7 @@ Measured at revision {speed_rev}. The same script at 7286ee0 on 2026-12-03
 ({early_sgd1[speedup]:.0f}x a per-key loop) and {early_sgd10[ticks_per_s]:,.0f} at window 10 ({early_sgd10[speedup]:.1f}x), DEKF
 {early_dekf1[ticks_per_s]:,.0f} at window 1, PF {early_pf[ticks_per_s]:,.0f}. Nothing a 1,000-key wave runs differs between the two
 revisions but the ensemble's mixture bookkeeping and the EKF's noise schedule, now in numpy (the
-compiled window BPTT serves waves of up to 64 rows only): the gap between the two tables is the
+compiled window BPTT serves small waves only): the gap between the two tables is the
 machine's, which ran every batched step about half as fast on this day (the per-key loops alike
 where they run torch: the DEKF's and PF's at 1.5x less).
 
@@ -1302,8 +1302,8 @@ Before this revision a one-key wave of the default learner cost about a third of
 function, the closed-form window BPTT (`models.learners.window.lstm_bptt`), run three times a wave:
 the prediction's Jacobian of the DEKF (m=8) and of the EKF (m=6), both over a window of 10 steps,
 and the SGD's forward-and-gradient pass. In torch that is about 20 calls a step, 200 at window 10,
-each 1-3 us whatever its size. It is now one compiled call for a wave of up to 64 rows
-(`models/learners/bptt_kernel.py`, numba: the same recursion as loops over rows, steps and units,
+each 1-3 us whatever its size. It is now one compiled call for a small wave (64 rows when these
+tables were measured; now rows x m^2 up to `MAX_WORK`, below) (`models/learners/bptt_kernel.py`, numba: the same recursion as loops over rows, steps and units,
 about 30 us for one key where torch took 400); wider waves keep the torch pass, whose vectorised
 exp and tanh win there. Two smaller cuts rode along: the ensemble's mixture bookkeeping (weights,
 calibration, the loss scale) and the Kalman filters' noise schedule in numpy, a third of torch's
@@ -1333,7 +1333,8 @@ median of 3 rounds; this machine ran slowly that day, and its rounds spread by u
 - **Reading it.** The default learner is {abk_e1:.2f}x at one key, {abk_e4:.2f}x at four and {abk_e16:.2f}x at 16; the DEKF
   {abk_d1:.2f}x and {abk_d4:.2f}x at one and four keys; SGD, whose window is 1, {abk_s1:.2f}x-{abk_s16:.2f}x. The particle filter's
   one-key wave is already 64 rows (a row per particle) and its closed-form pass is window 1: it gains
-  within the noise. At 1,000 keys every learner takes the torch pass as before, and the ratios there
+  within the noise (and under the limit by rows x m^2 it takes the torch pass: 64 rows at m=16 are past
+  48). At 1,000 keys every learner takes the torch pass as before, and the ratios there
   ({abk_1000}) are the rounds' noise: the PF's, whose code did not change at all, moved as much.
 - **The demo** (`streamer demo`, 4 keys in two banks, 12,000 ticks stepped as 6,000 waves of 2 keys)
   took {dab[head_processed_in_s]:.1f} s against {dab[base_processed_in_s]:.1f} s at the base, alternating runs on the same slow day
