@@ -15,11 +15,13 @@ ticks/s, and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,23 @@ for line in sys.stdin:
     wave_s, _ = few_keys_pipeline(case["learner"], case["keys"], case["seconds"])
     print(json.dumps({"wave_s": wave_s}), flush=True)
 """
+
+
+@contextlib.contextmanager
+def base_worktree(base: str, prefix: str = "ab-") -> Iterator[tuple[str, Path]]:
+    """(the short name of revision `base`, a temporary git worktree checked out at it), removed on exit; a
+    name that is no revision here is one line and exit 1."""
+    rev = subprocess.run(["git", "rev-parse", "--short", base], cwd=ROOT, capture_output=True, text=True)
+    if rev.returncode:
+        raise SystemExit(f"not a revision here: {base}")
+    base_rev = rev.stdout.strip()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        tree = Path(tmp) / base_rev
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), base_rev], cwd=ROOT, check=True)
+        try:
+            yield base_rev, tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
 
 class Side:
@@ -98,14 +117,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/ab.json"))
     args = ap.parse_args()
     console = Console()
-    rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True)
-    if rev.returncode:
-        raise SystemExit(f"not a revision here: {args.base}")
-    base_rev = rev.stdout.strip()
     cases = [(name, int(k)) for name in args.learners.split(",") for k in args.keys.split(",")]
-    with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
-        tree = Path(tmp) / base_rev
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), base_rev], cwd=ROOT, check=True)
+    with base_worktree(args.base) as (base_rev, tree):
         sides = [Side(f"base {base_rev}", tree), Side("working tree", ROOT)]
         rates: dict[tuple[str, int], list[list[float]]] = {c: [[], []] for c in cases}
         try:
@@ -119,7 +132,6 @@ def main() -> None:
         finally:
             for side in sides:
                 side.stop()
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     rows: list[dict[str, Any]] = []
     for (name, keys), (a, b) in rates.items():
         rows.append({"learner": name, "keys": keys, "base_ticks_per_s": statistics.median(a),

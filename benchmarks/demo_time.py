@@ -31,30 +31,22 @@ import streamer.demo as demo
 from models import defaults
 from streamer.runtime import tune_allocator, tune_gc
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab import ROOT, base_worktree  # noqa: E402
 
 
 def against_base(base: str, repeat: int, learner: str, out: Path) -> None:
     """The demo at `base` and in the working tree, alternating, each run its own process (as ab.py's sides)."""
-    rev = subprocess.run(["git", "rev-parse", "--short", base], cwd=ROOT, capture_output=True, text=True)
-    if rev.returncode:
-        raise SystemExit(f"not a revision here: {base}")
-    base_rev = rev.stdout.strip()
     runs: dict[str, list[dict]] = {"base": [], "head": []}
-    with tempfile.TemporaryDirectory(prefix="demo-ab-") as tmp:
-        tree = Path(tmp) / base_rev
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), base_rev], cwd=ROOT, check=True)
-        try:
-            for i in range(repeat):
-                for side in (("base", "head") if i % 2 == 0 else ("head", "base")):
-                    where = tree if side == "base" else ROOT
-                    got = Path(tmp) / f"{side}-{i}.json"
-                    subprocess.run([sys.executable, str(where / "benchmarks" / "demo_time.py"), "--learner", learner,
-                                    "--json", str(got)], cwd=where, env={**os.environ, "PYTHONPATH": str(where)},
-                                   check=True, stdout=subprocess.DEVNULL)
-                    runs[side].append(json.loads(got.read_text()))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    with base_worktree(base, prefix="demo-ab-") as (base_rev, tree), tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            for side in (("base", "head") if i % 2 == 0 else ("head", "base")):
+                where = tree if side == "base" else ROOT
+                got = Path(tmp) / f"{side}-{i}.json"
+                subprocess.run([sys.executable, str(where / "benchmarks" / "demo_time.py"), "--learner", learner,
+                                "--json", str(got)], cwd=where, env={**os.environ, "PYTHONPATH": str(where)},
+                               check=True, stdout=subprocess.DEVNULL)
+                runs[side].append(json.loads(got.read_text()))
     res = {"learner": learner, "base": base_rev, "repeat": repeat, "runs": runs,
            **{f"{side}_processed_in_s": statistics.median(r["processed_in_s"] for r in runs[side]) for side in runs},
            **{f"{side}_first_prediction_s": statistics.median(r["first_prediction_s"] for r in runs[side])

@@ -49,7 +49,7 @@ from rich.table import Table
 from models import defaults
 from models.bank import ModelBank
 from models.cells import NetSpec
-from models.learners import LEARNERS, make_learner
+from models.learners import LEARNERS, bptt_kernel, make_learner
 from streamer.config import Settings
 from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record, wide_wave_threads
 from streamer.runtime import GC_YOUNG_THRESHOLD, tune_allocator, tune_gc
@@ -165,8 +165,6 @@ def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1",
 
 def bptt_kernel_rows(hidden: int = 16) -> int:
     """The most rows of a net of this size that take the compiled window BPTT (`bptt_kernel.MAX_WORK`)."""
-    from models.learners import bptt_kernel
-
     return bptt_kernel.MAX_WORK // hidden**2
 
 
@@ -203,7 +201,6 @@ def bptt_paths(rows: list[int], seconds: float) -> list[dict]:
     SGD at m=16 with window 1; the daemon's 4 lags), for a growing number of rows, on one torch thread (the
     daemon's for a wave under 128 ticks). Microseconds a call; where the kernel stops winning sets
     `bptt_kernel.MAX_WORK`."""
-    from models.learners import bptt_kernel
     from models.learners.window import lstm_bptt
 
     torch.set_num_threads(1)
@@ -421,8 +418,7 @@ def main() -> None:
     args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
                                      "covariance_products": products, "collector": collector, "bptt": bptt,
                                      "wave_parts": parts,
-                                     "bptt_kernel_rows": {m: bptt_kernel_rows(m) for m in (6, 8, 16)},
-                                     "bptt_kernel_max_work": bptt_kernel_rows(1),
+                                     "bptt_kernel_max_work": bptt_kernel.MAX_WORK,
                                      "gc_young_threshold": GC_YOUNG_THRESHOLD,
                                      "few_keys_spec": daemon_spec().describe()}, indent=2))
     console.print(f"wrote {args.json}")

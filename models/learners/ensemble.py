@@ -226,13 +226,13 @@ class EnsembleLearner:
             self._put(state, i, sub)
             out.append((m, v))
         M, V = self._expert_columns(out)  # [B, E] each expert's prediction before the label, and its variance
+        E = M.shape[1]
         mean, var, v_cal = self._mixture(state, M, V)
         with np.errstate(all="ignore"):
             e2 = (_array(d).astype(M.dtype, copy=False)[:, None] - M) ** 2  # [B, E]
             e2 = np.nan_to_num(e2, nan=1e6, posinf=1e6)  # an expert that broke loses its weight, not the key
             if self._relative:
                 lscale = _array(state["lscale"])  # [B, 2]  (typical squared error, ticks seen)
-                E = M.shape[1]
                 typical = np.minimum(np.sort(e2, axis=1)[:, (E - 1) // 2], 1e6)  # [B]  the (lower) median
                 n = lscale[:, 1] + 1  # [B]
                 a = np.maximum(1.0 / n, c.scale_decay).astype(M.dtype)  # [B]
@@ -248,7 +248,6 @@ class EnsembleLearner:
                 loss = 0.5 * (np.log(2 * math.pi * v_cal) + e2 / v_cal)  # [B, E]  -log N(d; m_i, v_i)
             logw = _array(state["logw"]) - loss
             logw = logw - _logsumexp(logw)
-            E = M.shape[1]
             w = (1 - c.share) * np.exp(logw) + c.share / E  # [B, E]  fixed share
             state["logw"] = torch.from_numpy(np.log(w).astype(M.dtype, copy=False))
             ratio = np.minimum(e2 / np.maximum(V, c.min_var), 1e6)  # [B, E]
