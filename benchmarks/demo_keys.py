@@ -33,7 +33,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("ensemble, eta per unit of squared error at every scale (the previous default)",
      {"learner_options": {"eta_scale": "fixed"}}),
     ("ensemble, eta relative at every scale, 0.25", {"learner_options": {"scale_ref": 0.0, "eta": 0.25}}),
-    ("ensemble, the previous default (persistence, linear, sgd, dekf at the model's m=16)", {"learner_options": {
+    ("ensemble, without the mlp (the previous default)", {"learner_options": {
+        "experts": ["persistence", "linear", "sgd", "dekf", "ekf"]}}),
+    ("ensemble, its mlp without its skip path", {"learner_options": {"expert_options": {"mlp": {"skip": False}}}}),
+    ("ensemble, the default before that (persistence, linear, sgd, dekf at the model's m=16)", {"learner_options": {
         "experts": ["persistence", "linear", "sgd", "dekf"], "expert_hidden_max": {}}}),
     ("ensemble, its dekf at the model's m=16", {"learner_options": {"expert_hidden_max": {"ekf": 6}}}),
     ("sgd", {"learner": "sgd"}),
@@ -55,6 +58,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("dekf", {"learner": "dekf"}),
     ("pf", {"learner": "pf"}),
     ("ekf", {"learner": "ekf"}),
+    ("mlp", {"learner": "mlp"}),
 ]
 
 

@@ -54,11 +54,12 @@ from streamer.config import Settings
 from streamer.pipeline import WIDE_WAVE_TICKS, Pipeline, Record, wide_wave_threads
 from streamer.runtime import GC_YOUNG_THRESHOLD, tune_allocator, tune_gc
 
-# the default ensemble before its Kalman experts were two small ones: the few-keys table runs it too
-PREVIOUS_ENSEMBLE: dict[str, Any] = {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}
+# the default ensemble before the feed-forward expert joined: the few-keys table runs it too
+PREVIOUS_ENSEMBLE: dict[str, Any] = {"experts": ("persistence", "linear", "sgd", "dekf", "ekf")}
 CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf at m=8, ekf at m=6)"),
-    ("ensemble", PREVIOUS_ENSEMBLE, "ensemble (the previous default: persistence, RLS, sgd, dekf at m=16)"),
+    ("ensemble", {}, "ensemble (the default: persistence, RLS, sgd, dekf at m=8, ekf at m=6, mlp)"),
+    ("ensemble", PREVIOUS_ENSEMBLE, "ensemble (the previous default: persistence, RLS, sgd, dekf at m=8, ekf at m=6)"),
+    ("mlp", {}, "mlp (the feed-forward net, EKF)"),
     ("sgd", {}, "sgd (default: Adam, window 1)"),
     ("sgd", {"window": 1, "optimizer": "sgd"}, "sgd (plain step, window 1)"),
     ("sgd", {"window": 10, "optimizer": "sgd"}, "sgd (plain step, window 10)"),

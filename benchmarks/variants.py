@@ -1,11 +1,12 @@
 """Variants of a learner's settings on every regression stream and ETTh1, everything else default.
 
 How the defaults were chosen: each group below is one question (which experts and mixing rule,
-which SGD step, which particle-filter move, which EKF noise level), asked of the streams in
-../shared/data with the daemon's defaults for everything not varied (`models/defaults.py`).
+which SGD step, which particle-filter move, the feed-forward net's settings, which EKF noise
+level), asked of the streams in ../shared/data with the daemon's defaults for everything not
+varied (`models/defaults.py`).
 The demo's keys (tick streams) are `benchmarks/demo_keys.py`.
 
-    python benchmarks/variants.py [--group ensemble,sgd,pf,ekf] [--seeds 2] [--streams kin8nm,...,ETTh1]
+    python benchmarks/variants.py [--group ensemble,sgd,pf,mlp,ekf] [--seeds 2] [--streams kin8nm,...,ETTh1]
         [--json benchmarks/out/variants.json]
 """
 
@@ -33,8 +34,15 @@ ETT = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 
 GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "ensemble": [
-        ("ensemble", "default: persistence, linear, sgd, dekf (m=8), ekf (m=6); squared loss, eta 0.5 (relative "
-         "below 0.05), share 0.01", {}),
+        ("ensemble", "default: persistence, linear, sgd, dekf (m=8), ekf (m=6), mlp (m=16, skip); squared loss, eta "
+         "0.5 (relative below 0.05), share 0.01", {}),
+        ("ensemble", "experts: without the mlp (the previous default)",
+         {"experts": ("persistence", "linear", "sgd", "dekf", "ekf")}),
+        ("ensemble", "experts: its mlp without its skip path", {"expert_options": {"mlp": {"skip": False}}}),
+        ("ensemble", "experts: its mlp in place of the ekf",
+         {"experts": ("persistence", "linear", "sgd", "dekf", "mlp")}),
+        ("ensemble", "experts: its mlp in place of the dekf and the ekf",
+         {"experts": ("persistence", "linear", "sgd", "mlp")}),
         ("ensemble", "experts: the previous default (persistence, linear, sgd, dekf at the model's m=16)",
          {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}),
         ("ensemble", "experts: its dekf at the model's m=16 (1.9x the default's memory)",
@@ -92,6 +100,15 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("pf", "gradient move 0.1 (HySIR; the previous default)", {"move": "gradient"}),
         ("pf", "no move (bootstrap proposal, RB read-out)", {"move": "gradient", "grad_step": 0.0}),
         ("pf", "particle-EKF move + Liu-West kernel", {"transition": "liu_west"}),
+    ],
+    "mlp": [
+        ("mlp", "default: m=16 (the model's), skip path, P0 100, R 100 -> 30, q 1e-4 -> 1e-6", {}),
+        ("mlp", "without the skip path", {"skip": False}),
+        ("mlp", "P0 10", {"p0": 10.0}),
+        ("mlp", "P0 1000", {"p0": 1000.0}),
+        ("mlp", "R 10 -> 3", {"r_init": 10.0, "r_last": 3.0}),
+        ("mlp", "R 300 -> 100", {"r_init": 300.0, "r_last": 100.0}),
+        ("mlp", "weights drawn at scale 1.0", {"init_scale": 1.0}),
     ],
     "ekf": [
         ("ekf", "default (R 100 -> 30)", {}),

@@ -59,8 +59,8 @@ class Settings(BaseSettings):
 
     # model
     learner: defaults.LearnerName = Field(
-        defaults.LEARNER, description="online learner: ensemble (persistence, RLS, SGD and DEKF mixed per key by "
-                                      "fixed-share exponential weights), sgd, ekf, dekf or pf")
+        defaults.LEARNER, description="online learner: ensemble (persistence, RLS, SGD, DEKF, EKF and a feed-forward "
+                                      "net mixed per key by fixed-share exponential weights), sgd, ekf, dekf, pf, mlp")
     cell: Literal["lstm", "gru"] = Field(defaults.CELL, description="recurrent cell")
     head: Literal["plain", "skip", "gated"] = Field(defaults.HEAD, description="final-estimate architecture")
     hidden: int = Field(defaults.HIDDEN, ge=1, le=256, description="cell size m")

@@ -1,4 +1,5 @@
-"""Learners: SGD, EKF, DEKF, PF, their ensemble and the baselines, all behind `base.Learner`.
+"""Learners: SGD, EKF, DEKF, PF, an EKF-trained feed-forward net, their ensemble and the baselines, all behind
+`base.Learner`.
 
 The registry below is the one list of learners: the daemon's settings, `streamer bench`, the
 conformance suite and the checkpoint code all read it."""
@@ -15,6 +16,7 @@ from models.learners.base import Learner, State
 from models.learners.baselines import MeanLearner, PersistenceLearner, RLSConfig, RLSLearner
 from models.learners.ekf import DEKFConfig, DEKFLearner, EKFConfig, EKFLearner
 from models.learners.ensemble import EnsembleConfig, EnsembleLearner
+from models.learners.mlp import MLPConfig, MLPLearner
 from models.learners.pf import PFConfig, PFLearner
 from models.learners.sgd import SGDConfig, SGDLearner
 
@@ -25,14 +27,16 @@ REGISTRY: dict[str, tuple[type, type | None]] = {
     "ekf": (EKFLearner, EKFConfig),
     "dekf": (DEKFLearner, DEKFConfig),
     "pf": (PFLearner, PFConfig),
+    "mlp": (MLPLearner, MLPConfig),
     "mean": (MeanLearner, None),
     "persistence": (PersistenceLearner, None),
     "linear": (RLSLearner, RLSConfig),
 }
 BASELINES = defaults.BASELINE_NAMES  # what every learner is judged against
-LEARNERS = defaults.LEARNER_NAMES  # the ones that train a recurrent net (or mix several)
+LEARNERS = defaults.LEARNER_NAMES  # the ones that train a net (or mix several)
 assert set(REGISTRY) == set(LEARNERS + BASELINES), "models.defaults and the registry list other learners"
-RECURRENT = tuple(n for n in LEARNERS if n != "ensemble")  # one recurrent net each (take a warm start's theta)
+RECURRENT = defaults.RECURRENT_NAMES  # one recurrent net each: they take a warm start's theta (the model's)
+assert set(RECURRENT) <= set(LEARNERS)
 CONFIGS: dict[str, type] = {n: c for n, (_, c) in REGISTRY.items() if c is not None}
 DEFAULT_LEARNER = defaults.LEARNER
 

@@ -61,9 +61,10 @@ from models.learners.window import (
 
 
 @dataclass(frozen=True)
-class EKFConfig:
-    p0: Positive = 100.0  # initial covariance P_0 = p0 I (cold start)
-    p0_warm: Positive = 0.1  # initial covariance around warm-started weights: trust what history taught
+class KalmanNoise:
+    """The weights' random walk q_t and the measurement noise R_t, each annealed linearly from its initial to
+    its final value over a number of ticks of each series (Vural, Ergut & Kozat's schedule): every EKF here."""
+
     # Vural et al.'s R 10 -> 3 is for targets of variance ~0.1 (the Delve sets scaled to [-0.8, 0.8]); the
     # bank normalises targets to variance 1, where the same setting is R 100 -> 30. Measured with the
     # defaults (RESULTS "How the defaults were chosen"): NMSE 0.314 against 0.368 on kin8nm, 0.186 against
@@ -74,10 +75,29 @@ class EKFConfig:
     q_init: NonNegative = 1e-4
     q_last: NonNegative = 1e-6
     q_steps: Count = 2000
+
+
+@dataclass(frozen=True)
+class EKFConfig(KalmanNoise):
+    p0: Positive = 100.0  # initial covariance P_0 = p0 I (cold start)
+    p0_warm: Positive = 0.1  # initial covariance around warm-started weights: trust what history taught
     window: Count = 10
     joseph: bool = False
     init_scale: NonNegative = 0.1
     gate_bias: float = 0.5
+
+
+def kalman_noise(c: KalmanNoise, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R_t [B], q_t [B]) at each series' tick t [B], in the filter's float width."""
+    if c.r_steps == c.q_steps:  # one schedule for both (the default): its fraction once
+        frac = anneal_fraction(t, c.r_steps)  # [B]
+        R = c.r_init + (c.r_last - c.r_init) * frac
+        q = c.q_init + (c.q_last - c.q_init) * frac
+    else:
+        R = linear_anneal(t, c.r_init, c.r_last, c.r_steps)  # [B]
+        q = linear_anneal(t, c.q_init, c.q_last, c.q_steps)  # [B]
+    dt = NP_FLOAT[dtype]
+    return torch.from_numpy(R.astype(dt)), torch.from_numpy(q.astype(dt))
 
 
 def _eye(B: int, n: int, scale: float, dtype: torch.dtype, lead: tuple[int, ...] = ()) -> torch.Tensor:
@@ -115,17 +135,7 @@ class _KalmanBase:
         return state, p0
 
     def _noise(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R_t [B], q_t [B]) at each series' tick, in the filter's float width."""
-        c = self.config
-        if c.r_steps == c.q_steps:  # one schedule for both (the default): its fraction once
-            frac = anneal_fraction(state["t"], c.r_steps)  # [B]
-            R = c.r_init + (c.r_last - c.r_init) * frac
-            q = c.q_init + (c.q_last - c.q_init) * frac
-        else:
-            R = linear_anneal(state["t"], c.r_init, c.r_last, c.r_steps)  # [B]
-            q = linear_anneal(state["t"], c.q_init, c.q_last, c.q_steps)  # [B]
-        dt = NP_FLOAT[self.dtype]
-        return torch.from_numpy(R.astype(dt)), torch.from_numpy(q.astype(dt))
+        return kalman_noise(self.config, state["t"], self.dtype)
 
     def _jacobian(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(d_hat [B], H [B, n_theta], state after the window's first input): closed form where it exists."""

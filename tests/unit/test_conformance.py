@@ -9,7 +9,7 @@ import torch
 
 from models.bank import ModelBank
 from models.cells import NetSpec
-from models.learners import BASELINES, LEARNERS, make_learner
+from models.learners import BASELINES, LEARNERS, RECURRENT, make_learner
 from models.learners.base import uses_autograd
 
 SPEC = NetSpec(n_in=3, hidden=4)
@@ -305,8 +305,8 @@ def test_the_bank_runs_a_learner_without_autograd_in_inference_mode_and_keeps_it
     lean, plain = ModelBank(L), ModelBank(learner(name, spec))
     plain._fast = False
     assert lean._fast == (not uses_autograd(L))
-    if name in BASELINES or (cell, head) == ("lstm", "skip"):
-        assert lean._fast, "closed-form learners run lean"
+    if (name not in RECURRENT and name != "ensemble") or (cell, head) == ("lstm", "skip"):
+        assert lean._fast, "closed-form learners (the baselines and mlp, whatever the cell) run lean"
     elif name != "ensemble":  # the ensemble's experts may take another head (`EnsembleConfig.expert_head`)
         assert not lean._fast, "an autograd learner runs outside inference mode"
     modes: list[bool] = []

@@ -131,14 +131,17 @@ def test_the_kalman_experts_sizes_are_capped_and_a_smaller_expert_starts_cold():
             make_learner("ensemble", spec, D, expert_hidden_max=bad)
 
 
-def test_a_checkpoint_of_the_previous_default_ensemble_is_another_model():
-    """Upgrading from the four-expert ensemble (its DEKF at the model's size): its snapshot is intact
-    but of another model, so the bank refuses it as such (the daemon starts the key afresh), and the
-    previous default, named in full, restores it."""
+@pytest.mark.parametrize("previous", [
+    {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}},  # four experts, DEKF at m=16
+    {"experts": ("persistence", "linear", "sgd", "dekf", "ekf")},  # five, before the feed-forward net
+])
+def test_a_checkpoint_of_a_previous_default_ensemble_is_another_model(previous):
+    """Upgrading from an earlier default ensemble: its snapshot is intact but of another model, so the
+    bank refuses it as such (the daemon starts the key afresh), and the previous default, named in full
+    as the README says, restores it."""
     from models.bank import OTHER_MODEL
 
     spec = NetSpec(n_in=2, hidden=16)
-    previous = {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}
     old = ModelBank(make_learner("ensemble", spec, **previous))
     old.step(["k"], torch.ones(1, 2), torch.ones(1))
     blob = old.snapshot("k")

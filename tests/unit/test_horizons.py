@@ -152,13 +152,15 @@ def _shifted(L, st, delta: torch.Tensor):
     return out
 
 
-@pytest.mark.parametrize(("name", "cell", "head"), [(n, "lstm", "plain") for n in ("ekf", "dekf", "sgd", "pf")]
-                         + [(n, c, h) for n in ("sgd", "pf") for c, h in (("gru", "plain"), ("lstm", "gated"))])
-def test_each_learners_jacobian_is_the_derivative_of_its_published_forecast(name, cell, head):
+@pytest.mark.parametrize(("name", "cell", "head", "options"),
+                         [(n, "lstm", "plain", {}) for n in ("ekf", "dekf", "sgd", "pf", "mlp")]
+                         + [(n, c, h, {}) for n in ("sgd", "pf") for c, h in (("gru", "plain"), ("lstm", "gated"))]
+                         + [("mlp", "lstm", "plain", {"skip": True})])
+def test_each_learners_jacobian_is_the_derivative_of_its_published_forecast(name, cell, head, options):
     """J_t from `jacobian` (from the prediction's memo and without one) against central differences of the
     published forecast along random directions of the weights it names (the PF: a shift common to every
     particle, the derivative of the mixture mean); the closed form (LSTM, plain head) and autograd alike."""
-    L, st, x = _stepped(name, cell=cell, head=head, **({"n_particles": 8} if name == "pf" else {}))
+    L, st, x = _stepped(name, cell=cell, head=head, **({"n_particles": 8} if name == "pf" else options))
     memo: dict = {}
     L.predict(st, x, memo=memo)
     J = L.jacobian(st, x, memo if getattr(L, "memoises", False) else None)
@@ -228,7 +230,7 @@ def test_the_ensemble_passes_a_horizon_to_each_learning_expert_weighted_by_its_s
     derivative of sum_i w_i d_hat_i), and `learn_from` gives each expert its part of the row."""
     L, st, x = _stepped("ensemble")
     names = [n for n, e in zip(L.config.experts, L.experts, strict=True) if hasattr(e, "learn_from")]
-    assert names == ["sgd", "dekf", "ekf"]
+    assert names == ["sgd", "dekf", "ekf", "mlp"]
     w = L.weights(st)
     J = L.jacobian(st, x)
     parts, at = [], 0

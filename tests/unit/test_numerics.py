@@ -3,6 +3,7 @@ Kalman filter, a conjugate Gaussian posterior, and the defining property of syst
 
 from __future__ import annotations
 
+import doctest
 import math
 import warnings
 
@@ -16,6 +17,7 @@ from models import kalman, rng
 from models.cells import NetSpec, cell_step, pack, unpack
 from models.learners import make_learner
 from models.learners.ekf import DEKFLearner, EKFConfig, EKFLearner
+from models.learners.mlp import MLPConfig, MLPLearner
 from models.learners.pf import PFConfig, PFLearner, systematic_indices
 from models.learners.window import window_forward, window_jacobian
 
@@ -536,3 +538,47 @@ def test_pf_closed_form_moves_match_autograd(move):
         torch.testing.assert_close(vf, vs)
     for k in sf:
         torch.testing.assert_close(sf[k], ss[k], msg=k)
+
+
+def test_mlp_docstring_example_runs():
+    from models.learners import mlp
+
+    result = doctest.testmod(mlp, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_mlp_learner_is_the_textbook_ekf_of_its_net(skip):
+    """The feed-forward learner's step is the EKF's: H the autograd gradient of d_hat = v^T tanh(W^T x + b)
+    + c (+ a^T x) in theta, S = H P H^T + R, theta += P H^T e / S, P -= P H^T H P / S, then P += q I, with R
+    and q on the EKF's schedule; run over 30 ticks against that written out in float64 with autograd."""
+    spec = NetSpec(n_in=3, hidden=5)
+    c = MLPConfig(skip=skip, r_steps=10, q_steps=10)
+    L = MLPLearner(spec, c, dtype=D)
+    st = L.init_state(torch.arange(2))
+    theta, P = st["theta"].clone(), st["P"].clone()  # [B, n], [B, n, n]
+    p, m = spec.n_in, spec.hidden
+
+    def net(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        W, b, v = th[: p * m].view(p, m), th[p * m : p * m + m], th[p * m + m : p * m + 2 * m]
+        out = v @ torch.tanh(x @ W + b) + th[-1]
+        return out + th[p * m + 2 * m : p * m + 2 * m + p] @ x if skip else out
+
+    g = torch.Generator().manual_seed(5)
+    for t in range(30):
+        x, d = torch.randn(2, p, generator=g, dtype=D), torch.randn(2, generator=g, dtype=D)
+        frac = min(t / 10, 1.0)
+        R, q = c.r_init + (c.r_last - c.r_init) * frac, c.q_init + (c.q_last - c.q_init) * frac
+        mean, var, st = L.step(st, x, d)
+        for b in range(2):
+            th = theta[b].clone().requires_grad_(True)
+            out = net(th, x[b])
+            (H,) = torch.autograd.grad(out, th)
+            S = H @ P[b] @ H + R
+            o, s_ = float(out.detach()), float(S)
+            assert abs(float(mean[b]) - o) < 1e-12 and abs(float(var[b]) - s_) < 1e-9 * s_
+            K = P[b] @ H / S
+            theta[b] = theta[b] + K * (d[b] - out.detach())
+            P[b] = P[b] - torch.outer(K, H @ P[b]) + q * torch.eye(len(H), dtype=D)
+    torch.testing.assert_close(st["theta"], theta, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(st["P"], P, rtol=1e-9, atol=1e-11)

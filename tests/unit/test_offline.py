@@ -329,6 +329,8 @@ def test_the_daemon_refuses_a_warm_start_that_does_not_fit(tick_warm, warm, tmp_
         Pipeline(Settings(lags=2, hidden=4, warm_start=str(per_key)))
     with pytest.raises(ValueError, match="STREAMER_WARM_START .*missing.tsmf: No such file"):
         Pipeline(Settings(lags=4, hidden=4, warm_start=str(tmp_path / "missing.tsmf")))
+    with pytest.raises(ValueError, match="which the mlp learner does not have"):  # its theta is a feed-forward net's
+        Pipeline(Settings(lags=4, hidden=4, learner="mlp", warm_start=str(path)))
 
 
 # ------------------------------------------------------------------ the commands
