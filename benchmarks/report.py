@@ -804,7 +804,7 @@ arrives 23 or 47 rows later (`models/horizons.py`). So nothing a forecast uses c
 
 - h=1 is each learner's one-step forecast, bit for bit what it is without further horizons (a test
   checks it): the same figures as the ETTh1 table above, measured in another run
-  (`./benchmarks/horizons.sh` at 0156ba3, every row and the plots in one run).
+  (`./benchmarks/horizons.sh` at 0dd8a54, every row and the plots in one run).
 - The default ({hz[default]}) beats persistence and linear at every horizon: {hz[beats]}. {hz[margin]}.
 - Its coverage90 within 0.87-0.93 at every horizon: {hz[cov]} ({hz[cov_default]}); {hz[cov_all]}.
 - **How the read-outs' defaults were chosen** (`python benchmarks/horizon_variants.py --learner
