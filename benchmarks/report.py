@@ -1008,7 +1008,8 @@ a row of every accuracy table above). NMSE (ETTh1 MSE), mean of {mlp_seeds} seed
   would take most of that back.
 - **Tried and not kept** (the table's other rows): the net without its direct path (the RLS expert
   already is one) is behind on every stream; the net in place of the full EKF, or of both Kalman
-  experts, is cheaper but behind on elevators and ETTh1, where the recurrent experts' state pays.
+  experts, is cheaper but behind the default on every stream too, most on ETTh1 (worse there than the
+  previous default), where the recurrent experts' state pays.
 - **Its own settings** (`--group mlp`, the net alone, {mlp_own_seeds} seeds, ETTh1 one). It keeps the EKF's
   cold-start settings (P0 100, R 100 -> 30): a smaller or larger P0, or R 10 -> 3, is behind on the
   three regression streams, and R 300 -> 100 is level or ahead on two and behind on puma8nh. Alone,
