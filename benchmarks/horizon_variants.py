@@ -20,7 +20,8 @@ import torch
 
 from models.cells import NetSpec
 from models.horizons import HorizonConfig
-from models.learners import RECURRENT
+from models.learners import make_learner
+from models.learners.base import LearnsFromHorizons
 from streamer import bench as B
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -57,7 +58,7 @@ def main() -> None:
     for name, cfg in VARIANTS.items():
         if picks and not any(p in name for p in picks):
             continue
-        if name in NEEDS_FILTER and a.learner not in (*RECURRENT, "ensemble"):
+        if name in NEEDS_FILTER and not isinstance(make_learner(a.learner, spec), LearnsFromHorizons):
             continue
         t0 = time.perf_counter()
         r = B.run(stream, a.learner, spec, horizons=hs, readout=cfg)

@@ -43,7 +43,7 @@ GROUPS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
          {"experts": ("persistence", "linear", "sgd", "dekf", "mlp")}),
         ("ensemble", "experts: its mlp in place of the dekf and the ekf",
          {"experts": ("persistence", "linear", "sgd", "mlp")}),
-        ("ensemble", "experts: the previous default (persistence, linear, sgd, dekf at the model's m=16)",
+        ("ensemble", "experts: the default before that (persistence, linear, sgd, dekf at the model's m=16)",
          {"experts": ("persistence", "linear", "sgd", "dekf"), "expert_hidden_max": {}}),
         ("ensemble", "experts: its dekf at the model's m=16 (1.9x the default's memory)",
          {"expert_hidden_max": {"ekf": 6}}),

@@ -409,7 +409,7 @@ def warm_start_cmd(
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     from models.horizons import parse_horizons
-    from models.learners import RECURRENT
+    from models.learners import WARM_STARTABLE
 
     try:
         hs = parse_horizons(horizons)
@@ -417,9 +417,8 @@ def warm_start_cmd(
         raise typer.BadParameter(str(exc)) from exc
     if len(hs) > 1 and layout != "ticks":
         raise typer.BadParameter("--horizons fits the daemon's read-outs: it goes with --layout ticks")
-    takes_warm = (*RECURRENT, "ensemble")  # the learners whose net a warm start's weights are
-    if learner not in takes_warm:
-        raise typer.BadParameter(f"--learner is one of {', '.join(takes_warm)}, got {learner!r}")
+    if learner not in WARM_STARTABLE:
+        raise typer.BadParameter(f"--learner is one of {', '.join(WARM_STARTABLE)}, got {learner!r}")
     given = {"lags": lags, "dropout": dropout, "lr": lr}
     chosen = {k: v if v is not None else W.LAYOUT_DEFAULTS[layout][k] for k, v in given.items()}
     cfg = W.WarmConfig(hidden=hidden, cell=cell, head=head, lags=int(chosen["lags"]), epochs=epochs, seq_len=seq_len,

@@ -38,7 +38,7 @@ from models import defaults
 from models.bank import BankConfig, ModelBank
 from models.cells import NetSpec
 from models.horizons import parse_horizons
-from models.learners import BASELINES, CONFIGS, RECURRENT, make_learner
+from models.learners import BASELINES, CONFIGS, WARM_STARTABLE, make_learner
 from models.normalize import NormConfig
 
 
@@ -166,7 +166,7 @@ def run(
     `period` adds seasonal-naive forecasts to the persistence baseline's run, as `seasonal`; `readout`: the
     read-outs' settings (`models.horizons.HorizonConfig`, default the bank's)."""
     hs = parse_horizons(horizons)
-    warm = theta0 if learner in (*RECURRENT, "ensemble") else None  # a warm start is the recurrent net's
+    warm = theta0 if learner in WARM_STARTABLE else None
     model = make_learner(learner, spec, warm=warm is not None, **(options or {}))
     literal = learner in ("mean", "persistence")  # their forecasts beyond the next tick are the textbook ones
     bank_hs = (1,) if literal else hs
@@ -196,7 +196,7 @@ def run(
                 on_rows(chunk)
     if on_rows is not None:
         on_rows(T % chunk)
-    cell = "-" if learner in BASELINES else spec.cell if learner in (*RECURRENT, "ensemble") else "ff"  # feed-forward
+    cell = "-" if learner in BASELINES else spec.cell if learner in WARM_STARTABLE else "ff"  # ff: feed-forward
     speed = T * len(keys) / tick
     out = _scored(stream, learner, cell, seed, 1, means, lows, highs, head_steps, speed, bank.resets_total)
     for j, h in enumerate(bank_hs[1:]):

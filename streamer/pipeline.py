@@ -34,7 +34,7 @@ from models import modelfile, warmstart
 from models.bank import OTHER_MODEL, BankConfig, ModelBank
 from models.cells import NetSpec
 from models.checkpoint import frame, unframe
-from models.learners import RECURRENT, make_learner
+from models.learners import WARM_STARTABLE, make_learner
 from models.seqae import window_scores
 from streamer.config import Settings
 from streamer.schema import Tick, TickError, dead_letter_key, decode_tick, encode_dead_letter, encode_prediction
@@ -324,9 +324,9 @@ class Pipeline:
         if not s.warm_start:
             return None
         source = f"STREAMER_WARM_START {s.warm_start}"
-        if s.learner not in (*RECURRENT, "ensemble"):
+        if s.learner not in WARM_STARTABLE:
             raise ValueError(f"{source} holds the recurrent net's weights, which the {s.learner} learner does not "
-                             f"have: choose one of {', '.join((*RECURRENT, 'ensemble'))}, or drop the warm start")
+                             f"have: choose one of {', '.join(WARM_STARTABLE)}, or drop the warm start")
         ws = warmstart.load(s.warm_start, source)
         if ws.keys is not None:
             raise ValueError(f"{source} holds one model per series (layout {ws.layout.get('kind')}); the daemon "

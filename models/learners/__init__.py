@@ -37,6 +37,7 @@ LEARNERS = defaults.LEARNER_NAMES  # the ones that train a net (or mix several)
 assert set(REGISTRY) == set(LEARNERS + BASELINES), "models.defaults and the registry list other learners"
 RECURRENT = defaults.RECURRENT_NAMES  # one recurrent net each: they take a warm start's theta (the model's)
 assert set(RECURRENT) <= set(LEARNERS)
+WARM_STARTABLE = (*RECURRENT, "ensemble")  # the learners on the model's recurrent net, whose weights a warm start holds
 CONFIGS: dict[str, type] = {n: c for n, (_, c) in REGISTRY.items() if c is not None}
 DEFAULT_LEARNER = defaults.LEARNER
 
@@ -63,5 +64,5 @@ def make_learner(name: str, spec: NetSpec, dtype: torch.dtype = torch.float32, w
     return cls(spec, config, dtype)  # type: ignore[no-any-return]
 
 
-__all__ = ["REGISTRY", "LEARNERS", "RECURRENT", "BASELINES", "CONFIGS", "DEFAULT_LEARNER", "Learner", "State",
-           "make_learner", "NetSpec"]
+__all__ = ["REGISTRY", "LEARNERS", "RECURRENT", "WARM_STARTABLE", "BASELINES", "CONFIGS", "DEFAULT_LEARNER", "Learner",
+           "State", "make_learner", "NetSpec"]
