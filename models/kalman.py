@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
+from models import kalman_kernel
+
 Block = tuple[torch.Tensor, torch.Tensor]  # (P [*batch, *inner, n, n], H [*batch, *inner, n])
 
 
@@ -30,7 +32,10 @@ def innovation(blocks: Sequence[Block], R: torch.Tensor) -> tuple[list[torch.Ten
 
     P_b is a covariance, symmetric, so P_b H_b^T is taken as (H_b P_b)^T: on CPU a batch of row
     vectors times matrices is the fast product, a batch of matrices times column vectors the slow
-    one (the DEKF's 16 blocks of 84 for one series: 4-5x; `benchmarks/speed.py`'s last table)."""
+    one (the DEKF's 16 blocks of 84 for one series: 4-5x; `benchmarks/speed.py`'s last table). A wave of
+    few rows takes the same sums compiled, one call a block (`models.kalman_kernel`)."""
+    if kalman_kernel.serves([P for P, _ in blocks], [H for _, H in blocks], R, kalman_kernel.MAX_WORK):
+        return kalman_kernel.innovation(list(blocks), R)
     PH = [torch.matmul(H.unsqueeze(-2), P).squeeze(-2) for P, H in blocks]  # [*batch, *inner, n]
     S = R
     for (_, H), ph in zip(blocks, PH, strict=True):
@@ -44,7 +49,10 @@ def correct(Ps: Sequence[torch.Tensor], PH: Sequence[torch.Tensor], e: torch.Ten
     block's mean [*batch, *inner, n].
 
     `joseph`: P - K (PH)^T - (PH) K^T + S K K^T, symmetrised (the same value in exact arithmetic;
-    it keeps P symmetric under round-off where the rank-1 form can drift)."""
+    it keeps P symmetric under round-off where the rank-1 form can drift). The rank-1 form is
+    compiled (`models.kalman_kernel`): torch's batched product of inner dimension 1 is the slow way."""
+    if not joseph and kalman_kernel.serves(list(Ps), [*PH, S], e):
+        return kalman_kernel.correct(list(Ps), list(PH), e, S)
     steps = []
     lead = e.dim()
     for P, ph in zip(Ps, PH, strict=True):

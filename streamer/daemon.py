@@ -71,8 +71,8 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
+from models import jit
 from models.bank import OTHER_MODEL
-from models.learners import bptt_kernel
 from streamer import __version__
 from streamer.config import Settings
 from streamer.metrics import HealthServer, Metrics, observe_many
@@ -312,9 +312,9 @@ class Daemon:
         log.info("starting", version=__version__, learner=s.learner, cell=s.cell, input=s.input_topic,
                  output=s.output_topic, group=s.group_id, changelog=self.changelog, max_keys=self.pipeline.max_keys,
                  bytes_per_key=self.pipeline.bytes_per_key, metrics_port=port)
-        # the compiled window BPTT of few-key waves, loaded (or, in a fresh container, compiled: ~1.5 s) in a
-        # worker thread while the clients connect and join, so the first wave does not wait for it
-        self._warm_task = asyncio.create_task(asyncio.to_thread(bptt_kernel.usable, torch.float32))
+        # the compiled kernels of few-key waves (`models.jit`), loaded (or, in a fresh container, compiled: a few
+        # seconds) in a worker thread while the clients connect and join, so the first wave does not wait for them
+        self._warm_task = asyncio.create_task(asyncio.to_thread(jit.warm_up, torch.float32))
         await self._start_clients()
         self._probe_task = asyncio.create_task(self._probe())
 

@@ -20,20 +20,18 @@ then backward from dy_W = w (the read-out's weights on y):
     dy_{k-1} = R delta_k                  (the recurrent rows of cell)      dc_{k-1} = dc_k f_k
 
 It agrees with the torch pass within float rounding (products summed in another order), which a
-unit test checks for both heads, several windows and both float widths. No fast-math flags that
-assume finite values: a state gone non-finite must stay non-finite so that the bank resets the key.
+unit test checks for both heads, several windows and both float widths. Compiling, caching and the
+fallback where numba cannot compile are `models.jit`'s.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import warnings
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
+
+from models.jit import Kernel
 
 # A wave takes this kernel while rows x m^2 is at most this (rows: keys, or keys x particles): 48 rows at
 # m=16, 192 at m=8, 341 at m=6. The kernel's time grows with the rows and the square of m (its products),
@@ -41,10 +39,6 @@ import torch
 # for a wave under 128 ticks) they cross near 45 rows at m=16 and window 10 and near 250 at m=8
 # (benchmarks/speed.py, "the window BPTT").
 MAX_WORK = 48 * 16 * 16
-
-# reassociation and contraction let loops over units vectorise; no nnan/ninf (see the module's doc)
-_FLAGS = {"reassoc", "contract", "nsz"}
-
 
 def _bptt_rows(cw, c0, rw, r0, h0, xbuf, x, skip, d_hat, U, Delta, phi, h_first):  # pragma: no cover - compiled
     """One row b at a time: the cell's weights cw[b, c0 + i*4m + j*4 + g] (input i, neuron j, gate g), the
@@ -129,53 +123,15 @@ def _bptt_rows(cw, c0, rw, r0, h0, xbuf, x, skip, d_hat, U, Delta, phi, h_first)
                     dc[j] *= S[k, j, 2]
 
 
-_kernel: Callable[..., Any] | None = None
-_compiling = threading.Lock()
-
-
-def _compiled() -> Callable[..., Any]:
-    """The kernel (numba is imported at its first call: a process that never steps a small wave does not pay
-    for it). Each float width is compiled at its first call, about 1.5 s, and the compiled code kept beside
-    this file, or under NUMBA_CACHE_DIR, so that a later process loads it instead (`warm_up`)."""
-    global _kernel
-    with _compiling:
-        if _kernel is None:
-            import numba
-
-            options: dict[str, Any] = {"nogil": True, "fastmath": _FLAGS, "error_model": "numpy"}
-            try:
-                _kernel = numba.njit(cache=True, **options)(_bptt_rows)
-            except RuntimeError:  # nowhere to keep compiled code (read-only, no NUMBA_CACHE_DIR): per process
-                _kernel = numba.njit(**options)(_bptt_rows)
-    return _kernel
-
-
 def warm_up(dtype: torch.dtype = torch.float32) -> None:
-    """Compile (or load) the kernel for this float width now, on one row of the smallest net: the daemon does
-    it while it joins its group, so its first wave does not wait for it."""
+    """Run the kernel once for this float width, on one row of the smallest net (compiling or loading it)."""
     z = torch.zeros
     lstm_bptt(1, False, (z(1, 12, dtype=dtype), 0), (z(1, 2, dtype=dtype), 0), z(1, 2, dtype=dtype),
               z(1, 0, 1, dtype=dtype), z(1, 1, dtype=dtype))
 
 
-_usable: dict[torch.dtype, bool] = {}
-
-
-def usable(dtype: torch.dtype) -> bool:
-    """Whether the kernel runs here for this float width (compiling it at the first ask). Where it cannot (numba
-    missing or broken on a platform), one warning says so and the torch pass does the work: slower for few
-    keys, the same numbers."""
-    ok = _usable.get(dtype)
-    if ok is None:
-        try:
-            warm_up(dtype)
-            ok = True
-        except Exception as exc:  # any failure of this speed-up falls back to torch, loudly once
-            warnings.warn(f"the compiled window BPTT is unavailable ({type(exc).__name__}: {exc}); "
-                          "torch does its work", RuntimeWarning, stacklevel=2)
-            ok = False
-        _usable[dtype] = ok
-    return ok
+KERNEL = Kernel(_bptt_rows, warm_up, "window BPTT")
+usable = KERNEL.usable  # whether it runs here for a float width (`models.jit.Kernel.usable`)
 
 
 def lstm_bptt(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple[torch.Tensor, int],
@@ -197,7 +153,8 @@ def lstm_bptt(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple
     Delta = np.empty((B, W, 4 * m), out_dtype)
     phi = np.empty((B, nr), out_dtype)
     h_first = np.empty((B, 2 * m), out_dtype)
-    _compiled()(cw, cell[1], rw, readout[1], _array(h0), _array(xbuf), _array(x), skip, d_hat, U, Delta, phi, h_first)
+    KERNEL.compiled()(cw, cell[1], rw, readout[1], _array(h0), _array(xbuf), _array(x), skip, d_hat, U, Delta, phi,
+                      h_first)
     return (torch.from_numpy(d_hat), torch.from_numpy(U), torch.from_numpy(Delta), torch.from_numpy(phi),
             torch.from_numpy(h_first))
 

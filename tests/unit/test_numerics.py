@@ -490,8 +490,8 @@ def test_bptt_falls_back_to_torch_with_one_warning_where_the_kernel_cannot_compi
     def broken() -> None:
         raise ImportError("no numba here")
 
-    monkeypatch.setattr(bptt_kernel, "_compiled", broken)
-    monkeypatch.setattr(bptt_kernel, "_usable", {})
+    monkeypatch.setattr(bptt_kernel.KERNEL, "compiled", broken)
+    monkeypatch.setattr(bptt_kernel.KERNEL, "_usable", {})
     spec = NetSpec(n_in=2, hidden=3)
     theta, h0, xbuf, x = torch.randn(2, spec.n_theta), torch.zeros(2, 6), torch.randn(2, 2, 2), torch.randn(2, 2)
     with pytest.warns(RuntimeWarning, match="no numba here"):

@@ -1,0 +1,78 @@
+"""Compiled loops for waves of few rows (numba): what every such kernel here shares.
+
+For a few keys a wave's cost is the count of torch calls, not their arithmetic (1-3 us each,
+whatever the size). A kernel is the same arithmetic written as loops over rows and units and
+compiled into one call; torch keeps the wide waves, where its vectorised and threaded kernels win.
+Each kernel module holds its loops and its dispatch (the widest wave it serves, measured in
+`benchmarks/speed.py`); this module compiles them, keeps the compiled code, and falls back:
+
+- numba is imported at the first compile, so a process that never steps a small wave never loads it;
+- each float width compiles at its first call (about 1-2 s a kernel), and the compiled code is kept
+  beside the kernel's module, or under NUMBA_CACHE_DIR, so that a later process loads it instead;
+- where a kernel cannot compile (numba missing or broken on a platform), `Kernel.usable` warns once
+  and says no, and the caller takes its torch path: slower for few keys, the same numbers.
+
+No fast-math flag assumes finite values (nnan, ninf): a state gone non-finite must stay non-finite
+so that the bank resets the key. Reassociation and contraction let loops over units vectorise.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+FLAGS = {"reassoc", "contract", "nsz"}
+
+
+class Kernel:
+    """One loop, compiled at its first use (`compiled`), with a check that it runs here (`usable`).
+
+    `warm_up(dtype)` calls the kernel once on the smallest inputs of that float width; `what` names it in
+    the fallback's warning."""
+
+    def __init__(self, loop: Callable[..., Any], warm_up: Callable[[torch.dtype], None], what: str) -> None:
+        self.loop, self.warm_up, self.what = loop, warm_up, what
+        self._compiled: Callable[..., Any] | None = None
+        self._compiling = threading.Lock()
+        self._usable: dict[torch.dtype, bool] = {}
+
+    def compiled(self) -> Callable[..., Any]:
+        """The compiled loop (numba's dispatcher: each float width compiles, or loads, at its first call)."""
+        with self._compiling:
+            if self._compiled is None:
+                import numba
+
+                options: dict[str, Any] = {"nogil": True, "fastmath": FLAGS, "error_model": "numpy"}
+                try:
+                    self._compiled = numba.njit(cache=True, **options)(self.loop)
+                except RuntimeError:  # nowhere to keep compiled code (read-only, no NUMBA_CACHE_DIR): per process
+                    self._compiled = numba.njit(**options)(self.loop)
+        return self._compiled
+
+    def usable(self, dtype: torch.dtype) -> bool:
+        """Whether the kernel runs here for this float width (compiling it at the first ask); where it cannot,
+        one warning says so and the answer stays no."""
+        ok = self._usable.get(dtype)
+        if ok is None:
+            try:
+                self.warm_up(dtype)
+                ok = True
+            except Exception as exc:  # any failure of this speed-up falls back to torch, loudly once
+                warnings.warn(f"the compiled {self.what} is unavailable ({type(exc).__name__}: {exc}); "
+                              "torch does its work", RuntimeWarning, stacklevel=2)
+                ok = False
+            self._usable[dtype] = ok
+        return ok
+
+
+def warm_up(dtype: torch.dtype = torch.float32) -> bool:
+    """Compile (or load) every kernel for this float width now: the daemon does it in a worker thread while it
+    joins its group, so that its first wave does not wait. Whether all of them run here."""
+    from models import kalman_kernel
+    from models.learners import bptt_kernel
+
+    return all([k.usable(dtype) for k in (bptt_kernel.KERNEL, *kalman_kernel.KERNELS)])
