@@ -147,10 +147,10 @@ class _KalmanBase:
 
     def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         d_hat, H, h_first = self._jacobian(state, x)
-        R, _ = self._noise(state)
+        R, q = self._noise(state)
         PH, S = kalman.innovation(self._blocks(state, H), R)
-        if memo is not None:  # the next step of this state at this x: the same H, P H^T and S
-            memo["jacobian"], memo["innovation"] = (d_hat, H, h_first), (PH, S)
+        if memo is not None:  # the next step of this state at this x: the same H, noise, P H^T and S
+            memo["jacobian"], memo["noise"], memo["innovation"] = (d_hat, H, h_first), (R, q), (PH, S)
         return d_hat, S
 
     def _update(self, state: State, H: torch.Tensor, e: torch.Tensor, R: torch.Tensor,
@@ -213,7 +213,7 @@ class EKFLearner(_KalmanBase):
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, State]:
         d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
-        R, q = self._noise(state)
+        R, q = memo["noise"] if memo else self._noise(state)
         with torch.no_grad():
             steps, S = self._update(state, H, d - d_hat, R, memo)  # [[B, n]], [B]
             state["theta"] = state["theta"] + self._theta_step(steps)
@@ -261,7 +261,7 @@ class DEKFLearner(_KalmanBase):
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, State]:
         d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
-        R, q = self._noise(state)
+        R, q = memo["noise"] if memo else self._noise(state)
         with torch.no_grad():
             steps, S = self._update(state, H, d - d_hat, R, memo)
             state["theta"] = state["theta"] + self._theta_step(steps)

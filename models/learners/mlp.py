@@ -14,10 +14,12 @@ Jacobian in closed form (g = v * (1 - h^2), the gradient at the hidden layer's i
     d d_hat / d W[k, j] = x_k g_j,   d / d b = g,   d / d v = h,   d / d a = x,   d / d c = 1
 
 The filter is the EKF's (`models.learners.ekf`: one dense P per key, `models.kalman.update`, R_t
-and q_t annealed on the same schedule). Measured alone (RESULTS "The feed-forward expert"): below
-every recurrent learner on the three regression streams, with a covariance of 169^2 numbers at 8 inputs
-(the full EKF's LSTM at m=16 has 1,625^2, the ensemble's at m=6 367^2). It is the default ensemble's sixth
-expert.
+and q_t annealed on the same schedule). A wave of few rows computes d_hat and H in one compiled
+loop (`models.jit`; the torch pass is about a dozen calls, each the wave's cost for a few keys).
+
+Measured alone (RESULTS "The feed-forward expert"): below every recurrent learner on the three
+regression streams, with a covariance of 169^2 numbers at 8 inputs (the full EKF's LSTM at m=16 has
+1,625^2, the ensemble's at m=6 367^2). It is the default ensemble's sixth expert.
 
 A warm start's theta is a recurrent net's: this learner takes none, and starts cold (as the baselines).
 
@@ -37,12 +39,15 @@ A warm start's theta is a recurrent net's: this learner takes none, and starts c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from models import kalman, rng
 from models.cells import NetSpec
+from models.jit import Kernel
 from models.learners.base import NonNegative, Positive, State, rows_finite
 from models.learners.ekf import KalmanNoise, kalman_noise
 
@@ -57,6 +62,47 @@ class MLPConfig(KalmanNoise):
     # The direct path a^T x, as the model's skip head. In the default ensemble, beside its RLS expert, still
     # ahead of the plain net on all four streams (kin8nm 0.254 against 0.260); alone, ahead on two of them.
     skip: bool = True
+
+
+# A wave takes the compiled forward pass while it has at most this many rows (keys); wider, torch's vectorised
+# tanh and products win (benchmarks/speed.py).
+MAX_ROWS = 64
+
+
+def _forward_rows(theta, x, m, skip, d_hat, H):  # pragma: no cover - compiled
+    """`MLPLearner._forward` one row at a time: theta [B, n] laid out [W; b; v; (a); c], x [B, p]; writes d_hat [B]
+    and H [B, n] = [x (x) g; g; h; (x); 1], g = v (1 - h^2)."""
+    B, p = x.shape
+    n = theta.shape[1]
+    for b in range(B):
+        out = theta[b, n - 1]  # c
+        for j in range(m):
+            a = theta[b, p * m + j]  # b_j
+            for k in range(p):
+                a += x[b, k] * theta[b, k * m + j]
+            h = math.tanh(a)
+            v = theta[b, p * m + m + j]
+            out += v * h
+            g = v * (1.0 - h * h)
+            for k in range(p):
+                H[b, k * m + j] = x[b, k] * g
+            H[b, p * m + j] = g
+            H[b, p * m + m + j] = h
+        if skip:
+            for k in range(p):
+                out += theta[b, p * m + 2 * m + k] * x[b, k]
+                H[b, p * m + 2 * m + k] = x[b, k]
+        H[b, n - 1] = 1.0
+        d_hat[b] = out
+
+
+def _warm_up(dtype: torch.dtype) -> None:
+    """Run the loop once for this float width, on one row of a one-unit net (compiling or loading it)."""
+    dt = np.float32 if dtype == torch.float32 else np.float64
+    FORWARD.compiled()(np.zeros((1, 4), dt), np.zeros((1, 1), dt), 1, False, np.zeros(1, dt), np.zeros((1, 4), dt))
+
+
+FORWARD = Kernel(_forward_rows, _warm_up, "feed-forward pass")
 
 
 class MLPLearner:
@@ -90,6 +136,12 @@ class MLPLearner:
     def _forward(self, theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(d_hat [B], H = d d_hat / d theta [B, n]) at x [B, p]."""
         B, p, m = x.shape[0], self.spec.n_in, self.spec.hidden
+        if B <= MAX_ROWS and theta.dtype == x.dtype == self.dtype and not (theta.requires_grad or x.requires_grad) \
+                and self.dtype in (torch.float32, torch.float64) and FORWARD.usable(self.dtype):
+            d_hat, H = np.empty(B, theta.numpy().dtype), np.empty(tuple(theta.shape), theta.numpy().dtype)
+            FORWARD.compiled()(np.ascontiguousarray(theta.numpy()), np.ascontiguousarray(x.numpy()), m,
+                               self.config.skip, d_hat, H)
+            return torch.from_numpy(d_hat), torch.from_numpy(H)
         W, b, v, a, c = theta.split(self._sizes, dim=1)  # [B, p m], [B, m], [B, m], [B, p or 0], [B, 1]
         h = torch.tanh(torch.bmm(x.unsqueeze(1), W.view(B, p, m)).squeeze(1) + b)  # [B, m]
         d_hat = (v * h).sum(1) + c[:, 0]  # [B]
@@ -103,16 +155,16 @@ class MLPLearner:
 
     def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         d_hat, H = self._forward(state["theta"], x)
-        R, _ = kalman_noise(self.config, state["t"], self.dtype)
+        R, q = kalman_noise(self.config, state["t"], self.dtype)
         PH, S = kalman.innovation([(state["P"], H)], R)  # [[B, n]], [B]
-        if memo is not None:  # the next step of this state at this x: the same H, P H^T and S
-            memo["jacobian"], memo["innovation"] = (d_hat, H), (PH, S)
+        if memo is not None:  # the next step of this state at this x: the same H, noise, P H^T and S
+            memo["jacobian"], memo["noise"], memo["innovation"] = (d_hat, H), (R, q), (PH, S)
         return d_hat, S
 
     def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, State]:
         d_hat, H = memo["jacobian"] if memo else self._forward(state["theta"], x)
-        R, q = kalman_noise(self.config, state["t"], self.dtype)
+        R, q = memo["noise"] if memo else kalman_noise(self.config, state["t"], self.dtype)
         PH, S = memo["innovation"] if memo else kalman.innovation([(state["P"], H)], R)
         (dtheta,) = kalman.correct([state["P"]], PH, d - d_hat, S)  # P in place
         state["theta"] = state["theta"] + dtheta

@@ -23,9 +23,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from models.cells import NetSpec
+from models.learners import adam_kernel
 from models.learners.base import Count, NonNegative, Positive, Share, State, cold_theta, rows_finite
 from models.learners.window import (
     bptt_jacobian,
@@ -93,6 +95,10 @@ class SGDLearner:
         # with the closed-form gradient, a prediction can run its forward pass as the gradient's and leave
         # it for the next step (`models.learners.base`): one pass a tick instead of two
         self.memoises = has_closed_form(spec)
+        c = config
+        # the compiled step's settings (`adam_kernel`), in its argument order
+        self._kernel_cfg = np.array([c.lr, c.tau, c.clip, *c.betas, c.eps, c.head_step, c.head_step_max, c.var_decay])
+        self._kernel_flags = np.array([c.schedule == "inverse", c.head_step > 0, self._variable_step])
 
     @property
     def autograd(self) -> bool:
@@ -190,6 +196,17 @@ class SGDLearner:
             d_hat, U, Delta, phi, h_first = (memo["bptt"] if memo else
                                              lstm_bptt(s, state["theta"], state["h0"], state["xbuf"], x))
             var = state["r2"].clone()
+            if self._compiled_step(state, x):  # a small wave: the rest of the step in one compiled call
+                B = x.shape[0]
+                scratch = x.new_zeros(3, B) if not self._variable_step else None
+                e_prev, e_corr, e_sq = ((state["e_prev"], state["e_corr"], state["e_sq"]) if scratch is None
+                                        else scratch.unbind(0))
+                adam_kernel.step(state["theta"], state["m1"], state["m2"], U, Delta, phi, d_hat, d, state["t"],
+                                 e_prev, e_corr, e_sq, state["r2"], self._kernel_cfg, self._kernel_flags,
+                                 s.n_readout)
+                state["t"] = state["t"] + 1
+                window_advance(state, x, h_first)
+                return d_hat, var, state
             e = d - d_hat  # [B]
             if U.shape[1] == 1:  # |u (x) delta| = |u| |delta|: no need to form H_cell
                 Hc = None
@@ -223,6 +240,19 @@ class SGDLearner:
             state["theta"][:, s.n_cell :].addcmul_(phi, gain.unsqueeze(1))
             self._finish(state, x, e, h_first)
         return d_hat, var, state
+
+    def _compiled_step(self, state: State, x: torch.Tensor) -> bool:
+        """Whether this step takes `adam_kernel`: Adam, a wave of at most its MAX_WORK weights, the state it writes
+        in place laid out flat and of one float width, and the loop compiled here."""
+        if self.config.optimizer != "adam" or x.shape[0] * self.spec.n_theta > adam_kernel.MAX_WORK:
+            return False
+        names = ("theta", "m1", "m2", "r2", "e_prev", "e_corr", "e_sq") if self._variable_step else (
+            "theta", "m1", "m2", "r2")
+        for k in names:
+            v = state[k]
+            if v.dtype != self.dtype or not v.is_contiguous() or v.requires_grad:
+                return False
+        return self.dtype in (torch.float32, torch.float64) and adam_kernel.KERNEL.usable(self.dtype)
 
     # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
     @property

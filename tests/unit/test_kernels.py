@@ -1,0 +1,195 @@
+"""The compiled loops of few-key waves (`models.jit`): each agrees with its torch path within float rounding,
+carries a broken row through without touching its neighbours, serves the waves it is meant for, and falls back
+to torch, warning once, where it cannot compile. (The window BPTT's kernel has its tests in test_numerics.)"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from models import jit, kalman, kalman_kernel
+from models.cells import NetSpec
+from models.learners import adam_kernel, mlp
+from models.learners.sgd import SGDConfig, SGDLearner
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def covariance(g: torch.Generator, *shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """Symmetric positive definite matrices [*shape, n, n] (n = shape[-1])."""
+    n = shape[-1]
+    A = torch.randn(*shape, n, generator=g, dtype=dtype)
+    return A @ A.transpose(-1, -2) / n + torch.eye(n, dtype=dtype)
+
+
+def filter_update(batch: tuple[int, ...], sizes: list[tuple[tuple[int, ...], int]], dtype: torch.dtype,
+                  compiled: bool, monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> list[torch.Tensor]:
+    """`kalman.innovation` then `kalman.correct` on blocks of (inner shape, n), one way; every output and P after."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = [(covariance(g, *batch, *inner, n, dtype=dtype), torch.randn(*batch, *inner, n, generator=g, dtype=dtype))
+              for inner, n in sizes]
+    R = torch.rand(*batch, generator=g, dtype=dtype) + 1
+    e = torch.randn(*batch, generator=g, dtype=dtype)
+    with monkeypatch.context() as m:
+        if not compiled:
+            m.setattr(kalman_kernel, "serves", lambda *a: False)
+        PH, S = kalman.innovation(blocks, R)
+        steps = kalman.correct([P for P, _ in blocks], PH, e, S)
+    return [*PH, S, *steps, *(P for P, _ in blocks)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch, sizes", [
+    ((3,), [((), 5)]),  # RLS-like: one small block a key
+    ((2,), [((), 40)]),  # the EKF's one dense block
+    ((2,), [((4,), 9), ((), 6)]),  # the DEKF's: a block per neuron, summed into S, and the head's
+    ((2, 5), [((), 4)]),  # the particle filter's read-out: a block per key and particle
+])
+def test_compiled_kalman_update_agrees_with_torch_within_rounding(batch, sizes, dtype, monkeypatch):
+    eps = torch.finfo(dtype).eps
+    compiled = filter_update(batch, sizes, dtype, True, monkeypatch)
+    reference = filter_update(batch, sizes, dtype, False, monkeypatch)
+    for a, b in zip(compiled, reference, strict=True):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=64 * eps, atol=64 * eps * float(b.abs().max()))
+
+
+def test_compiled_kalman_update_carries_a_broken_row_through_and_leaves_the_others():
+    g = torch.Generator().manual_seed(1)
+    P, H = covariance(g, 3, 6, dtype=torch.float32), torch.randn(3, 6, generator=g)
+    P[1, 2, 3] = float("nan")
+    R, e = torch.ones(3), torch.randn(3, generator=g)
+    reference = P[[0, 2]].clone()
+    (PH,), S = kalman.innovation([(P, H)], R)
+    (step,) = kalman.correct([P], [PH], e, S)
+    assert not torch.isfinite(S[1]) and not torch.isfinite(step[1]).all() and not torch.isfinite(P[1]).all()
+    (PH_ref,), S_ref = kalman.innovation([(reference, H[[0, 2]])], R[[0, 2]])
+    (step_ref,) = kalman.correct([reference], [PH_ref], e[[0, 2]], S_ref)
+    torch.testing.assert_close(S[[0, 2]], S_ref)
+    torch.testing.assert_close(step[[0, 2]], step_ref)
+    torch.testing.assert_close(P[[0, 2]], reference)
+
+
+def test_the_kalman_update_takes_the_loops_where_they_serve_and_torch_elsewhere(monkeypatch):
+    """innovation: the loop up to MAX_WORK entries of P, torch beyond; correct: the loop at every width; torch for
+    the Joseph form, a P that is not laid out flat, and anything autograd is to differentiate through."""
+    calls: list[str] = []
+    for name in ("innovation", "correct"):
+        real = getattr(kalman_kernel, name)
+        monkeypatch.setattr(kalman_kernel, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+    n = 50
+    most = kalman_kernel.MAX_WORK // (n * n)  # the most rows of this filter the innovation loop takes
+
+    def update(B: int, joseph: bool = False, flat: bool = True) -> None:
+        P = torch.eye(n).repeat(B, 1, 1) if flat else torch.eye(n).repeat(1, B, 1).view(n, B, n).transpose(0, 1)
+        PH, S = kalman.innovation([(P, torch.ones(B, n))], torch.ones(B))
+        kalman.correct([P], PH, torch.ones(B), S, joseph=joseph)
+
+    update(most)
+    assert calls == ["innovation", "correct"]
+    calls.clear()
+    update(most + 1)
+    assert calls == ["correct"]
+    calls.clear()
+    update(2, joseph=True)
+    assert calls == ["innovation"]
+    calls.clear()
+    update(2, flat=False)
+    assert calls == []
+    H = torch.ones(2, n, requires_grad=True)
+    PH, S = kalman.innovation([(torch.eye(n).repeat(2, 1, 1), H)], torch.ones(2))
+    S.sum().backward()  # differentiated through: the torch path
+    assert calls == [] and H.grad is not None
+
+
+def sgd_run(options: dict, dtype: torch.dtype, compiled: bool, monkeypatch: pytest.MonkeyPatch,
+            head: str = "plain", T: int = 200) -> tuple[torch.Tensor, dict]:
+    """SGD learner, predict-then-step over T ticks of 3 keys, one way: its predictions [T, 3] and final state."""
+    learner = SGDLearner(NetSpec(n_in=4, hidden=6, head=head), SGDConfig(**options), dtype)
+    g = torch.Generator().manual_seed(2)
+    state = learner.init_state(torch.arange(3))
+    means = []
+    with monkeypatch.context() as m:
+        if not compiled:
+            m.setattr(SGDLearner, "_compiled_step", lambda *a: False)
+        for _ in range(T):
+            x = torch.randn(3, 4, generator=g, dtype=dtype)
+            d = torch.sin(x.sum(1)) + 0.1 * torch.randn(3, generator=g, dtype=dtype)
+            memo: dict = {}
+            learner.predict(state, x, memo=memo)
+            mean, _, state = learner.step(state, x, d, memo=memo)
+            means.append(mean)
+    return torch.stack(means), state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options, head", [
+    ({}, "plain"),  # the default: Adam, the read-out's variable NLMS step
+    ({"head_step_max": 0.1}, "plain"),  # a fixed read-out step
+    ({"head_step": 0.0}, "plain"),  # Adam on every weight
+    ({"schedule": "inverse"}, "plain"),
+    ({"window": 3}, "plain"),
+    ({}, "skip"),
+])
+def test_compiled_sgd_step_follows_the_torch_step_within_rounding(options, head, dtype, monkeypatch):
+    """Over 200 ticks, so that a different step anywhere (the clip, Adam's bias corrections, the read-out's step
+    and its size, the running variance) would show; float32 drifts by its rounding through Adam's division."""
+    compiled, state = sgd_run(options, dtype, True, monkeypatch, head)
+    reference, ref_state = sgd_run(options, dtype, False, monkeypatch, head)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(compiled, reference, rtol=tol, atol=tol)
+    assert state.keys() == ref_state.keys()
+    for k, v in state.items():
+        torch.testing.assert_close(v, ref_state[k], rtol=tol, atol=tol)
+
+
+def test_the_sgd_step_takes_the_loop_for_few_rows_and_torch_for_a_wide_wave(monkeypatch):
+    calls: list[int] = []
+    real = adam_kernel.step
+    monkeypatch.setattr(adam_kernel, "step", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    learner = SGDLearner(NetSpec(n_in=4, hidden=6))
+    most = adam_kernel.MAX_WORK // learner.spec.n_theta
+    for B in (most, most + 1):
+        state = learner.init_state(torch.arange(B))
+        learner.step(state, torch.randn(B, 4), torch.randn(B))
+    assert calls == [most]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("skip", [True, False])
+def test_compiled_feed_forward_pass_agrees_with_torch_within_rounding(skip, dtype, monkeypatch):
+    learner = mlp.MLPLearner(NetSpec(n_in=4, hidden=7), mlp.MLPConfig(skip=skip), dtype)
+    g = torch.Generator().manual_seed(3)
+    theta = torch.randn(5, learner.n_learned, generator=g, dtype=dtype)
+    x = torch.randn(5, 4, generator=g, dtype=dtype)
+    compiled = learner._forward(theta, x)
+    monkeypatch.setattr(mlp, "MAX_ROWS", 0)  # every wave wider than the loop serves: the torch pass
+    reference = learner._forward(theta, x)
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(compiled, reference, strict=True):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=16 * eps, atol=16 * eps)
+
+
+def test_a_kernel_that_cannot_compile_warns_once_and_torch_does_its_work(monkeypatch):
+    def broken() -> None:
+        raise ImportError("no numba here")
+
+    for kernel in kalman_kernel.KERNELS:
+        monkeypatch.setattr(kernel, "compiled", broken)
+        monkeypatch.setattr(kernel, "_usable", {})
+    monkeypatch.setattr(kalman_kernel, "_usable", {})
+    P, H, R = torch.eye(3).repeat(2, 1, 1), torch.ones(2, 3), torch.ones(2)
+    with pytest.warns(RuntimeWarning, match="no numba here"):
+        (PH,), S = kalman.innovation([(P, H)], R)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next update says nothing
+        kalman.correct([P], [PH], torch.ones(2), S)
+    assert torch.equal(S, torch.full((2,), 4.0)) and bool((P == torch.eye(3) - 0.25).all())  # P - P H H^T P / S
+
+
+def test_every_kernel_compiles_here():
+    """What the daemon does while it joins its group: every loop compiled (or loaded) at both float widths."""
+    assert jit.warm_up(torch.float32) and jit.warm_up(torch.float64)
