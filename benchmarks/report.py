@@ -577,7 +577,8 @@ def main() -> None:
         dab_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dab["runs"]["base"]),
         few_spec_lags=daemon_lags(spd.get("few_keys_spec", "")), bptt_rows=bptt_rows,
         bptt_cross=", ".join(f"{r['rows']} rows: {r['speedup']:.1f}x" for r in cross),
-        kernel_rows=", ".join(f"{bptt_kernel.MAX_WORK // m**2} rows at m={m}" for m in (16, 8, 6)),
+        kernel_rows=", ".join(f"{bptt_kernel.most_rows(m, 10)} rows at m={m}" for m in (16, 8, 6))
+        + f"; at window 1, {bptt_kernel.most_rows(16, 1)} rows at m=16",
         parts_tables="\n\n".join(parts_table(p) for p in parts), part_floor1=p1["bank_floor_ms"],
         p1_wave=p1["wave_ms"], p1_few=1000 / fk("ensemble", 1), p1_slow=p1["wave_ms"] * fk("ensemble", 1) / 1000,
         part_mix1=p1["mixture_ms"], part_top1=max(p1["experts_ms"].values()))
@@ -1447,10 +1448,11 @@ under 128 ticks; {few_spec_lags} inputs):
 The kernel's time grows with the rows; torch's barely does until its vectorised arithmetic takes
 over. The kernel's cost grows with the rows and with m squared (its products): at m=16 and window 10
 the two cross between 16 and 64 rows ({bptt_cross}), at m=8 near 256, at window 1 between 64 and 256.
-So a wave takes the kernel while rows x m^2 is at most `bptt_kernel.MAX_WORK` ({kernel_rows}), which covers
-every wave of up to 48 keys of the default learner's experts (a wave of K keys is K rows). These
-tables were measured with a limit of 64 rows whatever m (commit 51ba9d6); the limit by rows x m^2 came
-after, from the table above, and moves no wave of the default learner below 48 keys.
+So a wave takes the kernel while rows x m^2 x (window + 3) is at most 13 x `bptt_kernel.MAX_WORK`
+(`bptt_kernel.most_rows`: {kernel_rows}), which covers every wave of up to 48 keys of the default
+learner's experts (a wave of K keys is K rows; the particle filter's is K x 64 particles). The first of
+these tables were measured with a limit of 64 rows whatever m (commit 51ba9d6); the limit by rows x m^2
+came after, from the table above, and the window's part after that (the window-1 rows of the table).
 
 Where a wave of the default learner goes now (`speed.py`, each expert's calls timed inside the bank's
 own; "the bank's own work" is the same wave on persistence, the cheapest learner):

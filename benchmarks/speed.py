@@ -164,9 +164,9 @@ def few_keys_pipeline(name: str, K: int, seconds: float, horizons: str = "1",
     return timed_waves(wave, seconds), bound
 
 
-def bptt_kernel_rows(hidden: int = 16) -> int:
-    """The most rows of a net of this size that take the compiled window BPTT (`bptt_kernel.MAX_WORK`)."""
-    return bptt_kernel.MAX_WORK // hidden**2
+def bptt_kernel_rows(hidden: int = 16, window: int = 10) -> int:
+    """The most rows of a net of this size and window that take the compiled window BPTT (`bptt_kernel.most_rows`)."""
+    return bptt_kernel.most_rows(hidden, window)
 
 
 def daemon_spec() -> NetSpec:
@@ -396,7 +396,8 @@ def main() -> None:
     bptt_rows = [int(k) for k in args.bptt_rows.split(",") if k]
     bptt = bptt_paths(bptt_rows, args.few_seconds) if bptt_rows else []
     table = Table(title=f"the window BPTT: the compiled kernel against the torch pass, 1 thread (the kernel up to "
-                        f"{bptt_kernel_rows(16)} rows at m=16, {bptt_kernel_rows(8)} at m=8)")
+                        f"{bptt_kernel_rows(16)} rows at m=16, {bptt_kernel_rows(8)} at m=8, window 10; "
+                        f"{bptt_kernel_rows(16, 1)} at m=16, window 1)")
     for col in ("learner", "m", "window", "rows", "kernel us", "torch us", "kernel speed-up"):
         table.add_column(col, justify="left" if col == "learner" else "right")
     for r in bptt:

@@ -73,7 +73,7 @@ def warm_up(dtype: torch.dtype = torch.float32) -> bool:
     """Compile (or load) every kernel for this float width now: the daemon does it in a worker thread while it
     joins its group, so that its first wave does not wait. Whether all of them run here."""
     from models import kalman_kernel
-    from models.learners import adam_kernel, bptt_kernel, mlp
+    from models.learners import adam_kernel, bptt_kernel, ensemble, mlp
 
-    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, *kalman_kernel.KERNELS)
+    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, *kalman_kernel.KERNELS)
     return all([k.usable(dtype) for k in kernels])

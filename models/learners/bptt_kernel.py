@@ -33,12 +33,19 @@ import torch
 
 from models.jit import Kernel
 
-# A wave takes this kernel while rows x m^2 is at most this (rows: keys, or keys x particles): 48 rows at
-# m=16, 192 at m=8, 341 at m=6. The kernel's time grows with the rows and the square of m (its products),
-# torch's hardly with either until its vectorised arithmetic takes over; on one torch thread (the daemon's
-# for a wave under 128 ticks) they cross near 45 rows at m=16 and window 10 and near 250 at m=8
-# (benchmarks/speed.py, "the window BPTT").
+# A wave takes this kernel while rows x m^2 x (window + 3) is at most this x 13 (rows: keys, or keys x particles):
+# at window 10, 48 rows at m=16, 192 at m=8, 341 at m=6; at window 1 (SGD, the particle filter) 3.25x as many,
+# 156 rows at m=16. The kernel's time grows with the rows, the steps and the square of m (its products);
+# torch's is a fixed cost (the gates' pass after the loop) plus one a step, hardly growing with either until its
+# vectorised arithmetic takes over. On one torch thread (the daemon's for a wave under 128 ticks) they cross near
+# 45 rows at m=16 and window 10, near 250 at m=8, and near 160 at m=16 and window 1 (benchmarks/speed.py,
+# "the window BPTT").
 MAX_WORK = 48 * 16 * 16
+
+
+def most_rows(m: int, window: int) -> int:
+    """The most rows of a net of m units over this window that take the kernel."""
+    return MAX_WORK * 13 // (m * m * (window + 3))
 
 def _bptt_rows(cw, c0, rw, r0, h0, xbuf, x, skip, d_hat, U, Delta, phi, h_first):  # pragma: no cover - compiled
     """One row b at a time: the cell's weights cw[b, c0 + i*4m + j*4 + g] (input i, neuron j, gate g), the

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from models.cells import NetSpec
+from models.jit import Kernel
 from models.learners.base import (
     NP_FLOAT,
     Learner,
@@ -144,6 +145,8 @@ class EnsembleLearner:
         self._learning = [i for i, e in enumerate(self.experts) if isinstance(e, LearnsFromHorizons)]
         # the loss scale is the squared-error rule's (the likelihood is scale-free already): no state otherwise
         self._relative = config.rule == "squared" and config.eta_scale == "relative"
+        c = config
+        self._mix_cfg = np.array([c.eta, c.share, c.var_decay, c.min_var, c.scale_decay, c.scale_ref])
         self._names: dict[tuple[int, int], list[tuple[str, str]]] = {}
 
     @property
@@ -229,6 +232,14 @@ class EnsembleLearner:
             out.append((m, v))
         M, V = self._expert_columns(out)  # [B, E] each expert's prediction before the label, and its variance
         E = M.shape[1]
+        if self._relative and M.shape[0] <= MIX_MAX_ROWS and MIX.usable(self.dtype):  # one compiled call
+            logw, lam, lscale = (np.empty(state[k].shape, M.dtype) for k in ("logw", "lam", "lscale"))
+            mean, var = np.empty(M.shape[0], M.dtype), np.empty(M.shape[0], M.dtype)
+            before = (np.ascontiguousarray(_array(state[k])) for k in ("logw", "lam", "lscale"))
+            MIX.compiled()(M, V, np.ascontiguousarray(_array(d)).astype(M.dtype, copy=False), *before, self._mix_cfg,
+                           mean, var, logw, lam, lscale)
+            state["logw"], state["lam"], state["lscale"] = (torch.from_numpy(a) for a in (logw, lam, lscale))
+            return torch.from_numpy(mean), torch.from_numpy(var), state
         mean, var, v_cal = self._mixture(state, M, V)
         with np.errstate(all="ignore"):
             e2 = (_array(d).astype(M.dtype, copy=False)[:, None] - M) ** 2  # [B, E]
@@ -309,6 +320,73 @@ class EnsembleLearner:
 
 def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
+
+
+# A wave of at most this many keys takes the compiled mixture update (`_mix_rows`); wider, numpy's vectorised
+# passes over [B, E] win (benchmarks/speed.py).
+MIX_MAX_ROWS = 64
+
+
+def _mix_rows(M, V, d, logw, lam, lscale, cfg, mean, var, logw_out, lam_out, lscale_out):  # pragma: no cover
+    """`EnsembleLearner.step`'s mixture and weight update (the squared-error rule, relative scale) one key at a time:
+    M, V [B, E] the experts' means and variances, d [B]; logw, lam [B, E], lscale [B, 2] read; writes the mixture's
+    mean, var [B] and the state after the label. cfg: eta, share, var_decay, min_var, scale_decay, scale_ref."""
+    B, E = M.shape
+    eta, share, var_decay, min_var, scale_decay, scale_ref = cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5]
+    e2 = np.empty(E, M.dtype)
+    for b in range(B):
+        top = logw[b, 0]
+        for i in range(1, E):
+            top = max(top, logw[b, i])
+        z = 0.0
+        for i in range(E):
+            z += math.exp(logw[b, i] - top)
+        mu = 0.0
+        second = 0.0
+        for i in range(E):  # the mixture before the label, by the law of total variance
+            w = math.exp(logw[b, i] - top) / z
+            v = max(lam[b, i] * V[b, i], min_var)
+            mu += w * M[b, i]
+            second += w * (v + M[b, i] * M[b, i])
+        mean[b] = mu
+        var[b] = max(second - mu * mu, min_var)
+        for i in range(E):
+            err = d[b] - M[b, i]
+            sq = err * err
+            e2[i] = 1e6 if not math.isfinite(sq) else sq  # an expert that broke loses its weight, not the key
+        typical = min(np.sort(e2)[(E - 1) // 2], 1e6)  # the (lower) median
+        n = lscale[b, 1] + 1
+        a = max(1.0 / n, scale_decay)
+        scale = (1 - a) * lscale[b, 0] + a * typical
+        lscale_out[b, 0] = scale
+        lscale_out[b, 1] = n
+        unit = max(scale, min_var)
+        if scale_ref > 0:
+            unit = min(unit / scale_ref, 1.0)
+        top = -math.inf
+        for i in range(E):
+            logw_out[b, i] = logw[b, i] - eta * min(e2[i], 1e6) / unit
+            top = max(top, logw_out[b, i])
+        if not math.isfinite(top):
+            top = 0.0
+        z = 0.0
+        for i in range(E):
+            z += math.exp(logw_out[b, i] - top)
+        lse = top + math.log(z)
+        for i in range(E):
+            logw_out[b, i] = math.log((1 - share) * math.exp(logw_out[b, i] - lse) + share / E)  # fixed share
+            ratio = min(e2[i] / max(V[b, i], min_var), 1e6)
+            lam_out[b, i] = (1 - var_decay) * lam[b, i] + var_decay * ratio
+
+
+def _warm_up_mix(dtype: torch.dtype) -> None:
+    """Run the loop once for this float width, on one key of two experts (compiling or loading it)."""
+    dt = np.float32 if dtype == torch.float32 else np.float64
+    two, one = (lambda: np.zeros((1, 2), dt)), (lambda: np.zeros(1, dt))
+    MIX.compiled()(two(), two(), one(), two(), two(), two(), np.zeros(6), one(), one(), two(), two(), two())
+
+
+MIX = Kernel(_mix_rows, _warm_up_mix, "ensemble's mixture")
 
 
 def _logsumexp(a: np.ndarray) -> np.ndarray:

@@ -105,7 +105,7 @@ def lstm_bptt(
     phi [B, n_readout], state after the first input [B, 2m]); H_cell = U^T Delta.
 
     For few keys the number of torch calls is the cost (1-3 us each, whatever the size): a small wave
-    (rows x m^2 up to `bptt_kernel.MAX_WORK`: 48 rows at m=16) takes the same recursion compiled, in one
+    (`bptt_kernel.most_rows`: 48 rows at m=16 and window 10) takes the same recursion compiled, in one
     call (`models.learners.bptt_kernel`; `compiled` forces one way or the other). The torch pass below
     writes the steps in as few calls as the recursion allows: the forward step is `lstm_gates`, the local
     derivatives of every step come in one pass after the loop, and the backward recursion is a few calls
@@ -114,7 +114,7 @@ def lstm_bptt(
     m, p = spec.hidden, spec.n_in
     if compiled is None:  # few rows, and nothing that autograd is to differentiate through (the kernel is opaque)
         weights = (theta.cell, theta.r) if isinstance(theta, Params) else (theta,)
-        compiled = x.shape[0] * m * m <= bptt_kernel.MAX_WORK and not (
+        compiled = x.shape[0] <= bptt_kernel.most_rows(m, xbuf.shape[1] + 1) and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in (*weights, h0, xbuf, x))
         ) and bptt_kernel.usable(x.dtype)
     if compiled:

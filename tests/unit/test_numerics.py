@@ -471,7 +471,7 @@ def test_bptt_takes_the_kernel_for_few_rows_and_torch_where_autograd_or_width_as
     def inputs(B: int) -> tuple[torch.Tensor, ...]:
         return torch.randn(B, spec.n_theta), torch.zeros(B, 6), torch.randn(B, 2, 2), torch.randn(B, 2)
 
-    most = bptt_kernel.MAX_WORK // spec.hidden**2  # the most rows of this net that the kernel takes
+    most = bptt_kernel.most_rows(spec.hidden, 3)  # the most rows of this net and window that the kernel takes
     with torch.no_grad():
         lstm_bptt(spec, *inputs(most))
         lstm_bptt(spec, *inputs(most + 1))
