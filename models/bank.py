@@ -134,6 +134,7 @@ class ModelBank:
         self._buf: State = {}
         self._view: State | None = None  # the live rows of every tensor, rebuilt when they move
         self._book_view: dict[str, np.ndarray] | None = None  # the bank's own part of _view, as numpy arrays
+        self._learner_view: State | None = None  # the learner's part of _view (`_learner_part`)
         # A learner that memoises (`models.learners.base`) leaves its prediction's intermediates in a memo,
         # which the next step of the same rows uses if nothing moved them and x is the same: (which rows,
         # the normalised x, the memo). Whatever writes state clears it (`_forget_memo`).
@@ -194,7 +195,7 @@ class ModelBank:
             n = len(self.names)
             with torch.inference_mode(False):  # plain views, whoever asks first (see `_lean`)
                 self._view = {k: v[:n] for k, v in self._buf.items()}
-            self._book_view = None
+            self._book_view = self._learner_view = None
         return self._view
 
     @property
@@ -294,8 +295,14 @@ class ModelBank:
         for k, v in sub.items():
             self.state[k][rows] = v
 
-    @staticmethod
-    def _learner_part(st: State) -> State:
+    def _learner_part(self, st: State) -> State:
+        """The learner's part of a state (l.*, named as the learner names it): of every live row, the names worked
+        out once per layout (an ensemble's state has dozens), and a fresh dict each time (a learner's step
+        puts its new tensors into the dict it is given)."""
+        if st is self._view:
+            if self._learner_view is None:
+                self._learner_view = {k[2:]: v for k, v in st.items() if k.startswith("l.")}
+            return dict(self._learner_view)
         return {k[2:]: v for k, v in st.items() if k.startswith("l.")}
 
     def interval(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
