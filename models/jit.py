@@ -13,7 +13,9 @@ Each kernel module holds its loops and its dispatch (the widest wave it serves, 
   and says no, and the caller takes its torch path: slower for few keys, the same numbers.
 
 No fast-math flag assumes finite values (nnan, ninf): a state gone non-finite must stay non-finite
-so that the bank resets the key. Reassociation and contraction let loops over units vectorise.
+so that the bank resets the key. Reassociation and contraction let loops over units vectorise; but
+under reassociation `math.isfinite` of an expression is folded to True (it is x - x == 0), so a
+kernel asks `math.isnan(v) or math.isinf(v)`, which hold (tests/unit/test_kernels.py checks both).
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ class Kernel:
 def warm_up(dtype: torch.dtype = torch.float32) -> bool:
     """Compile (or load) every kernel for this float width now: the daemon does it in a worker thread while it
     joins its group, so that its first wave does not wait. Whether all of them run here."""
-    from models import kalman_kernel
+    from models import kalman_kernel, normalize
     from models.learners import adam_kernel, bptt_kernel, ensemble, mlp
 
-    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, *kalman_kernel.KERNELS)
+    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, *kalman_kernel.KERNELS,
+               normalize.APPLY, normalize.UPDATE)
     return all([k.usable(dtype) for k in kernels])

@@ -13,17 +13,22 @@ The arithmetic is numpy's (`apply`, `update`, on arrays that may be views of the
 tensors): it runs once per wave on a handful of small arrays, where a numpy operation costs a
 quarter of a torch one (measured: 19 us against 79 us for an update of one key, 78 against 121
 at 1,000 keys), and for a few keys at a high rate that per-operation cost is the wave's cost.
-`norm_apply` / `norm_update` are the same functions on torch tensors.
+`norm_apply` / `norm_update` are the same functions on torch tensors. For a wave of few keys even
+numpy's calls are most of the cost, so such a wave takes the same arithmetic as one compiled loop
+over rows and columns (`models.jit`; `MAX_ROWS`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+
+from models.jit import Kernel
 
 State = dict[str, torch.Tensor]
 Arrays = Mapping[str, np.ndarray]
@@ -62,6 +67,11 @@ def apply(st: Arrays, x: np.ndarray, c: NormConfig) -> np.ndarray:
     """Standardised, clipped x [B, p]."""
     if c.mode == "none":
         return x
+    if _compiled(x):
+        out = np.empty(x.shape, x.dtype)
+        APPLY.compiled()(np.ascontiguousarray(x), *_contiguous(st["x_mean"], st["x_var"]), c.rel_floor, c.abs_floor,
+                         c.clip, out)
+        return out
     with np.errstate(all="ignore"):  # a non-finite input is the caller's to catch (the bank resets the key)
         return np.clip((x - st["x_mean"]) / _sd(st["x_mean"], st["x_var"], c), -c.clip, c.clip)
 
@@ -72,6 +82,14 @@ def update(st: Arrays, x: np.ndarray, d: np.ndarray, c: NormConfig) -> dict[str,
     if c.mode == "none":
         return {**st, "n": n}
     p = x.shape[1]
+    if _compiled(x):
+        B = x.shape[0]
+        out = {"n": n, "x_mean": np.empty((B, p), x.dtype), "x_var": np.empty((B, p), x.dtype),
+               "d_mean": np.empty(B, x.dtype), "d_var": np.empty(B, x.dtype), "d_sd": np.empty(B, x.dtype)}
+        UPDATE.compiled()(n, np.ascontiguousarray(x), *_contiguous(d, st["x_mean"], st["x_var"], st["d_mean"],
+                          st["d_var"]), c.horizon, c.rel_floor, c.abs_floor, c.robust_after, c.robust_z,
+                          out["x_mean"], out["x_var"], out["d_mean"], out["d_var"], out["d_sd"])
+        return out
     with np.errstate(all="ignore"):
         # x and d in one [B, p + 1] pass: the same arithmetic on each column
         v = np.concatenate([x, d[:, None]], axis=1)
@@ -88,6 +106,79 @@ def update(st: Arrays, x: np.ndarray, d: np.ndarray, c: NormConfig) -> dict[str,
         d_sd = _sd(new_mean[:, p], new_var[:, p], c)
     return {"n": n, "x_mean": new_mean[:, :p], "x_var": new_var[:, :p], "d_mean": new_mean[:, p],
             "d_var": new_var[:, p], "d_sd": d_sd}
+
+
+# A wave of at most this many keys takes the compiled loops; wider, numpy's vectorised passes win.
+MAX_ROWS = 64
+
+
+def _compiled(x: np.ndarray) -> bool:
+    return x.shape[0] <= MAX_ROWS and x.dtype in (np.float32, np.float64) and APPLY.usable(_TORCH[x.dtype])
+
+
+_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def _contiguous(*arrays: np.ndarray) -> list[np.ndarray]:
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def _apply_rows(x, x_mean, x_var, rel_floor, abs_floor, clip, out):  # pragma: no cover - compiled
+    """`apply`, one entry at a time: out [B, p] = clip((x - mean) / sd, -clip, clip); NaN stays NaN."""
+    B, p = x.shape
+    for b in range(B):
+        for j in range(p):
+            m = x_mean[b, j]
+            v = (x[b, j] - m) / math.sqrt(x_var[b, j] + rel_floor * m * m + abs_floor)
+            if v > clip:
+                v = clip
+            elif v < -clip:
+                v = -clip
+            out[b, j] = v
+
+
+def _update_rows(n, x, d, x_mean, x_var, d_mean, d_var, horizon, rel_floor, abs_floor, robust_after, robust_z,
+                 new_x_mean, new_x_var, new_d_mean, new_d_var, d_sd):  # pragma: no cover - compiled
+    """`update`, one row at a time (n the ticks counted with this one): x's p columns, then d's, alike."""
+    B, p = x.shape
+    for b in range(B):
+        a = 1.0 / min(n[b], horizon)
+        for j in range(p + 1):
+            if j < p:
+                v, mean, var = x[b, j], x_mean[b, j], x_var[b, j]
+            else:
+                v, mean, var = d[b], d_mean[b], d_var[b]
+            delta = v - mean
+            if math.isnan(delta) or math.isinf(delta):  # a non-finite value moves nothing (not isfinite: see jit)
+                delta = 0.0
+            if n[b] > robust_after:
+                bound = robust_z * math.sqrt(var + rel_floor * mean * mean + abs_floor)
+                if bound != bound:  # as numpy's clip: a NaN bound gives NaN
+                    delta = bound
+                elif delta > bound:
+                    delta = bound
+                elif delta < -bound:
+                    delta = -bound
+            new_mean = mean + a * delta
+            new_var = var if n[b] == 1 else (1 - a) * (var + a * delta * delta)
+            if j < p:
+                new_x_mean[b, j], new_x_var[b, j] = new_mean, new_var
+            else:
+                new_d_mean[b], new_d_var[b] = new_mean, new_var
+                d_sd[b] = math.sqrt(new_var + rel_floor * new_mean * new_mean + abs_floor)
+
+
+def _warm_up(dtype: torch.dtype) -> None:
+    """Run both loops once for this float width, on one key of one column (compiling or loading them)."""
+    dt = np.float32 if dtype == torch.float32 else np.float64
+    one, row = (lambda: np.ones(1, dt)), (lambda: np.ones((1, 1), dt))
+    APPLY.compiled()(row(), row(), row(), 1e-4, 1e-8, 8.0, row())
+    UPDATE.compiled()(np.ones(1, np.int64), row(), one(), row(), row(), one(), one(), 2000, 1e-4, 1e-8, 20, 8.0,
+                      row(), row(), one(), one(), one())
+
+
+APPLY = Kernel(_apply_rows, _warm_up, "normaliser")
+UPDATE = Kernel(_update_rows, _warm_up, "normaliser")
 
 
 def norm_apply(st: State, x: torch.Tensor, c: NormConfig) -> torch.Tensor:

@@ -353,7 +353,7 @@ def _mix_rows(M, V, d, logw, lam, lscale, cfg, mean, var, logw_out, lam_out, lsc
         for i in range(E):
             err = d[b] - M[b, i]
             sq = err * err
-            e2[i] = 1e6 if not math.isfinite(sq) else sq  # an expert that broke loses its weight, not the key
+            e2[i] = 1e6 if math.isnan(sq) or math.isinf(sq) else sq  # a broken expert loses its weight, not the key
         typical = min(np.sort(e2)[(E - 1) // 2], 1e6)  # the (lower) median
         n = lscale[b, 1] + 1
         a = max(1.0 / n, scale_decay)
@@ -367,7 +367,7 @@ def _mix_rows(M, V, d, logw, lam, lscale, cfg, mean, var, logw_out, lam_out, lsc
         for i in range(E):
             logw_out[b, i] = logw[b, i] - eta * min(e2[i], 1e6) / unit
             top = max(top, logw_out[b, i])
-        if not math.isfinite(top):
+        if math.isnan(top) or math.isinf(top):
             top = 0.0
         z = 0.0
         for i in range(E):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,3 +231,78 @@ def test_compiled_ensemble_mixture_follows_numpy_within_rounding(dtype, monkeypa
     torch.testing.assert_close(compiled, reference, rtol=tol, atol=tol, equal_nan=True)
     for k in ("l.logw", "l.lam", "l.lscale"):
         torch.testing.assert_close(state[k], ref_state[k], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_ensemble_mixture_gives_a_broken_expert_the_largest_loss_not_nan(dtype, monkeypatch):
+    """An expert whose prediction is NaN or inf loses its weight, as in numpy's update (its error counts as 1e6),
+    and every weight of the key stays finite."""
+    from models.learners import ensemble, make_learner
+
+    learner = make_learner("ensemble", NetSpec(n_in=3, hidden=4), dtype)
+    sgd = learner.labels.index("sgd")
+    real = learner.experts[sgd].step
+
+    def broken(state, x, d, memo=None):  # noqa: ANN001, ANN202
+        mean, var, state = real(state, x, d, memo)
+        mean = mean.clone()
+        mean[0], mean[1] = float("nan"), float("inf")
+        return mean, var, state
+
+    monkeypatch.setattr(learner.experts[sgd], "step", broken)
+    state = learner.init_state(torch.arange(3))
+    x, d = torch.randn(3, 3, dtype=dtype), torch.randn(3, dtype=dtype)
+    outs = []
+    for rows in (64, 0):  # compiled, then numpy
+        monkeypatch.setattr(ensemble, "MIX_MAX_ROWS", rows)
+        st = {k: v.clone() for k, v in state.items()}
+        _, _, st = learner.step(st, x, d)
+        outs.append(st)
+    for k in ("logw", "lam", "lscale"):
+        assert torch.isfinite(outs[0][k]).all()
+        torch.testing.assert_close(outs[0][k], outs[1][k])
+    assert (outs[0]["logw"][:2, sgd] < outs[0]["logw"][:2].max(dim=1).values - 1).all()  # its weight fell
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_normaliser_follows_numpy_within_rounding(dtype, monkeypatch):
+    """400 ticks of 5 keys through `apply` and `update` both ways, with a NaN, an inf and a spike on the way."""
+    from models import normalize as nz
+
+    c = nz.NormConfig()
+    rng = np.random.default_rng(0)
+    init = {k: v.numpy() for k, v in nz.norm_init(5, 4, torch.float32).items()}
+    st = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in init.items()}
+    ref = {k: v.copy() for k, v in st.items()}
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for t in range(400):
+        x, d = (rng.normal(size=(5, 4)) * 3 + 10).astype(dtype), rng.normal(size=5).astype(dtype)
+        if t == 50:
+            x[1, 2], d[2] = np.nan, np.inf
+        if t == 60:
+            d[3] = 1e6
+        xn, new = nz.apply(st, x, c), nz.update(st, x, d, c)
+        with monkeypatch.context() as m:
+            m.setattr(nz, "MAX_ROWS", 0)
+            xn_ref, new_ref = nz.apply(ref, x, c), nz.update(ref, x, d, c)
+        np.testing.assert_allclose(xn, xn_ref, rtol=tol, atol=tol)  # NaN where numpy has NaN
+        for k in new:
+            assert new[k].dtype == new_ref[k].dtype
+            np.testing.assert_allclose(new[k], new_ref[k], rtol=tol, atol=tol)
+        st, ref = new, {k: np.ascontiguousarray(v) for k, v in new_ref.items()}
+
+
+def test_the_kernels_flags_keep_nan_and_inf_checks_and_fold_isfinite():
+    """Why the kernels ask isnan or isinf: under the reassociation they are compiled with, isfinite of an
+    expression is folded to True. If numba or LLVM ever stop folding it, this says so (and isfinite may return)."""
+    import math
+
+    import numba
+
+    @numba.njit(fastmath=jit.FLAGS, error_model="numpy")
+    def checks(a: float, b: float) -> tuple[bool, bool, bool]:
+        v = a - b
+        return math.isnan(v), math.isinf(v), math.isfinite(v)
+
+    assert checks(np.nan, 1.0)[0] and checks(np.inf, 1.0)[1] and not checks(1.0, 2.0)[0]
+    assert checks(np.nan, 1.0)[2], "isfinite holds again under these flags: the kernels' isnan-or-isinf may go"
