@@ -75,8 +75,8 @@ def warm_up(dtype: torch.dtype = torch.float32) -> bool:
     """Compile (or load) every kernel for this float width now: the daemon does it in a worker thread while it
     joins its group, so that its first wave does not wait. Whether all of them run here."""
     from models import kalman_kernel, normalize
-    from models.learners import adam_kernel, bptt_kernel, ensemble, mlp
+    from models.learners import adam_kernel, bptt_kernel, ensemble, mlp, pf
 
-    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, *kalman_kernel.KERNELS,
+    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, *kalman_kernel.KERNELS,
                normalize.APPLY, normalize.UPDATE)
     return all([k.usable(dtype) for k in kernels])
