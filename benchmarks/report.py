@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.learners import bptt_kernel  # noqa: E402  (a fact of the code the report states: which waves it serves)
 
 PREVIOUS_EXPERTS = ["persistence", "linear", "sgd", "dekf", "ekf"]  # the default ensemble's before the mlp joined
-ACC_REV = "0dd8a54"  # the revision of the accuracy tables' run (accuracy.sh), the demo keys' and the mlp variants'
+ACC_REV = "d88447a"  # the revision of the accuracy tables' run (accuracy.sh) and the demo keys'
+ACC_BEFORE = "0dd8a54"  # the run before it, kept beside (benchmarks/data/*-0dd8a54.json): the mlp variants' revision
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
@@ -395,21 +396,22 @@ def main() -> None:
     ve_prev = next(r for r in ve["rows"] if "previous default" in r["variant"])["scores"]
     experts_gain = ", ".join(f"{n} {ve_default[n] / ve_prev[n] - 1:+.1%}" for n in ve_names)
     ett5 = next(r for r in load("etth1-ensemble5")["rows"] if r["learner"] == default)  # the default, 5 seeds
-    acc_changes = []  # this run against the same script's before the mlp expert: (stream, learner, change, equal)
+    acc_changes = []  # this run against the same script's before the compiled loops: (stream, learner, change, equal)
     for s_ in allsets:
-        before = {x["learner"]: x for x in load(f"{s_}-5947179")["rows"]}
+        before = {x["learner"]: x for x in load(f"{s_}-{ACC_BEFORE}")["rows"]}
         for x in rows(s_):
             if x["learner"] in before and x["learner"] != default:
                 acc_changes.append((s_, x["learner"], x[score[s_]] / before[x["learner"]][score[s_]] - 1,
                                     round(x[score[s_]], 4) == round(before[x["learner"]][score[s_]], 4)))
     moved = [c for c in acc_changes if not c[3]]
-    ens_before = {s_: next(x for x in load(f"{s_}-5947179")["rows"] if x["learner"] == default)[score[s_]]
+    ens_before = {s_: next(x for x in load(f"{s_}-{ACC_BEFORE}")["rows"] if x["learner"] == default)[score[s_]]
                   for s_ in allsets}
     acc = dict(acc_rows=len(acc_changes), acc_same=len(acc_changes) - len(moved),
                acc_moved="none" if not moved else ", ".join(f"{c[1]} on {c[0]} {c[2]:+.2%}" for c in moved),
                acc_ens=", ".join(f"{s_} {ens_before[s_]:.4f} -> {got[s_][default][score[s_]]:.4f} "
                                  f"({got[s_][default][score[s_]] / ens_before[s_] - 1:+.1%})" for s_ in allsets),
-               acc_rev=ACC_REV, ett5_before=next(x for x in load("etth1-ensemble5-5947179")["rows"] if x["learner"] == default)["mse"])
+               acc_rev=ACC_REV, acc_before=ACC_BEFORE,
+               ett5_before=next(x for x in load(f"etth1-ensemble5-{ACC_BEFORE}")["rows"] if x["learner"] == default)["mse"])
     ves = load("variants-ekf-size")
     ves_of = {("default" if r["variant"].startswith("default") else "m10" if "ekf at m=10" in r["variant"]
                else "m8"): r["scores"] for r in ves["rows"]}
@@ -473,8 +475,9 @@ def main() -> None:
     def fk(name: str, K: int) -> float:
         return few[(name, K)]["pipeline_ticks_per_s"]
 
-    dab = load("demo-time-ab")  # the demo at the base revision and at this one, alternating
-    dt = sorted(dab["runs"]["head"], key=lambda r: r["processed_in_s"])[len(dab["runs"]["head"]) // 2]  # median run
+    dab = load("demo-time-ab")  # the demo at the base revision and at the compiled window BPTT's, alternating
+    now_runs = load("demo-time-compiled")["runs"]["head"]  # this revision's, in its A/B against the one before
+    dt = sorted(now_runs, key=lambda r: r["processed_in_s"])[len(now_runs) // 2]  # median run
     passthrough = thr["passthrough"]
     lat_grid = dm["latency"]
 
@@ -582,6 +585,19 @@ def main() -> None:
         parts_tables="\n\n".join(parts_table(p) for p in parts), part_floor1=p1["bank_floor_ms"],
         p1_wave=p1["wave_ms"], p1_few=1000 / fk("ensemble", 1), p1_slow=p1["wave_ms"] * fk("ensemble", 1) / 1000,
         part_mix1=p1["mixture_ms"], part_top1=max(p1["experts_ms"].values()))
+    abc = load("ab-compiled")  # this revision's compiled loops against the revision before them
+    abc_of = {(r["learner"], r["keys"]): r for r in abc["rows"]}
+    dtc = load("demo-time-compiled")
+    loops = spd.get("kernels", [])
+    issue17.update(
+        abc=abc, abc_rows=ab_table(abc), dtc=dtc,
+        abc_fig={f"{n}{K}": abc_of[(n, K)]["ratio"] for n, K in abc_of},
+        abc_head={f"{n}{K}": abc_of[(n, K)]["head_ticks_per_s"] for n, K in abc_of},
+        dtc_head_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtc["runs"]["head"]),
+        dtc_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtc["runs"]["base"]),
+        loop_rows="\n".join(
+            f"| {r['loop']} | {r['shape']} | {r['keys']:,} | {r['kernel_us']:,.0f} | {r['torch_us']:,.0f} | "
+            f"{r['speedup']:.1f}x | {r['limit']} |" for r in loops))
     dk = load("demo-keys")
     dk_keys = list(dk["rows"][0]["keys"])
     demo_rows = "\n".join(
@@ -608,7 +624,7 @@ def main() -> None:
                             for s_ in sets),
         mlp_n={p_: mlp_weights(p_) for p_ in (4, 8)}, mlp_demo_time=load("demo-time-mlp"))
     experts_cost = ensemble_cost("experts", "speed-51ba9d6", "demo-keys-0156ba3", "previous default (persistence")
-    mlp_cost = ensemble_cost("mlp", "speed", "demo-keys", "without the mlp (the previous default)")
+    mlp_cost = ensemble_cost("mlp", "speed-0dd8a54", "demo-keys-0dd8a54", "without the mlp (the previous default)")
     ens_now = sp[next(k for k in sp if k.startswith("ensemble (the default"))]
     accuracy = dict(
         demo_rows=demo_rows, demo_default=", ".join(f"{k} {r['skill']:+.1%}" for k, r in demo_default.items()),
@@ -756,11 +772,11 @@ conformal inference (`models/bank.py`), which brought the `mean` baseline on pum
 0.903. The ticks/s column was measured with another benchmark sharing the machine.
 
 Every row of the four tables and their plots is from one run of `./benchmarks/accuracy.sh` at
-revision {acc_rev} (the default ensemble with its sixth expert, the feed-forward net: "The feed-forward
-expert"); the ETTh1 table at one seed, as `ETT_SEEDS` defaults to. Against the same script's run at
-5947179, before it (`benchmarks/data/*-5947179.json`), {acc_same} of the {acc_rows} rows of the other learners and the baselines agree to the 4th digit
-(moved: {acc_moved}); the default moved {acc_ens}; `mlp` is a new row. The default learner alone ran
-5 seeds on ETTh1 at the same revision (`streamer bench ... --learners ensemble --seeds 5`,
+revision {acc_rev} (the compiled loops of few-key waves, which sum in another order: "The compiled loops
+of few-key waves"); the ETTh1 table at one seed, as `ETT_SEEDS` defaults to. Against the same script's
+run at {acc_before}, before them (`benchmarks/data/*-{acc_before}.json`), {acc_same} of the {acc_rows} rows of the other learners and the
+baselines agree to the 4th digit (moved: {acc_moved}); the default moved {acc_ens}. The default learner
+alone ran 5 seeds on ETTh1 at the same revision (`streamer bench ... --learners ensemble --seeds 5`,
 `benchmarks/data/etth1-ensemble5.json`: {ett5_mse:.4f}, against {ett5_before:.4f} before): the targets
 table below uses that figure.
 
@@ -942,7 +958,7 @@ row at that revision:
   0.003 -> 0.005, `KeyedRegressor`'s per-key MAE 0.012/0.017/0.050 -> 0.016/0.022/0.063), and so did
   River's TrumpApproval (MAE 0.1954 -> 0.2040): on a deterministic stream the bigger DEKF's capacity
   is what counts.
-- **Cost** (`speed.py`, both in the same run): state per key at 8 inputs {experts_mem}
+- **Cost** (`speed.py` at {acc_before}, both in the same run; `benchmarks/data/speed-{acc_before}.json`): state per key at 8 inputs {experts_mem}
   (x{experts_mem_ratio:.2f}), at the daemon's 4 lags {experts_mem_daemon}, so the default
   key bound at 1536 MB is {experts_bound}; the bank at 1,000 keys (8 inputs) {experts_bank}; the
   daemon's pipeline at few keys {experts_few}. Few keys pay: the fifth expert's
@@ -985,7 +1001,7 @@ python benchmarks/variants.py --group mlp --json benchmarks/out/variants-mlp-own
 The default ensemble's sixth expert is `mlp` (`models/learners/mlp.py`): one hidden layer of m=16 tanh
 units on the current regressor, with a direct path, and no recurrence, trained by the global EKF (the same
 measurement update and noise schedule as `ekf`). It is also a learner of its own (`STREAMER_LEARNER=mlp`,
-a row of every accuracy table above). NMSE (ETTh1 MSE), mean of {mlp_seeds} seeds (ETTh1 one), at {acc_rev}:
+a row of every accuracy table above). NMSE (ETTh1 MSE), mean of {mlp_seeds} seeds (ETTh1 one), at {acc_before}:
 
 {mlp_rows}
 
@@ -997,16 +1013,16 @@ a row of every accuracy table above). NMSE (ETTh1 MSE), mean of {mlp_seeds} seed
   best recurrent learner there): {mlp_alone}. ETTh1 is the other way round: its keys' pasts carry
   what the recurrent nets learn. Ticks/s alone, in the same run: {mlp_speed}.
 - **Accuracy**, the default against the previous one (the table's first two rows): {mlp_gain}.
-  The demo's keys (`benchmarks/demo_keys.py`, the previous default's row there): {mlp_demo}.
-- **Cost** (`speed.py`, both in the same run): state per key at 8 inputs {mlp_mem}
+  The demo's keys (`benchmarks/demo_keys.py` at {acc_before}, the previous default's row there): {mlp_demo}.
+- **Cost** (`speed.py` at {acc_before}, both in the same run; `benchmarks/data/speed-{acc_before}.json`): state per key at 8 inputs {mlp_mem}
   (x{mlp_mem_ratio:.2f}), at the daemon's 4 lags {mlp_mem_daemon}, so the default key bound at 1536 MB
   is {mlp_bound}; the bank at 1,000 keys (8 inputs) {mlp_bank} (x{mlp_bank_ratio:.2f}); the daemon's
   pipeline at few keys {mlp_few}. `streamer demo`'s 12,000 ticks over 4 keys (`python
   benchmarks/demo_time.py --base 2fb3383 --repeat 3 --json benchmarks/out/demo-time-mlp.json`, the two
   revisions alternating, medians of 3): {mlp_demo_time[base_processed_in_s]:.1f} s before, {mlp_demo_time[head_processed_in_s]:.1f} s now. The
-  sixth expert is about 45 torch calls a wave (its forward pass, Jacobian and Kalman update), which
-  at few keys cost more than its arithmetic: a compiled step for small waves, as the window BPTT's,
-  would take most of that back.
+  sixth expert was about 45 torch calls a wave (its forward pass, Jacobian and Kalman update), which
+  at few keys cost more than its arithmetic; its pass and its Kalman update are compiled loops for
+  small waves since ("The compiled loops of few-key waves").
 - **Tried and not kept** (the table's other rows): the net without its direct path (the RLS expert
   already is one) is behind on every stream; the net in place of the full EKF, or of both Kalman
   experts, is cheaper but behind the default on every stream too, most on ETTh1 (worse there than the
@@ -1267,9 +1283,9 @@ wave, which is a different measurement).
 
 The machine's speed moves a lot from day to day: SGD at one key gave 1,635 ticks/s in an
 earlier report's table (a slow day), {ab_sgd1:,.0f} in the first A/B run below and {early_fs1:,.0f} at 7286ee0,
-with no change to its step in between; {fs1:,.0f} above is this revision's, with its compiled BPTT, on
-a day the batched steps ran half as fast. Read a revision's effect in tables that run both sides in
-one run: the A/B tables below, and "ensemble (previous default)" above.
+with no change to its step in between; {fs1:,.0f} above is this revision's, with its compiled loops ("The
+compiled loops of few-key waves"). Read a revision's effect in tables that run both sides in one run:
+the A/B tables below, and "ensemble (previous default)" above.
 
 What a wave of one key cost, and what took it down (measured with `py-spy` and line profiles of
 `Pipeline.process`, one key, one tick a call; before: ensemble 354 ticks/s, sgd 1,245, dekf 448,
@@ -1431,8 +1447,9 @@ median of 3 rounds; this machine ran slowly that day, and its rounds spread by u
 - **Reading it.** The default learner is {abk_e1:.2f}x at one key, {abk_e4:.2f}x at four and {abk_e16:.2f}x at 16; the DEKF
   {abk_d1:.2f}x and {abk_d4:.2f}x at one and four keys; SGD, whose window is 1, {abk_s1:.2f}x-{abk_s16:.2f}x. The particle filter's
   one-key wave is already 64 rows (a row per particle) and its closed-form pass is window 1: it gains
-  within the noise (and under the limit by rows x m^2 it takes the torch pass: 64 rows at m=16 are past
-  48). At 1,000 keys every learner takes the torch pass as before, and the ratios there
+  within the noise (and under the limit by rows x m^2 it took the torch pass: 64 rows at m=16 are past
+  48; since the limit counts the window, its one- and two-key waves take the kernel, "The compiled
+  loops" below). At 1,000 keys every learner takes the torch pass as before, and the ratios there
   ({abk_1000}) are the rounds' noise: the PF's, whose code did not change at all, moved as much.
 - **The demo** (`streamer demo`, 4 keys in two banks, 12,000 ticks stepped as 6,000 waves of 2 keys)
   took {dab[head_processed_in_s]:.1f} s against {dab[base_processed_in_s]:.1f} s at the base, alternating runs on the same slow day
@@ -1459,17 +1476,92 @@ own; "the bank's own work" is the same wave on persistence, the cheapest learner
 
 {parts_tables}
 
-In this run the one-key wave here took {p1_wave:.2f} ms against {p1_few:.2f} ms from the few-keys table's K=1
-rate in the same run (x{p1_slow:.1f}): the machine ran slower while this table was measured, so its
-shares, not its milliseconds, are what to read. What is left at K=1 is spread thin: the bank's own work (normaliser, calibration, conformal factor,
-shift and health checks: a few dozen numpy operations) is about {part_floor1:.2f} ms, the mixture, the
-experts' health checks and their state handed in and out about {part_mix1:.2f} ms, and no expert call costs
-more than {part_top1:.2f} ms. The
-target of 2,000 ticks/s is 0.5 ms a wave for all of it, on a day like this one's about a third of
-what the bank and the mixture alone cost before any expert computes. Eager torch and numpy cost
-their microsecond a call; the next step down would be a compiled wave, the bank's bookkeeping and
-every expert's update together, which is every learner's numerics written a second time. The
-demo is bound by the same cost: 10 s would need its 2-key wave at about 0.9 ms.
+These tables are of this revision, after the compiled loops of the next section. In this run the
+one-key wave here took {p1_wave:.2f} ms against {p1_few:.2f} ms from the few-keys table's K=1 rate in the same
+run (x{p1_slow:.1f}; the timers add their own cost, and the machine's speed moves while the tables run), so
+its shares, not its milliseconds, are what to read. What is left at K=1 is the calls between the loops:
+the bank's own work (normaliser, calibration, conformal factor, shift and health checks) about
+{part_floor1:.2f} ms, the mixture, the experts' health checks and their state handed in and out about
+{part_mix1:.2f} ms, and no expert call more than {part_top1:.2f} ms. Each is a few dozen calls of about a
+microsecond: state handed in and out as dicts of tensors, numpy views of them, a compiled loop's
+arguments checked by its dispatcher, results wrapped back into tensors. The target of 2,000 ticks/s
+is 0.5 ms a wave for all of it. The next step down is one compiled call a wave per learner (the
+bank's bookkeeping and every expert's update together), which needs each key's state laid out for
+it rather than as the dicts of tensors the bank, its snapshots and the conformance suite share.
+
+### The compiled loops of few-key waves
+
+```bash
+python benchmarks/ab.py 92ee4a3 --learners ensemble,sgd,dekf,pf --keys 1,4,16,1000 --rounds 3 --json benchmarks/out/ab-compiled.json
+python benchmarks/demo_time.py --base 92ee4a3 --repeat 3 --json benchmarks/out/demo-time-compiled.json
+python benchmarks/speed.py      # its table "the other compiled loops"
+```
+
+After the window BPTT was compiled, a one-key wave of the default learner was spread thin over a
+few hundred torch and numpy calls (the table above at its revision): six experts' updates, each
+a dozen to forty calls on vectors of a few hundred numbers, the ensemble's mixture, the bank's
+normaliser and calibration, the health checks. This revision writes the rest of that arithmetic
+as compiled loops too, each for the waves it serves and each beside its torch (or numpy) path,
+which the wide waves keep: the Kalman measurement update of every filter
+(`models/kalman_kernel.py`: the EKF's, the DEKF's, the feed-forward net's, RLS's, the particle
+filter's read-out), SGD's step after the BPTT (`models/learners/adam_kernel.py`: the clip, Adam,
+the read-out's NLMS step and its variable size), the feed-forward net's pass and Jacobian, the
+ensemble's mixture and weight update, the normaliser's apply and update, and the particle filter's
+EKF move. `models/jit.py` compiles, caches and falls back (one warning, then torch) for all of them,
+the window BPTT's kernel included; the daemon loads or compiles them in a worker thread while it
+joins its group. Smaller cuts rode along: the Kalman filters keep R_t and q_t in the prediction's
+memo, the bank works out the learner's part of its state once per layout, the health checks sum
+through numpy's reduction and combine in numpy. The window BPTT's limit now counts the window
+(156 rows at m=16 over window 1), so the particle filter's one- and two-key waves take its kernel.
+
+- **A finding: torch's rank-1 covariance update is slow at every size.** `P -= a a^T` as a batched
+  product of inner dimension 1 (`baddbmm`) took 265 us for four keys of the ensemble's EKF (n=271)
+  where one loop takes 37; 13.5 ms against 3.7 ms for the DEKF of 1,000 keys on two threads. The
+  compiled correction therefore serves every width, the 1,000-key bank included; the innovation
+  (P H^T, where torch's batched product on several threads can win) serves waves up to 16 of the
+  EKF's keys.
+- **A finding: `math.isfinite` is not safe in these loops.** Under the reassociation flag they are
+  compiled with (what lets loops over units vectorise), numba's `isfinite` of an expression is
+  x - x == 0, which folds to True: the normaliser's first version let a NaN tick move a key's mean.
+  Its test against numpy caught it; the loops ask `isnan or isinf`, and a unit test pins the folding
+  (it fails, and says so, the day the compiler stops folding).
+- **What the numbers are.** Each loop is its torch path's arithmetic in another order:
+  `tests/unit/test_kernels.py` runs both side by side, at both float widths, over hundreds of ticks
+  where state carries (SGD's six configurations, the ensemble with a spike and a broken expert, the
+  normaliser with a NaN, an inf and a spike, the particle filter's move), holds a broken row
+  non-finite with its neighbours untouched, checks the dispatch and the fallback. The conformance
+  suite runs unchanged. The accuracy tables were re-run at {acc_rev} (see "Accuracy").
+- **Compilation.** All of them, float32, take 13.9 s from nothing on this machine (another process
+  running beside) and 1.1 s from the cache; the daemon does it while it joins, so in a fresh
+  container with an empty cache its first waves may wait for the rest.
+- **The demo's session timeout** is 1 s (was 3 s): its daemon's first group join on the embedded
+  broker, with the replay running, took about twice the session timeout (4.0 s at 3 s, 2.0 s at 1 s),
+  and that join is the wait for its first prediction.
+
+The daemon's pipeline in process, this revision against 92ee4a3 (the revision before these
+loops), alternating (ticks/s, median of 3 rounds):
+
+| learner | keys | 92ee4a3 | this revision | ratio | each round (92ee4a3 / this) |
+|---|---|---|---|---|---|
+{abc_rows}
+
+- **Reading it.** The default learner is {abc_fig[ensemble1]:.2f}x at one key ({abc_head[ensemble1]:,.0f} ticks/s),
+  {abc_fig[ensemble4]:.2f}x at four ({abc_head[ensemble4]:,.0f}), {abc_fig[ensemble16]:.2f}x at 16 and {abc_fig[ensemble1000]:.2f}x at 1,000 (the compiled
+  covariance correction, every width); SGD {abc_fig[sgd1]:.2f}x at one key ({abc_head[sgd1]:,.0f}) and {abc_fig[sgd4]:.2f}x at four ({abc_head[sgd4]:,.0f});
+  the DEKF {abc_fig[dekf1]:.2f}x at one key and {abc_fig[dekf1000]:.2f}x at 1,000; the particle filter {abc_fig[pf1]:.2f}x at one key
+  ({abc_head[pf1]:,.0f}), {abc_fig[pf4]:.2f}x at four.
+- **The demo** (`streamer demo`, 12,000 ticks stepped as 6,000 waves of 2 keys) took
+  {dtc[head_processed_in_s]:.1f} s against {dtc[base_processed_in_s]:.1f} s at 92ee4a3, alternating runs (medians of 3: {dtc_head_runs}
+  against {dtc_base_runs}); its first prediction came {dtc[head_first_prediction_s]:.1f} s after start against
+  {dtc[base_first_prediction_s]:.1f} s.
+
+Every other compiled loop against its torch (or numpy) path, microseconds a call by keys, one torch
+thread (the daemon's for a wave under 128 ticks), at the daemon's shapes; the last column is the
+widest wave the loop serves:
+
+| loop | shape | keys | loop us | torch us | loop speed-up | the loop serves |
+|---|---|---|---|---|---|---|
+{loop_rows}
 
 ## The learners as a Python library (River's API)
 

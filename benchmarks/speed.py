@@ -19,7 +19,9 @@
 4. Where a wave of 1 and of 4 keys of the default learner goes: each expert's predict and step, the bank's
    own work (its wave on persistence, the cheapest learner), and the rest (the mixture's bookkeeping).
 5. The window BPTT both ways: the compiled kernel that waves of few rows take and the torch pass of wide
-   ones (`models.learners.window.lstm_bptt`), microseconds a call by rows, at the learners' shapes.
+   ones (`models.learners.window.lstm_bptt`), microseconds a call by rows, at the learners' shapes; and
+   every other compiled loop (`models.jit`: the Kalman update, SGD's step, the feed-forward pass, the
+   ensemble's mixture, the normaliser, the particle filter's move) against its torch or numpy path by keys.
 6. The garbage collector: the pipeline at 4 and 1,000 keys (default learner and sgd) with the
    collector as the CLI tunes it (`streamer.runtime.tune_gc`) and as Python has it, alternating.
 
@@ -265,6 +267,116 @@ def wave_parts(K: int, seconds: float) -> dict[str, Any]:
             "mixture_ms": whole * 1e3 - sum(parts.values()) - floor * 1e3}
 
 
+def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
+    """Every other compiled loop of few-key waves (`models.jit`) against its torch or numpy path, at the daemon's
+    shapes (4 lags; the default ensemble's experts), by keys, on one torch thread (the daemon's for a wave under
+    128 ticks). Microseconds a call; the loop serves a wave up to its own limit (each module's MAX_*), named here."""
+    from unittest import mock
+
+    from models import kalman, kalman_kernel, normalize
+    from models.learners import adam_kernel, ensemble, mlp, pf
+    from models.learners.ensemble import EnsembleConfig, EnsembleLearner
+    from models.learners.pf import PFLearner
+    from models.learners.sgd import SGDLearner
+
+    torch.set_num_threads(1)
+    spec = daemon_spec()
+    ens = make_learner(defaults.LEARNER, spec)
+    by_label = dict(zip(ens.labels, ens.experts, strict=True))  # type: ignore[attr-defined]
+    out = []
+
+    def kalman_case(B: int, n_or_blocks: NetSpec | int) -> tuple[Callable[[], None], Callable[[], Any]]:
+        if isinstance(n_or_blocks, int):  # one dense block (the EKF's, the feed-forward net's)
+            blocks = [(torch.eye(n_or_blocks).repeat(B, 1, 1), torch.randn(B, n_or_blocks))]
+        else:  # the DEKF's: a block per neuron and the head's
+            s = n_or_blocks
+            blocks = [(torch.eye(s.block_size).repeat(B, s.hidden, 1, 1), torch.randn(B, s.hidden, s.block_size)),
+                      (torch.eye(s.n_head).repeat(B, 1, 1), torch.randn(B, s.n_head))]
+        R, e = torch.full((B,), 30.0), torch.randn(B)
+
+        def call() -> None:
+            PH, S = kalman.innovation(blocks, R)
+            kalman.correct([P for P, _ in blocks], PH, e, S)
+            for P, _ in blocks:  # back to where it started, so every call does the same work
+                P.copy_(torch.eye(P.shape[-1]))
+        return call, lambda: mock.patch.object(kalman_kernel, "serves", lambda *a: False)
+
+    def sgd_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+        learner: Any = by_label["sgd"]
+        state = learner.init_state(torch.arange(B))
+        x, d = torch.randn(B, spec.n_in), torch.randn(B)
+        memo: dict = {}
+        learner.predict(state, x, memo=memo)
+        def call() -> None:
+            learner.step(state, x, d, memo=memo)
+        return call, lambda: mock.patch.object(SGDLearner, "_compiled_step", lambda *a: False)
+
+    def mlp_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+        learner: Any = by_label["mlp"]
+        theta, x = 0.3 * torch.randn(B, learner.n_learned), torch.randn(B, spec.n_in)
+        def call() -> None:
+            learner._forward(theta, x)
+        return call, lambda: mock.patch.object(mlp, "MAX_ROWS", 0)
+
+    def mixture_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+        learner = EnsembleLearner(spec, EnsembleConfig(experts=("persistence",) * len(ens.labels)))  # type: ignore
+        state = learner.init_state(torch.arange(B))
+        x, d = torch.randn(B, spec.n_in), torch.randn(B)
+        def call() -> None:
+            learner.step(dict(state), x, d)
+        return call, lambda: mock.patch.object(ensemble, "MIX_MAX_ROWS", 0)
+
+    def norm_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+        c = normalize.NormConfig()
+        st = {k: v.numpy() for k, v in normalize.norm_init(B, spec.n_in, torch.float32).items()}
+        st["n"] += 50
+        x, d = np.random.default_rng(0).normal(size=(B, spec.n_in)).astype(np.float32), np.ones(B, np.float32)
+        def call() -> None:
+            normalize.update(st, x, d, c)
+            normalize.apply(st, x, c)
+        return call, lambda: mock.patch.object(normalize, "MAX_ROWS", 0)
+
+    def move_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+        learner: Any = make_learner("pf", spec)
+        state, N, s = learner.init_state(torch.arange(B)), learner.config.n_particles, learner.spec
+        u, g = torch.randn(B, N, s.q), 0.1 * torch.randn(B, N, s.hidden * s.n_gates)
+        innov, var = torch.randn(B, N), torch.ones(B, N)
+        def call() -> None:
+            learner._ekf_move_blocked(state, innov, var, u, g)
+        return call, lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 0)
+
+    dekf_spec: NetSpec = by_label["dekf"].spec  # type: ignore[attr-defined]
+    cases: list[tuple[str, str, Callable[[int], tuple[Callable[[], None], Callable[[], Any]]]]] = [
+        ("Kalman update, the ensemble's EKF", f"n={by_label['ekf'].spec.n_theta}",  # type: ignore[attr-defined]
+         lambda B: kalman_case(B, by_label["ekf"].spec.n_theta)),  # type: ignore[attr-defined]
+        ("Kalman update, the ensemble's DEKF", f"{dekf_spec.hidden} blocks of {dekf_spec.block_size} + "
+         f"{dekf_spec.n_head}", lambda B: kalman_case(B, dekf_spec)),
+        ("Kalman update, the feed-forward net's", f"n={by_label['mlp'].n_learned}",  # type: ignore[attr-defined]
+         lambda B: kalman_case(B, by_label["mlp"].n_learned)),  # type: ignore[attr-defined]
+        ("SGD's step after the BPTT (Adam)", f"{spec.n_theta} weights", sgd_case),
+        ("the feed-forward pass and its H", f"m={by_label['mlp'].spec.hidden}", mlp_case),  # type: ignore
+        ("the ensemble's mixture update", f"{len(ens.labels)} experts", mixture_case),  # type: ignore
+        ("the normaliser (update + apply)", f"p={spec.n_in}", norm_case),
+        ("the particle filter's EKF move", f"{PFLearner(spec).config.n_particles} particles a key", move_case),
+    ]
+    limits = {"Kalman update": f"innovation up to {kalman_kernel.MAX_WORK:,} entries of P, correct always",
+              "SGD's": f"{adam_kernel.MAX_WORK // spec.n_theta} keys", "the feed-forward": f"{mlp.MAX_ROWS} keys",
+              "the ensemble's": f"{ensemble.MIX_MAX_ROWS} keys", "the normaliser": f"{normalize.MAX_ROWS} keys",
+              "the particle filter's": f"{pf.MOVE_MAX_ROWS // PFLearner(spec).config.n_particles} keys"}
+    for label, shape, make in cases:
+        limit = next(v for k, v in limits.items() if label.startswith(k))
+        for B in keys:
+            call, slow = make(B)
+            timed = {}
+            with torch.inference_mode():
+                timed["kernel"] = timed_waves(lambda t, f=call: f(), seconds / 8, least=10)
+                with slow():
+                    timed["torch"] = timed_waves(lambda t, f=call: f(), seconds / 8, least=10)
+            out.append({"loop": label, "shape": shape, "keys": B, "limit": limit, "kernel_us": timed["kernel"] * 1e6,
+                        "torch_us": timed["torch"] * 1e6, "speedup": timed["torch"] / timed["kernel"]})
+    return out
+
+
 def collector_ab(counts: list[int], seconds: float, repeat: int, console: Console) -> list[dict]:
     """The daemon's pipeline (`few_keys_pipeline`) with the collector as the CLI tunes it (`streamer.runtime.tune_gc`)
     and as Python has it, the two alternating run by run; the median run of each."""
@@ -328,6 +440,8 @@ def main() -> None:
     ap.add_argument("--few-seconds", type=float, default=2.0, help="seconds measured per few-keys case and path")
     ap.add_argument("--bptt-rows", default="1,4,16,64,256,1000",
                     help="rows of the window BPTT table, the kernel against the torch pass ('' skips it)")
+    ap.add_argument("--kernel-keys", default="1,4,16,64,256",
+                    help="key counts of the compiled loops' table, each against its torch path ('' skips it)")
     ap.add_argument("--collector-keys", default="4,1000",
                     help="key counts of the collector A/B, tuned against Python's ('' skips it)")
     ap.add_argument("--collector-repeat", type=int, default=3, help="runs per mode of the collector A/B")
@@ -405,6 +519,16 @@ def main() -> None:
                       f"{r['torch_us']:,.0f}", f"{r['speedup']:.1f}x")
     if bptt:
         console.print(table)
+    loop_keys = [int(k) for k in args.kernel_keys.split(",") if k]
+    loops = kernel_paths(loop_keys, args.few_seconds) if loop_keys else []
+    table = Table(title="the other compiled loops of few-key waves against their torch (numpy) paths, 1 thread")
+    for col in ("loop", "shape", "keys", "loop us", "torch us", "loop speed-up", "the loop serves"):
+        table.add_column(col, justify="left" if col in ("loop", "shape", "the loop serves") else "right")
+    for r in loops:
+        table.add_row(r["loop"], r["shape"], str(r["keys"]), f"{r['kernel_us']:,.0f}", f"{r['torch_us']:,.0f}",
+                      f"{r['speedup']:.1f}x", r["limit"])
+    if loops:
+        console.print(table)
     gc_counts = [int(k) for k in args.collector_keys.split(",") if k]
     collector = collector_ab(gc_counts, args.few_seconds, args.collector_repeat, console) if gc_counts else []
     table = Table(title=f"the pipeline with the collector tuned (young threshold {GC_YOUNG_THRESHOLD:,}, start-up "
@@ -419,6 +543,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
                                      "covariance_products": products, "collector": collector, "bptt": bptt,
+                                     "kernels": loops,
                                      "wave_parts": parts,
                                      "bptt_kernel_max_work": bptt_kernel.MAX_WORK,
                                      "gc_young_threshold": GC_YOUNG_THRESHOLD,

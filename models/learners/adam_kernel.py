@@ -25,9 +25,9 @@ import torch
 
 from models.jit import Kernel
 
-# A wave takes the loop while rows x weights is at most this: 48 keys of the default SGD at 4 lags (1,361
+# A wave takes the loop while rows x weights is at most this: 48 keys of the default SGD at 4 lags (1,365
 # weights). Beyond it torch's vectorised and threaded passes over [B, n] win (benchmarks/speed.py).
-MAX_WORK = 48 * 1361
+MAX_WORK = 48 * 1365
 
 
 def _adam_rows(theta, m1, m2, U, Delta, phi, d_hat, d, t, e_prev, e_corr, e_sq, r2, cfg, flags, n_read):  # noqa: E501  # pragma: no cover
