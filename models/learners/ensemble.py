@@ -197,10 +197,11 @@ class EnsembleLearner:
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean [B], var [B], calibrated expert variances [B, E]) from means, variances [B, E]."""
         min_var = self.config.min_var
-        w = _softmax(_array(state["logw"]))  # [B, E]
-        v = np.maximum(_array(state["lam"]) * variances, min_var)  # [B, E]
-        mean = (w * means).sum(axis=1)  # [B]
-        var = (w * (v + means * means)).sum(axis=1) - mean * mean  # [B]  law of total variance
+        with np.errstate(all="ignore"):  # a broken expert's inf or NaN comes out non-finite: the bank resets the key
+            w = _softmax(_array(state["logw"]))  # [B, E]
+            v = np.maximum(_array(state["lam"]) * variances, min_var)  # [B, E]
+            mean = (w * means).sum(axis=1)  # [B]
+            var = (w * (v + means * means)).sum(axis=1) - mean * mean  # [B]  law of total variance
         return mean, np.maximum(var, min_var), v
 
     def _expert_columns(self, out: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:

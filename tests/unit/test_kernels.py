@@ -105,24 +105,30 @@ def test_the_kalman_update_takes_the_loops_where_they_serve_and_torch_elsewhere(
     assert calls == [] and H.grad is not None
 
 
-def sgd_run(options: dict, dtype: torch.dtype, compiled: bool, monkeypatch: pytest.MonkeyPatch,
-            head: str = "plain", T: int = 200) -> tuple[torch.Tensor, dict]:
-    """SGD learner, predict-then-step over T ticks of 3 keys, one way: its predictions [T, 3] and final state."""
-    learner = SGDLearner(NetSpec(n_in=4, hidden=6, head=head), SGDConfig(**options), dtype)
-    g = torch.Generator().manual_seed(2)
-    state = learner.init_state(torch.arange(3))
+def memo_run(learner, keys: int, T: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:  # noqa: ANN001
+    """A learner on 4 inputs, predict-then-step (the memo the daemon hands on) over T ticks of `keys` keys of a
+    noisy sine: its predictions [T, keys] and its final state."""
+    g = torch.Generator().manual_seed(seed)
+    state = learner.init_state(torch.arange(keys))
     means = []
+    for _ in range(T):
+        x = torch.randn(keys, 4, generator=g, dtype=dtype)
+        d = torch.sin(x.sum(1)) + 0.1 * torch.randn(keys, generator=g, dtype=dtype)
+        memo: dict = {}
+        learner.predict(state, x, memo=memo)
+        mean, _, state = learner.step(state, x, d, memo=memo)
+        means.append(mean)
+    return torch.stack(means), state
+
+
+def sgd_run(options: dict, dtype: torch.dtype, compiled: bool, monkeypatch: pytest.MonkeyPatch,
+            head: str = "plain") -> tuple[torch.Tensor, dict]:
+    """SGD learner over 200 ticks of 3 keys, one way: its predictions [T, 3] and final state."""
+    learner = SGDLearner(NetSpec(n_in=4, hidden=6, head=head), SGDConfig(**options), dtype)
     with monkeypatch.context() as m:
         if not compiled:
             m.setattr(SGDLearner, "_compiled_step", lambda *a: False)
-        for _ in range(T):
-            x = torch.randn(3, 4, generator=g, dtype=dtype)
-            d = torch.sin(x.sum(1)) + 0.1 * torch.randn(3, generator=g, dtype=dtype)
-            memo: dict = {}
-            learner.predict(state, x, memo=memo)
-            mean, _, state = learner.step(state, x, d, memo=memo)
-            means.append(mean)
-    return torch.stack(means), state
+        return memo_run(learner, 3, 200, 2, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -316,18 +322,9 @@ def test_compiled_particle_move_follows_torch_within_rounding(dtype, monkeypatch
 
     def run(rows: int) -> tuple[torch.Tensor, dict]:
         learner = make_learner("pf", NetSpec(n_in=4, hidden=6), dtype, n_particles=16)
-        g = torch.Generator().manual_seed(5)
-        state, means = learner.init_state(torch.arange(2)), []
         with monkeypatch.context() as m:
             m.setattr(pf, "MOVE_MAX_ROWS", rows)
-            for _ in range(100):
-                x = torch.randn(2, 4, generator=g, dtype=dtype)
-                d = torch.sin(x.sum(1)) + 0.1 * torch.randn(2, generator=g, dtype=dtype)
-                memo: dict = {}
-                learner.predict(state, x, memo=memo)
-                mean, _, state = learner.step(state, x, d, memo=memo)
-                means.append(mean)
-        return torch.stack(means), state
+            return memo_run(learner, 2, 100, 5, dtype)
 
     (compiled, state), (reference, ref_state) = run(32), run(0)
     tol = 1e-4 if dtype == torch.float32 else 1e-10
