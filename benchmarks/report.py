@@ -515,7 +515,8 @@ def main() -> None:
         f"| {r['learner']} | {r['keys']:,} | {r['offered_ticks_per_s']:,.0f} | {r['achieved_offer_ticks_per_s']:,.0f} | "
         f"{r['ticks']:,} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['p99_ms_all']} |"
         for r in lat_grid)
-    issue17 = dict(few_head=few_head, few_pipe_rows=few_pipe_rows, few_bank_rows=few_bank_rows,
+    first_few = {(r["learner"], r["keys"]): r for r in load("speed-first")["few_keys"]}  # the same revision, 2 s a case
+    issue17 = dict(first_fp1=first_few[("pf", 1)]["pipeline_ticks_per_s"], few_head=few_head, few_pipe_rows=few_pipe_rows, few_bank_rows=few_bank_rows,
                    few_skipped=few_skipped or "none", few_spec=load("speed").get("few_keys_spec", ""),
                    fe1=fk("ensemble", 1), fe4=fk("ensemble", 4), fs1=fk("sgd", 1), fs4=fk("sgd", 4),
                    fd1=fk("dekf", 1), fp1=fk("pf", 1), dt=dt, passthrough=passthrough, daemon_rows=daemon_rows,
@@ -595,6 +596,8 @@ def main() -> None:
         abc_head={f"{n}{K}": abc_of[(n, K)]["head_ticks_per_s"] for n, K in abc_of},
         dtc_head_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtc["runs"]["head"]),
         dtc_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtc["runs"]["base"]),
+        ekf4=next(r for r in loops if r["loop"].endswith("ensemble's EKF") and r["keys"] == 4),
+        dekf256=next(r for r in loops if r["loop"].endswith("ensemble's DEKF") and r["keys"] == 256),
         loop_rows="\n".join(
             f"| {r['loop']} | {r['shape']} | {r['keys']:,} | {r['kernel_us']:,.0f} | {r['torch_us']:,.0f} | "
             f"{r['speedup']:.1f}x | {r['limit']} |" for r in loops))
@@ -1273,12 +1276,12 @@ wave, which is a different measurement).
 
 | target (issue 17) | measured | |
 |---|---|---|
-| default learner (ensemble), K=1 >= 2,000 ticks/s | {fe1:,.0f} (at 7286ee0, a faster day: {early_fe1:,.0f}) | {v[few_ens1]} |
+| default learner (ensemble), K=1 >= 2,000 ticks/s | {fe1:,.0f} (at 7286ee0: {early_fe1:,.0f}) | {v[few_ens1]} |
 | default learner (ensemble), K=4 >= 5,000 ticks/s | {fe4:,.0f} (at 7286ee0: {early_fe4:,.0f}) | {v[few_ens4]} |
 | sgd, K=1 >= 2,000 ticks/s | {fs1:,.0f} (the same script at 7286ee0, a faster day: {early_fs1:,.0f}) | {v[few_sgd1]} in this run{early_fs1_note} |
 | sgd, K=4 >= 5,000 ticks/s | {fs4:,.0f} (at 7286ee0: {early_fs4:,.0f}) | {v[few_sgd4]} |
 | dekf, K=1 >= 1,000 ticks/s | {fd1:,.0f} (at 7286ee0: {early_fd1:,.0f}) | {v[few_dekf1]} in this run |
-| pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} (at 7286ee0: {early_fp1:,.0f}) | {v[few_pf1]} in this run |
+| pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} (at 7286ee0: {early_fp1:,.0f}; the first run of this revision's, 2 s a case: {first_fp1:,.0f}) | {v[few_pf1]} in this run |
 | `streamer demo` (4 keys, 12,000 ticks, defaults) in <= 10 s | {dt[processed_in_s]:.1f} s ("processed in"); first prediction {dt[first_prediction_s]:.1f} s after start, last {dt[last_prediction_s]:.1f} s | {v[demo_time]} |
 
 The machine's speed moves a lot from day to day: SGD at one key gave 1,635 ticks/s in an
@@ -1515,11 +1518,12 @@ through numpy's reduction and combine in numpy. The window BPTT's limit now coun
 (156 rows at m=16 over window 1), so the particle filter's one- and two-key waves take its kernel.
 
 - **A finding: torch's rank-1 covariance update is slow at every size.** `P -= a a^T` as a batched
-  product of inner dimension 1 (`baddbmm`) took 265 us for four keys of the ensemble's EKF (n=271)
-  where one loop takes 37; 13.5 ms against 3.7 ms for the DEKF of 1,000 keys on two threads. The
-  compiled correction therefore serves every width, the 1,000-key bank included; the innovation
-  (P H^T, where torch's batched product on several threads can win) serves waves up to 16 of the
-  EKF's keys.
+  product of inner dimension 1 (`baddbmm`) is most of the Kalman update's torch time: the whole
+  update of four keys of the ensemble's EKF (n=271) takes {ekf4[torch_us]:,.0f} us in torch against {ekf4[kernel_us]:,.0f} us compiled,
+  of 256 keys of its DEKF {dekf256[torch_us]:,.0f} us against {dekf256[kernel_us]:,.0f} us (the last table of this section). The
+  compiled correction therefore serves every width, the 1,000-key bank included (the DEKF's pipeline
+  at 1,000 keys above: {abc_fig[dekf1000]:.2f}x); the innovation (P H^T, where torch's batched product on several
+  threads can win) serves waves up to 16 of the EKF's keys.
 - **A finding: `math.isfinite` is not safe in these loops.** Under the reassociation flag they are
   compiled with (what lets loops over units vectorise), numba's `isfinite` of an expression is
   x - x == 0, which folds to True: the normaliser's first version let a NaN tick move a key's mean.
@@ -1556,8 +1560,11 @@ loops), alternating (ticks/s, median of 3 rounds):
   {dtc[base_first_prediction_s]:.1f} s.
 
 Every other compiled loop against its torch (or numpy) path, microseconds a call by keys, one torch
-thread (the daemon's for a wave under 128 ticks), at the daemon's shapes; the last column is the
-widest wave the loop serves:
+thread (the daemon's for a wave under 128 ticks), at the daemon's shapes; the loop is taken at every
+width here, so that the table shows where it stops winning, and the last column is the widest wave
+it serves in the daemon (chosen below the crossings measured here: SGD's step, the feed-forward pass
+and the mixture cross between 64 and 256 keys; the normaliser's loop is still ahead at 256). The
+mixture's row is a whole ensemble step over six persistence experts, whose own work is next to none:
 
 | loop | shape | keys | loop us | torch us | loop speed-up | the loop serves |
 |---|---|---|---|---|---|---|

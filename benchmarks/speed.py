@@ -270,7 +270,8 @@ def wave_parts(K: int, seconds: float) -> dict[str, Any]:
 def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     """Every other compiled loop of few-key waves (`models.jit`) against its torch or numpy path, at the daemon's
     shapes (4 lags; the default ensemble's experts), by keys, on one torch thread (the daemon's for a wave under
-    128 ticks). Microseconds a call; the loop serves a wave up to its own limit (each module's MAX_*), named here."""
+    128 ticks). Microseconds a call, the loop taken at every width here (and torch's path), so that the table shows
+    where each stops winning; in the daemon a loop serves waves up to its own limit (each module's MAX_*), named."""
     from unittest import mock
 
     from models import kalman, kalman_kernel, normalize
@@ -282,10 +283,11 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     torch.set_num_threads(1)
     spec = daemon_spec()
     ens = make_learner(defaults.LEARNER, spec)
+    Case = tuple[Callable[[], None], Callable[[], Any], Callable[[], Any]]  # the call, torch's path, the loop's
     by_label = dict(zip(ens.labels, ens.experts, strict=True))  # type: ignore[attr-defined]
     out = []
 
-    def kalman_case(B: int, n_or_blocks: NetSpec | int) -> tuple[Callable[[], None], Callable[[], Any]]:
+    def kalman_case(B: int, n_or_blocks: NetSpec | int) -> Case:
         if isinstance(n_or_blocks, int):  # one dense block (the EKF's, the feed-forward net's)
             blocks = [(torch.eye(n_or_blocks).repeat(B, 1, 1), torch.randn(B, n_or_blocks))]
         else:  # the DEKF's: a block per neuron and the head's
@@ -299,9 +301,10 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
             kalman.correct([P for P, _ in blocks], PH, e, S)
             for P, _ in blocks:  # back to where it started, so every call does the same work
                 P.copy_(torch.eye(P.shape[-1]))
-        return call, lambda: mock.patch.object(kalman_kernel, "serves", lambda *a: False)
+        return call, lambda: mock.patch.object(kalman_kernel, "serves", lambda *a: False), \
+            lambda: mock.patch.object(kalman_kernel, "MAX_WORK", math.inf)
 
-    def sgd_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+    def sgd_case(B: int) -> Case:
         learner: Any = by_label["sgd"]
         state = learner.init_state(torch.arange(B))
         x, d = torch.randn(B, spec.n_in), torch.randn(B)
@@ -309,24 +312,26 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         learner.predict(state, x, memo=memo)
         def call() -> None:
             learner.step(state, x, d, memo=memo)
-        return call, lambda: mock.patch.object(SGDLearner, "_compiled_step", lambda *a: False)
+        return call, lambda: mock.patch.object(SGDLearner, "_compiled_step", lambda *a: False), \
+            lambda: mock.patch.object(adam_kernel, "MAX_WORK", math.inf)
 
-    def mlp_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+    def mlp_case(B: int) -> Case:
         learner: Any = by_label["mlp"]
         theta, x = 0.3 * torch.randn(B, learner.n_learned), torch.randn(B, spec.n_in)
         def call() -> None:
             learner._forward(theta, x)
-        return call, lambda: mock.patch.object(mlp, "MAX_ROWS", 0)
+        return call, lambda: mock.patch.object(mlp, "MAX_ROWS", 0), lambda: mock.patch.object(mlp, "MAX_ROWS", 1 << 30)
 
-    def mixture_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+    def mixture_case(B: int) -> Case:
         learner = EnsembleLearner(spec, EnsembleConfig(experts=("persistence",) * len(ens.labels)))  # type: ignore
         state = learner.init_state(torch.arange(B))
         x, d = torch.randn(B, spec.n_in), torch.randn(B)
         def call() -> None:
             learner.step(dict(state), x, d)
-        return call, lambda: mock.patch.object(ensemble, "MIX_MAX_ROWS", 0)
+        return call, lambda: mock.patch.object(ensemble, "MIX_MAX_ROWS", 0), \
+            lambda: mock.patch.object(ensemble, "MIX_MAX_ROWS", 1 << 30)
 
-    def norm_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+    def norm_case(B: int) -> Case:
         c = normalize.NormConfig()
         st = {k: v.numpy() for k, v in normalize.norm_init(B, spec.n_in, torch.float32).items()}
         st["n"] += 50
@@ -334,19 +339,21 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         def call() -> None:
             normalize.update(st, x, d, c)
             normalize.apply(st, x, c)
-        return call, lambda: mock.patch.object(normalize, "MAX_ROWS", 0)
+        return call, lambda: mock.patch.object(normalize, "MAX_ROWS", 0), \
+            lambda: mock.patch.object(normalize, "MAX_ROWS", 1 << 30)
 
-    def move_case(B: int) -> tuple[Callable[[], None], Callable[[], Any]]:
+    def move_case(B: int) -> Case:
         learner: Any = make_learner("pf", spec)
         state, N, s = learner.init_state(torch.arange(B)), learner.config.n_particles, learner.spec
         u, g = torch.randn(B, N, s.q), 0.1 * torch.randn(B, N, s.hidden * s.n_gates)
         innov, var = torch.randn(B, N), torch.ones(B, N)
         def call() -> None:
             learner._ekf_move_blocked(state, innov, var, u, g)
-        return call, lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 0)
+        return call, lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 0), \
+            lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 1 << 30)
 
     dekf_spec: NetSpec = by_label["dekf"].spec  # type: ignore[attr-defined]
-    cases: list[tuple[str, str, Callable[[int], tuple[Callable[[], None], Callable[[], Any]]]]] = [
+    cases: list[tuple[str, str, Callable[[int], Case]]] = [
         ("Kalman update, the ensemble's EKF", f"n={by_label['ekf'].spec.n_theta}",  # type: ignore[attr-defined]
          lambda B: kalman_case(B, by_label["ekf"].spec.n_theta)),  # type: ignore[attr-defined]
         ("Kalman update, the ensemble's DEKF", f"{dekf_spec.hidden} blocks of {dekf_spec.block_size} + "
@@ -366,10 +373,11 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     for label, shape, make in cases:
         limit = next(v for k, v in limits.items() if label.startswith(k))
         for B in keys:
-            call, slow = make(B)
+            call, slow, fast = make(B)
             timed = {}
             with torch.inference_mode():
-                timed["kernel"] = timed_waves(lambda t, f=call: f(), seconds / 8, least=10)
+                with fast():  # the loop whatever the width: where it stops winning is the point of the table
+                    timed["kernel"] = timed_waves(lambda t, f=call: f(), seconds / 8, least=10)
                 with slow():
                     timed["torch"] = timed_waves(lambda t, f=call: f(), seconds / 8, least=10)
             out.append({"loop": label, "shape": shape, "keys": B, "limit": limit, "kernel_us": timed["kernel"] * 1e6,
