@@ -961,7 +961,7 @@ row at that revision:
   0.003 -> 0.005, `KeyedRegressor`'s per-key MAE 0.012/0.017/0.050 -> 0.016/0.022/0.063), and so did
   River's TrumpApproval (MAE 0.1954 -> 0.2040): on a deterministic stream the bigger DEKF's capacity
   is what counts.
-- **Cost** (`speed.py` at {acc_before}, both in the same run; `benchmarks/data/speed-{acc_before}.json`): state per key at 8 inputs {experts_mem}
+- **Cost** (`speed.py` at 51ba9d6, both in the same run; `benchmarks/data/speed-51ba9d6.json`): state per key at 8 inputs {experts_mem}
   (x{experts_mem_ratio:.2f}), at the daemon's 4 lags {experts_mem_daemon}, so the default
   key bound at 1536 MB is {experts_bound}; the bank at 1,000 keys (8 inputs) {experts_bank}; the
   daemon's pipeline at few keys {experts_few}. Few keys pay: the fifth expert's
@@ -1188,11 +1188,12 @@ python benchmarks/speed.py      # --keys 1000 --steps 20; writes benchmarks/out/
 Measured at revision {speed_rev}. The same script at 7286ee0 on 2026-12-03
 (`benchmarks/data/speed-7286ee0.json`): SGD plain step {early_sgd1[ticks_per_s]:,.0f} ticks/s at window 1
 ({early_sgd1[speedup]:.0f}x a per-key loop) and {early_sgd10[ticks_per_s]:,.0f} at window 10 ({early_sgd10[speedup]:.1f}x), DEKF
-{early_dekf1[ticks_per_s]:,.0f} at window 1, PF {early_pf[ticks_per_s]:,.0f}. Nothing a 1,000-key wave runs differs between the two
-revisions but the ensemble's mixture bookkeeping and the EKF's noise schedule, now in numpy (the
-compiled window BPTT serves small waves only): the gap between the two tables is the
-machine's, which ran every batched step about half as fast on this day (the per-key loops alike
-where they run torch: the DEKF's and PF's at 1.5x less).
+{early_dekf1[ticks_per_s]:,.0f} at window 1, PF {early_pf[ticks_per_s]:,.0f}. Between the two revisions a 1,000-key wave changed in
+the Kalman filters' covariance correction, a compiled loop at every width since ("The compiled loops
+of few-key waves": the DEKF's, the PF's read-out, the ensemble's filters), the particle filter's move
+up to 16 keys, and the ensemble's mixture bookkeeping and the EKF's noise schedule (in numpy). SGD's
+plain step did not change: its gap between the two tables is the machine's, whose speed moves by up
+to 2x from day to day.
 
 The per-key loops of SGD and the DEKF, one key a call, now take the compiled window BPTT
 ("Few keys at a high rate" below), so "speed-up" compares the batched torch step with a compiled
@@ -1375,7 +1376,7 @@ First, fewer torch calls in the DEKF's step (`python benchmarks/ab.py 17f3ce7 --
 - **Reading it.** The DEKF and the ensemble, which holds one, gained {ab_gain} in every case, beyond
   the noise that SGD and the PF show (they do not run this code; their ratios, {ab_noise}, are
   that noise). The bank at 1,000 keys gained as well (DEKF {dekf1[ticks_per_s]:,.0f} ticks/s, window 1,
-  in the bank table above).
+  in the bank table above, which is of a later revision).
 
 Second, the learner under `torch.inference_mode` (`python benchmarks/ab.py {abl[base]} --keys 1,4
 --rounds 5 --json benchmarks/out/ab-lean.json`; `benchmarks/data/ab-lean.json`):
@@ -1626,8 +1627,9 @@ checkpoints every 30 s or 100,000 ticks per partition, staggered (included in th
 |---|---|---|---|---|---|
 {daemon_rows}
 
-Measured at 51ba9d6, on a day this machine ran every batched step about half as fast as on
-2026-12-03 (the speed tables above are of the same day). The same script at bad73ef on 2026-12-03
+Measured at 6fd7196 (the compiled loops of few-key waves), on 2026-12-07, the day of the speed tables
+above; at 51ba9d6, earlier that day, before those loops (`benchmarks/data/daemon-51ba9d6.json`): pass-through 88,574, sgd 34,844 ticks/s (39%
+of it), ensemble 2,795, and p99 at 1k ticks/s over 4 keys 221 ms (sgd) and 1,434 ms (the default). The same script at bad73ef on 2026-12-03
 (`benchmarks/data/daemon-bad73ef.json`): pass-through {dold_pass:,.0f}, sgd {dold_sgd:,.0f} ticks/s ({dold_share:.0%} of it),
 ensemble {dold_ens:,.0f}; the share of the pass-through, a ratio within one run, is what compares across days.
 
