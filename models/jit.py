@@ -25,9 +25,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 FLAGS = {"reassoc", "contract", "nsz"}
+# the float widths a loop is compiled for (others take the torch path), and their numpy types
+NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class Kernel:
@@ -56,9 +59,11 @@ class Kernel:
         return self._compiled
 
     def usable(self, dtype: torch.dtype) -> bool:
-        """Whether the kernel runs here for this float width (compiling it at the first ask); where it cannot,
-        one warning says so and the answer stays no."""
+        """Whether the kernel runs here for this float width (compiling it at the first ask): no, quietly, for a
+        width outside NP_FLOAT; where it cannot compile, one warning says so and the answer stays no."""
         ok = self._usable.get(dtype)
+        if ok is None and dtype not in NP_FLOAT:
+            ok = self._usable[dtype] = False
         if ok is None:
             try:
                 self.warm_up(dtype)
@@ -71,12 +76,26 @@ class Kernel:
         return ok
 
 
-def warm_up(dtype: torch.dtype = torch.float32) -> bool:
-    """Compile (or load) every kernel for this float width now: the daemon does it in a worker thread while it
-    joins its group, so that its first wave does not wait. Whether all of them run here."""
+def array(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a C-contiguous numpy array for a loop to read (its own memory when it is so laid out)."""
+    return np.ascontiguousarray(t.detach().numpy())
+
+
+def memory(t: torch.Tensor) -> np.ndarray:
+    """A tensor's memory as numpy, for a loop that writes it in place: the caller has checked it is contiguous."""
+    return t.detach().numpy() if t.requires_grad else t.numpy()
+
+
+def kernels() -> tuple[Kernel, ...]:
+    """Every compiled loop of the models (imported here, at the first ask: the modules that hold them import this)."""
     from models import kalman_kernel, normalize
     from models.learners import adam_kernel, bptt_kernel, ensemble, mlp, pf
 
-    kernels = (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, *kalman_kernel.KERNELS,
-               normalize.APPLY, normalize.UPDATE)
-    return all([k.usable(dtype) for k in kernels])
+    return (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, *kalman_kernel.KERNELS,
+            normalize.APPLY, normalize.UPDATE)
+
+
+def warm_up(dtype: torch.dtype = torch.float32) -> bool:
+    """Compile (or load) every kernel for this float width now: the daemon does it in a worker thread while it
+    joins its group, so that its first wave does not wait. Whether all of them run here."""
+    return all([k.usable(dtype) for k in kernels()])

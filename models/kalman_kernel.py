@@ -22,13 +22,13 @@ import math
 import numpy as np
 import torch
 
-from models.jit import Kernel
+from models.jit import Kernel, array, memory
 
 # `innovation` takes its loop while the covariances hold at most this many entries (rows x inner x n^2 summed
 # over the blocks): 16 keys of the default ensemble's EKF (n=271 at 4 lags), 115 of its feed-forward net
-# (n=101). Beyond it torch's batched product on several threads can win (benchmarks/speed.py, "the Kalman
-# update"). `correct` takes its loop at every width: torch's rank-1 update (a batched product of inner
-# dimension 1) was 2-10x slower there at every size measured, up to the DEKF of 1,000 keys on two threads.
+# (n=101). Beyond it torch's batched product on several threads can win (benchmarks/speed.py, the "Kalman
+# update" rows of its compiled-loops table). `correct` takes its loop at every width: with torch's rank-1 update (a
+# batched product of inner dimension 1) the whole update was 1.4-4x slower at every size that table measured.
 MAX_WORK = 16 * 271 * 271
 
 
@@ -83,10 +83,7 @@ def serves(Ps: list[torch.Tensor], others: list[torch.Tensor], batch: torch.Tens
     `most` entries of P, one float width, each P laid out flat (it is written in place), nothing autograd is
     to differentiate through, and the loops compiled here. `batch` is e, S or R, whose shape is the rows'."""
     dtype = batch.dtype
-    usable = _usable.get(dtype)
-    if usable is None:
-        usable = _usable[dtype] = dtype in (torch.float32, torch.float64) and all(k.usable(dtype) for k in KERNELS)
-    if not usable or not batch.numel():
+    if not batch.numel() or not all(k.usable(dtype) for k in KERNELS):
         return False
     work = 0
     for P in Ps:
@@ -101,23 +98,19 @@ def serves(Ps: list[torch.Tensor], others: list[torch.Tensor], batch: torch.Tens
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (*Ps, *others, batch)))
 
 
-_usable: dict[torch.dtype, bool] = {}
-
-
 def innovation(blocks: list[tuple[torch.Tensor, torch.Tensor]], R: torch.Tensor
                ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """`models.kalman.innovation`, compiled: (P_b H_b^T [*batch, *inner, n] each, S [*batch])."""
     rows = R.numel()
-    S = _array(R).copy()  # [*batch]  from R, the blocks' sums added
+    S = memory(R).copy()  # [*batch]  from R, the blocks' sums added
     s = S.reshape(rows)
     PH = []
     loop = INNOVATION.compiled()
     for P, H in blocks:
         n = H.shape[-1]
-        h = _array(H)
+        h = array(H)
         ph = np.empty(h.shape, h.dtype)  # [*batch, *inner, n]
-        loop(_array(P).reshape(rows, -1, n, n), np.ascontiguousarray(h).reshape(rows, -1, n),
-             ph.reshape(rows, -1, n), s)
+        loop(memory(P).reshape(rows, -1, n, n), h.reshape(rows, -1, n), ph.reshape(rows, -1, n), s)
         PH.append(torch.from_numpy(ph))
     return PH, torch.from_numpy(S)
 
@@ -125,20 +118,13 @@ def innovation(blocks: list[tuple[torch.Tensor, torch.Tensor]], R: torch.Tensor
 def correct(Ps: list[torch.Tensor], PH: list[torch.Tensor], e: torch.Tensor, S: torch.Tensor) -> list[torch.Tensor]:
     """`models.kalman.correct` (the rank-1 form), compiled: each P_b in place, and each block's step K_b e."""
     rows = e.numel()
-    ea = np.ascontiguousarray(_array(e)).reshape(rows)
-    sa = np.ascontiguousarray(_array(S)).reshape(rows)
+    ea, sa = array(e).reshape(rows), array(S).reshape(rows)
     steps = []
     loop = CORRECT.compiled()
     for P, ph in zip(Ps, PH, strict=True):
         n = ph.shape[-1]
-        pha = _array(ph)
+        pha = array(ph)
         step = np.empty(pha.shape, pha.dtype)  # [*batch, *inner, n]
-        loop(_array(P).reshape(rows, -1, n, n), np.ascontiguousarray(pha).reshape(rows, -1, n), ea, sa,
-             step.reshape(rows, -1, n))
+        loop(memory(P).reshape(rows, -1, n, n), pha.reshape(rows, -1, n), ea, sa, step.reshape(rows, -1, n))
         steps.append(torch.from_numpy(step))
     return steps
-
-
-def _array(t: torch.Tensor) -> np.ndarray:
-    """The tensor's memory as numpy (a covariance's is written in place through it: `serves` asks it flat)."""
-    return t.detach().numpy() if t.requires_grad else t.numpy()

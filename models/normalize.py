@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.jit import Kernel
+from models.jit import NP_FLOAT, Kernel
 
 State = dict[str, torch.Tensor]
 Arrays = Mapping[str, np.ndarray]
@@ -108,15 +108,17 @@ def update(st: Arrays, x: np.ndarray, d: np.ndarray, c: NormConfig) -> dict[str,
             "d_var": new_var[:, p], "d_sd": d_sd}
 
 
-# A wave of at most this many keys takes the compiled loops; wider, numpy's vectorised passes win.
+# A wave of at most this many keys takes the compiled loops (the loops' whole use: few keys at a high rate; in
+# benchmarks/speed.py's compiled-loops table they were still ahead of numpy at 256 keys).
 MAX_ROWS = 64
 
 
 def _compiled(x: np.ndarray) -> bool:
-    return x.shape[0] <= MAX_ROWS and x.dtype in (np.float32, np.float64) and APPLY.usable(_TORCH[x.dtype])
+    width = _TORCH.get(x.dtype)
+    return x.shape[0] <= MAX_ROWS and width is not None and APPLY.usable(width)
 
 
-_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+_TORCH = {np.dtype(v): k for k, v in NP_FLOAT.items()}  # a numpy array's float width as torch names it
 
 
 def _contiguous(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -170,7 +172,7 @@ def _update_rows(n, x, d, x_mean, x_var, d_mean, d_var, horizon, rel_floor, abs_
 
 def _warm_up(dtype: torch.dtype) -> None:
     """Run both loops once for this float width, on one key of one column (compiling or loading them)."""
-    dt = np.float32 if dtype == torch.float32 else np.float64
+    dt = NP_FLOAT[dtype]
     one, row = (lambda: np.ones(1, dt)), (lambda: np.ones((1, 1), dt))
     APPLY.compiled()(row(), row(), row(), 1e-4, 1e-8, 8.0, row())
     UPDATE.compiled()(np.ones(1, np.int64), row(), one(), row(), row(), one(), one(), 2000, 1e-4, 1e-8, 20, 8.0,

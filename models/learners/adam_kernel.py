@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from models.jit import Kernel
+from models.jit import NP_FLOAT, Kernel, array, memory
 
 # A wave takes the loop while rows x weights is at most this: 48 keys of the default SGD at 4 lags (1,365
 # weights). Beyond it torch's vectorised and threaded passes over [B, n] win (benchmarks/speed.py).
@@ -87,8 +87,7 @@ def _adam_rows(theta, m1, m2, U, Delta, phi, d_hat, d, t, e_prev, e_corr, e_sq, 
 
 def _warm_up(dtype: torch.dtype) -> None:
     """Run the loop once for this float width, on one row of a 2-weight net (compiling or loading it)."""
-    z = np.zeros
-    dt = np.float32 if dtype == torch.float32 else np.float64
+    z, dt = np.zeros, NP_FLOAT[dtype]
     one = (z((1, 2), dt), z((1, 2), dt), z((1, 2), dt), z((1, 1, 1), dt), z((1, 1, 1), dt), z((1, 1), dt))
     vec = [z(1, dt) for _ in range(7)]
     KERNEL.compiled()(*one, *vec, np.zeros(9), np.zeros(3, np.bool_), 1)
@@ -103,11 +102,6 @@ def step(theta: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, U: torch.Tenso
          n_read: int) -> None:
     """The loop on these tensors: the state ones (theta, m1, m2, e_prev, e_corr, e_sq, r2) written in place, so
     they must be laid out flat (`SGDLearner` checks); t is the ticks seen, int64."""
-    _compiled = KERNEL.compiled()
-    _compiled(theta.numpy(), m1.numpy(), m2.numpy(), _array(U), _array(Delta), _array(phi), _array(d_hat),
-              _array(d), t.numpy().astype(cfg.dtype), e_prev.numpy(), e_corr.numpy(), e_sq.numpy(), r2.numpy(),
-              cfg, flags, n_read)
-
-
-def _array(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().numpy())
+    KERNEL.compiled()(memory(theta), memory(m1), memory(m2), array(U), array(Delta), array(phi), array(d_hat),
+                      array(d), t.numpy().astype(cfg.dtype), memory(e_prev), memory(e_corr), memory(e_sq), memory(r2),
+                      cfg, flags, n_read)

@@ -36,9 +36,9 @@ from annotated_types import Ge, Gt, Interval
 
 from models import rng
 from models.cells import NetSpec, init_theta
+from models.jit import NP_FLOAT  # noqa: F401  (a learner's float width, for its numpy bookkeeping)
 
 State = dict[str, torch.Tensor]
-NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}  # a learner's float width, for its numpy bookkeeping
 
 # The ranges of the learners' config fields. Plain dataclasses ignore them; whoever takes configs from
 # users (the daemon's STREAMER_LEARNER_OPTIONS) checks them with pydantic, which reads these markers.

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from models.jit import Kernel
+from models.jit import Kernel, array
 
 # A wave takes this kernel while rows x m^2 x (window + 3) is at most this x 13 (rows: keys, or keys x particles):
 # at window 10, 48 rows at m=16, 192 at m=8, 341 at m=6; at window 1 (SGD, the particle filter) 3.25x as many,
@@ -153,18 +153,14 @@ def lstm_bptt(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple
     W = xbuf.shape[1] + 1
     q = p + m + 1
     nr = m + 1 + (p if skip else 0)
-    cw, rw = _array(cell[0]), _array(readout[0])
+    cw, rw = array(cell[0]), array(readout[0])
     out_dtype = cw.dtype
     d_hat = np.empty(B, out_dtype)
     U = np.empty((B, W, q), out_dtype)
     Delta = np.empty((B, W, 4 * m), out_dtype)
     phi = np.empty((B, nr), out_dtype)
     h_first = np.empty((B, 2 * m), out_dtype)
-    KERNEL.compiled()(cw, cell[1], rw, readout[1], _array(h0), _array(xbuf), _array(x), skip, d_hat, U, Delta, phi,
+    KERNEL.compiled()(cw, cell[1], rw, readout[1], array(h0), array(xbuf), array(x), skip, d_hat, U, Delta, phi,
                       h_first)
     return (torch.from_numpy(d_hat), torch.from_numpy(U), torch.from_numpy(Delta), torch.from_numpy(phi),
             torch.from_numpy(h_first))
-
-
-def _array(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().numpy())

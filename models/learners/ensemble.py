@@ -382,7 +382,7 @@ def _mix_rows(M, V, d, logw, lam, lscale, cfg, mean, var, logw_out, lam_out, lsc
 
 def _warm_up_mix(dtype: torch.dtype) -> None:
     """Run the loop once for this float width, on one key of two experts (compiling or loading it)."""
-    dt = np.float32 if dtype == torch.float32 else np.float64
+    dt = NP_FLOAT[dtype]
     two, one = (lambda: np.zeros((1, 2), dt)), (lambda: np.zeros(1, dt))
     MIX.compiled()(two(), two(), one(), two(), two(), two(), np.zeros(6), one(), one(), two(), two(), two())
 

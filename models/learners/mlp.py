@@ -47,8 +47,8 @@ import torch
 
 from models import kalman, rng
 from models.cells import NetSpec
-from models.jit import Kernel
-from models.learners.base import NonNegative, Positive, State, rows_finite
+from models.jit import Kernel, array
+from models.learners.base import NP_FLOAT, NonNegative, Positive, State, rows_finite
 from models.learners.ekf import KalmanNoise, kalman_noise
 
 
@@ -98,7 +98,7 @@ def _forward_rows(theta, x, m, skip, d_hat, H):  # pragma: no cover - compiled
 
 def _warm_up(dtype: torch.dtype) -> None:
     """Run the loop once for this float width, on one row of a one-unit net (compiling or loading it)."""
-    dt = np.float32 if dtype == torch.float32 else np.float64
+    dt = NP_FLOAT[dtype]
     FORWARD.compiled()(np.zeros((1, 4), dt), np.zeros((1, 1), dt), 1, False, np.zeros(1, dt), np.zeros((1, 4), dt))
 
 
@@ -137,10 +137,10 @@ class MLPLearner:
         """(d_hat [B], H = d d_hat / d theta [B, n]) at x [B, p]."""
         B, p, m = x.shape[0], self.spec.n_in, self.spec.hidden
         if B <= MAX_ROWS and theta.dtype == x.dtype == self.dtype and not (theta.requires_grad or x.requires_grad) \
-                and self.dtype in (torch.float32, torch.float64) and FORWARD.usable(self.dtype):
-            d_hat, H = np.empty(B, theta.numpy().dtype), np.empty(tuple(theta.shape), theta.numpy().dtype)
-            FORWARD.compiled()(np.ascontiguousarray(theta.numpy()), np.ascontiguousarray(x.numpy()), m,
-                               self.config.skip, d_hat, H)
+                and FORWARD.usable(self.dtype):
+            dt = NP_FLOAT[self.dtype]
+            d_hat, H = np.empty(B, dt), np.empty(tuple(theta.shape), dt)
+            FORWARD.compiled()(array(theta), array(x), m, self.config.skip, d_hat, H)
             return torch.from_numpy(d_hat), torch.from_numpy(H)
         W, b, v, a, c = theta.split(self._sizes, dim=1)  # [B, p m], [B, m], [B, m], [B, p or 0], [B, 1]
         h = torch.tanh(torch.bmm(x.unsqueeze(1), W.view(B, p, m)).squeeze(1) + b)  # [B, m]

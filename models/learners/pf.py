@@ -61,8 +61,8 @@ from models.cells import (
     unpack_parts,
 )
 from models.heads import readout_features
-from models.jit import Kernel
-from models.learners.base import NonNegative, Positive, Share, State, rows_finite
+from models.jit import Kernel, array, memory
+from models.learners.base import NP_FLOAT, NonNegative, Positive, Share, State, rows_finite
 from models.learners.window import has_closed_form, lstm_bptt
 
 # The moves and the random walk touch every particle's every cell weight (~100M numbers at 1,000 keys) a
@@ -302,13 +302,12 @@ class PFLearner:
         cell = state["cell"].view(B, N, q, mG)
         P = state["Pcell"].view(B, N, q, mG)
         if B * N <= MOVE_MAX_ROWS and cell.dtype == P.dtype == u.dtype == g.dtype == innov.dtype == var_i.dtype \
-                and cell.dtype in (torch.float32, torch.float64) and cell.is_contiguous() and P.is_contiguous() \
+                and cell.is_contiguous() and P.is_contiguous() \
                 and MOVE.usable(cell.dtype):  # cell and P are written in place through numpy: laid out flat
-            S_rows = np.empty(B * N, _np_array(innov).dtype)
-            MOVE.compiled()(_np_array(cell).reshape(B * N, q, mG), _np_array(P).reshape(B * N, q, mG),
-                            *(np.ascontiguousarray(_np_array(t)).reshape(B * N, -1) for t in (u, g)),
-                            *(np.ascontiguousarray(_np_array(t)).reshape(B * N) for t in (innov, var_i)), c.move_q,
-                            S_rows)
+            S_rows = np.empty(B * N, NP_FLOAT[cell.dtype])
+            MOVE.compiled()(memory(cell).reshape(B * N, q, mG), memory(P).reshape(B * N, q, mG),
+                            *(array(t).reshape(B * N, -1) for t in (u, g)),
+                            *(array(t).reshape(B * N) for t in (innov, var_i)), c.move_q, S_rows)
             return torch.from_numpy(S_rows).view(B, N)
         u2, g2 = u * u, g * g  # [B, N, q], [B, N, mG]
         S = torch.empty_like(var_i)  # [B, N]
@@ -470,16 +469,12 @@ def _move_rows(cell, P, u, g, innov, var, q_noise, S):  # pragma: no cover - com
 
 def _warm_up(dtype: torch.dtype) -> None:
     """Run the loop once for this float width, on one particle of one weight (compiling or loading it)."""
-    dt = np.float32 if dtype == torch.float32 else np.float64
+    dt = NP_FLOAT[dtype]
     MOVE.compiled()(np.zeros((1, 1, 1), dt), np.ones((1, 1, 1), dt), np.ones((1, 1), dt), np.ones((1, 1), dt),
                     np.zeros(1, dt), np.ones(1, dt), 0.0, np.zeros(1, dt))
 
 
 MOVE = Kernel(_move_rows, _warm_up, "particle filter's EKF move")
-
-
-def _np_array(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
 
 
 def _blocks(B: int, bytes_per_key: int) -> list[slice]:

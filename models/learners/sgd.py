@@ -252,7 +252,7 @@ class SGDLearner:
             v = state[k]
             if v.dtype != self.dtype or not v.is_contiguous() or v.requires_grad:
                 return False
-        return self.dtype in (torch.float32, torch.float64) and adam_kernel.KERNEL.usable(self.dtype)
+        return adam_kernel.KERNEL.usable(self.dtype)
 
     # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
     @property

@@ -187,7 +187,6 @@ def test_a_kernel_that_cannot_compile_warns_once_and_torch_does_its_work(monkeyp
     for kernel in kalman_kernel.KERNELS:
         monkeypatch.setattr(kernel, "compiled", broken)
         monkeypatch.setattr(kernel, "_usable", {})
-    monkeypatch.setattr(kalman_kernel, "_usable", {})
     P, H, R = torch.eye(3).repeat(2, 1, 1), torch.ones(2, 3), torch.ones(2)
     with pytest.warns(RuntimeWarning, match="no numba here"):
         (PH,), S = kalman.innovation([(P, H)], R)
@@ -331,3 +330,13 @@ def test_compiled_particle_move_follows_torch_within_rounding(dtype, monkeypatch
     torch.testing.assert_close(compiled, reference, rtol=tol, atol=tol)
     for k, v in state.items():
         torch.testing.assert_close(v, ref_state[k], rtol=tol, atol=tol)
+
+
+def test_a_float_width_without_loops_takes_torch_quietly():
+    """float16 (or any width the loops are not compiled for) is no failure to warn of: every loop says no, and
+    a filter update on it is torch's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not any(k.usable(torch.float16) for k in jit.kernels())
+        half = torch.ones(2, 3, dtype=torch.half)
+        assert not kalman_kernel.serves([torch.eye(3, dtype=torch.half).repeat(2, 1, 1)], [half], half[:, 0])
