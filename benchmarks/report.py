@@ -1537,11 +1537,13 @@ through numpy's reduction and combine in numpy. The window BPTT's limit now coun
   non-finite with its neighbours untouched, checks the dispatch and the fallback. The conformance
   suite runs unchanged. The accuracy tables were re-run at {acc_rev} (see "Accuracy").
 - **Compilation.** All of them, float32, take 13.9 s from nothing on this machine (another process
-  running beside) and 1.1 s from the cache; the daemon does it while it joins, so in a fresh
+  running beside) and 1.1 s from the cache (`jit.warm_up()` timed ad hoc with an empty, then a filled,
+  `NUMBA_CACHE_DIR`); the daemon does it while it joins, so in a fresh
   container with an empty cache its first waves may wait for the rest.
 - **The demo's session timeout** is 1 s (was 3 s): its daemon's first group join on the embedded
-  broker, with the replay running, took about twice the session timeout (4.0 s at 3 s, 2.0 s at 1 s),
-  and that join is the wait for its first prediction.
+  broker, with the replay running, took about twice the session timeout (4.0 s at 3 s, 2.0 s at 1 s,
+  timed ad hoc around the daemon's consumer start in one demo run each), and that join is the wait for
+  its first prediction; `demo_time.py` above measures the whole effect.
 
 The daemon's pipeline in process, this revision against 92ee4a3 (the revision before these
 loops), alternating (ticks/s, median of 3 rounds):
