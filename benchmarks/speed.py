@@ -274,7 +274,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     where each stops winning; in the daemon a loop serves waves up to its own limit (each module's MAX_*), named."""
     from unittest import mock
 
-    from models import kalman, kalman_kernel, normalize
+    from models import bank_kernel, kalman, kalman_kernel, normalize, rng
     from models.learners import adam_kernel, ensemble, mlp, pf
     from models.learners.ensemble import EnsembleConfig, EnsembleLearner
     from models.learners.pf import PFLearner
@@ -352,6 +352,22 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         return call, lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 0), \
             lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 1 << 30)
 
+    def walk_case(B: int) -> Case:
+        learner: Any = make_learner("pf", spec)
+        state = learner.init_state(torch.arange(B))
+        def call() -> None:
+            rng.add_normal_rows(state["cell"], state["seed"], state["t"], rng.STREAM_WALK, learner.config.theta_noise)
+        return call, lambda: mock.patch.object(rng, "WALK_MAX_ROWS", 0), \
+            lambda: mock.patch.object(rng, "WALK_MAX_ROWS", 1 << 30)
+
+    def book_case(B: int) -> Case:
+        wave = bank_wave(ModelBank(make_learner("persistence", spec)), B)
+        ticks = itertools.count()
+        def call() -> None:
+            wave(next(ticks))
+        return call, lambda: mock.patch.object(bank_kernel, "MAX_ROWS", 0), \
+            lambda: mock.patch.object(bank_kernel, "MAX_ROWS", 1 << 30)
+
     dekf_spec: NetSpec = by_label["dekf"].spec  # type: ignore[attr-defined]
     cases: list[tuple[str, str, Callable[[int], Case]]] = [
         ("Kalman update, the ensemble's EKF", f"n={by_label['ekf'].spec.n_theta}",  # type: ignore[attr-defined]
@@ -365,11 +381,17 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         ("the ensemble's mixture update", f"{len(ens.labels)} experts", mixture_case),  # type: ignore
         ("the normaliser (update + apply)", f"p={spec.n_in}", norm_case),
         ("the particle filter's EKF move", f"{PFLearner(spec).config.n_particles} particles a key", move_case),
+        ("the particle filter's random walk", f"{PFLearner(spec).config.n_particles} particles of {spec.n_cell} "
+         "weights a key", walk_case),
+        ("the bank's bookkeeping: a whole wave (step + predict) of the persistence learner", f"p={spec.n_in}",
+         book_case),
     ]
     limits = {"Kalman update": f"innovation up to {kalman_kernel.MAX_WORK:,} entries of P, correct always",
               "SGD's": f"{adam_kernel.MAX_WORK // spec.n_theta} keys", "the feed-forward": f"{mlp.MAX_ROWS} keys",
               "the ensemble's": f"{ensemble.MIX_MAX_ROWS} keys", "the normaliser": f"{normalize.MAX_ROWS} keys",
-              "the particle filter's": f"{pf.MOVE_MAX_ROWS // PFLearner(spec).config.n_particles} keys"}
+              "the particle filter's EKF": f"{pf.MOVE_MAX_ROWS // PFLearner(spec).config.n_particles} keys",
+              "the particle filter's random": f"{rng.WALK_MAX_ROWS // PFLearner(spec).config.n_particles} keys",
+              "the bank's": f"{bank_kernel.MAX_ROWS} keys"}
     for label, shape, make in cases:
         limit = next(v for k, v in limits.items() if label.startswith(k))
         for B in keys:

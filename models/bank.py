@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import bank_kernel, normalize, rng
 from models import horizons as hz
-from models import normalize, rng
 from models.checkpoint import frame, unframe
 from models.learners.base import Learner, LearnsFromHorizons, State, added_state, memo_rows, uses_autograd
 from models.normalize import NormConfig, norm_init
@@ -480,18 +480,21 @@ class ModelBank:
             nst["n"] = np.where(first, 0, nst["n"])
         xn = normalize.apply(nst, xa, c.norm)  # [B, p]
         sd, mu = nst["d_sd"].copy(), nst["d_mean"].copy()  # [B] at this tick (the state's own move on below)
-        with np.errstate(all="ignore"):
-            dn = (da - mu) / sd  # [B]
-            # A tick far from the running level is held out (statistics, model, calibration) until it
-            # proves to be a new level: shift_ticks in a row, then the key is reset below. One spike
-            # cannot inflate the variance or throw the weights, and a real shift stays "far" long
-            # enough to be recognised.
-            far = hold = np.zeros_like(first)  # [B]; without normalisation there is no running level
-            if online:
-                settled = ~first
-                far = (np.abs(dn) > c.shift_z) & settled
-                # the ticks after a spike carry it in their lags: no learning from a regressor that far out either
-                hold = far | ((np.abs(xn) >= c.norm.clip).any(axis=1) & settled)
+        # A tick far from the running level is held out (statistics, model, calibration) until it proves to be
+        # a new level: shift_ticks in a row, then the key is reset below. One spike cannot inflate the variance
+        # or throw the weights, and a real shift stays "far" long enough to be recognised. The ticks after a
+        # spike carry it in their lags: no learning from a regressor that far out either.
+        compiled = bank_kernel.serves(da.dtype, len(da))  # a few keys: this bookkeeping as two compiled calls
+        if compiled:
+            dn, far, hold = bank_kernel.before(da, mu, sd, xn, first, online, c)
+        else:
+            with np.errstate(all="ignore"):
+                dn = (da - mu) / sd  # [B]
+                far = hold = np.zeros_like(first)  # [B]; without normalisation there is no running level
+                if online:
+                    settled = ~first
+                    far = (np.abs(dn) > c.shift_z) & settled
+                    hold = far | ((np.abs(xn) >= c.norm.clip).any(axis=1) & settled)
         held_rows = np.flatnonzero(hold)
         learner_st = self._learner_part(st)
         saved: State = {}
@@ -515,7 +518,6 @@ class ModelBank:
         for k, v in saved.items():
             lst[k].index_copy_(0, at, v)
         mean_n, var_raw = mean_t.detach().numpy(), var_t.detach().numpy()
-        lam = book["b.lam"]
         none = np.empty((len(da), 0), dtype=da.dtype)
         ahead: dict[str, np.ndarray] = {"ahead_mean": none, "ahead_lower": none, "ahead_upper": none,
                                         "ahead_error": none, "ahead_hit": none.astype(bool)}
@@ -537,27 +539,35 @@ class ModelBank:
             ahead = {"ahead_mean": h["mean"].numpy(), "ahead_lower": a_lower, "ahead_upper": a_upper,
                      "ahead_error": h["error"].numpy(), "ahead_hit": h["hit"].numpy()}
         with np.errstate(all="ignore"):
-            var_n = lam * np.exp(2 * book["b.s"]) * var_raw  # [B] calibrated, and widened to the coverage
-            mean, var = mu + sd * mean_n, var_n * sd * sd
-            lower, upper = self._interval(mean, var)
-            e_n = dn - mean_n
             updated = normalize.update(nst, xa, da, c.norm)
             if len(held_rows):
                 updated = _where_arrays(far, nst, updated)
-            new_book = {f"n.{k}": v for k, v in updated.items()}
-            new_book["b.shift"] = np.where(far, book["b.shift"] + 1, 0)
-            ratio = np.minimum(e_n * e_n / var_raw, 1e6)
-            new_book["b.lam"] = np.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
-            new_book["b.ticks"] = book["b.ticks"] + 1
-            inside = (da >= lower) & (da <= upper)
-            s = book["b.s"]
-            aci = hz.conformal(s, (~inside).astype(s.dtype), c.z, c.coverage_step, c.coverage_bound)
-            new_book["b.s"] = np.where(first | hold, s, aci)
-            new_book["b.hits"] = book["b.hits"] + inside
-            new_book["b.resets"] = book["b.resets"]
-            finite = np.isfinite(mean_n) & np.isfinite(var_n) & np.isfinite(new_book["b.lam"])
-        bad = ~(self.learner.healthy(lst).numpy() & finite)
-        bad |= ~np.isfinite(xa).all(axis=1) | ~np.isfinite(da) | (new_book["b.shift"] >= c.shift_ticks)
+        new_book = {f"n.{k}": v for k, v in updated.items()}
+        if compiled:
+            out, counters, bad = bank_kernel.after(book, mu, sd, dn, da, xa, mean_n, var_raw, first, hold, far, c)
+            mean, var, lower, upper = out["mean"], out["var"], out["lower"], out["upper"]
+            new_book.update(counters)
+            bad |= ~self.learner.healthy(lst).numpy()
+        else:
+            with np.errstate(all="ignore"):
+                lam = book["b.lam"]
+                var_n = lam * np.exp(2 * book["b.s"]) * var_raw  # [B] calibrated, and widened to the coverage
+                mean, var = mu + sd * mean_n, var_n * sd * sd
+                lower, upper = self._interval(mean, var)
+                e_n = dn - mean_n
+                new_book["b.shift"] = np.where(far, book["b.shift"] + 1, 0)
+                ratio = np.minimum(e_n * e_n / var_raw, 1e6)
+                new_book["b.lam"] = np.where(first | hold, lam, (1 - c.calib_decay) * lam + c.calib_decay * ratio)
+                new_book["b.ticks"] = book["b.ticks"] + 1
+                inside = (da >= lower) & (da <= upper)
+                s = book["b.s"]
+                aci = hz.conformal(s, (~inside).astype(s.dtype), c.z, c.coverage_step, c.coverage_bound)
+                new_book["b.s"] = np.where(first | hold, s, aci)
+                new_book["b.hits"] = book["b.hits"] + inside
+                new_book["b.resets"] = book["b.resets"]
+                finite = np.isfinite(mean_n) & np.isfinite(var_n) & np.isfinite(new_book["b.lam"])
+            bad = ~(self.learner.healthy(lst).numpy() & finite)
+            bad |= ~np.isfinite(xa).all(axis=1) | ~np.isfinite(da) | (new_book["b.shift"] >= c.shift_ticks)
         new: State = {f"l.{k}": v for k, v in lst.items()}
         if hst:
             bad |= ~hz.healthy(hst).numpy()

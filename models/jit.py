@@ -37,10 +37,12 @@ class Kernel:
     """One loop, compiled at its first use (`compiled`), with a check that it runs here (`usable`).
 
     `warm_up(dtype)` calls the kernel once on the smallest inputs of that float width; `what` names it in
-    the fallback's warning."""
+    the fallback's warning. `flags`: the fast-math flags it is compiled with (none: IEEE arithmetic in the
+    written order, the same numbers as numpy's element-wise passes)."""
 
-    def __init__(self, loop: Callable[..., Any], warm_up: Callable[[torch.dtype], None], what: str) -> None:
-        self.loop, self.warm_up, self.what = loop, warm_up, what
+    def __init__(self, loop: Callable[..., Any], warm_up: Callable[[torch.dtype], None], what: str,
+                 flags: frozenset[str] | set[str] = FLAGS) -> None:
+        self.loop, self.warm_up, self.what, self.flags = loop, warm_up, what, set(flags)
         self._compiled: Callable[..., Any] | None = None
         self._compiling = threading.Lock()
         self._usable: dict[torch.dtype, bool] = {}
@@ -51,7 +53,7 @@ class Kernel:
             if self._compiled is None:
                 import numba
 
-                options: dict[str, Any] = {"nogil": True, "fastmath": FLAGS, "error_model": "numpy"}
+                options: dict[str, Any] = {"nogil": True, "fastmath": self.flags or False, "error_model": "numpy"}
                 try:
                     self._compiled = numba.njit(cache=True, **options)(self.loop)
                 except RuntimeError:  # nowhere to keep compiled code (read-only, no NUMBA_CACHE_DIR): per process
@@ -88,11 +90,11 @@ def memory(t: torch.Tensor) -> np.ndarray:
 
 def kernels() -> tuple[Kernel, ...]:
     """Every compiled loop of the models (imported here, at the first ask: the modules that hold them import this)."""
-    from models import kalman_kernel, normalize
+    from models import bank_kernel, kalman_kernel, normalize, rng
     from models.learners import adam_kernel, bptt_kernel, ensemble, mlp, pf
 
-    return (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, *kalman_kernel.KERNELS,
-            normalize.APPLY, normalize.UPDATE)
+    return (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, rng.WALK,
+            *kalman_kernel.KERNELS, normalize.APPLY, normalize.UPDATE, *bank_kernel.KERNELS)
 
 
 def warm_up(dtype: torch.dtype = torch.float32) -> bool:

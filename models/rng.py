@@ -23,6 +23,8 @@ import hashlib
 import numpy as np
 import torch
 
+from models.jit import NP_FLOAT, Kernel
+
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 POOL_SIZE = 1 << 22  # 4M normals = 16 MiB, large against any row length used here
 
@@ -85,3 +87,53 @@ STREAM_INIT = 1  # initial weights
 STREAM_WALK = 2  # particle random walk
 STREAM_RESAMPLE = 3  # systematic resampling offsets
 STREAM_STATE = 4  # noise on particle c_t, y_t
+
+
+# A random walk of at most this many noise rows (keys x particles) a call takes the compiled loop (`add_normal_rows`):
+# one pass that hashes each row's offset and adds its pool slice, where numpy's hash is some thirty calls on tiny
+# arrays and torch gathers the slices into a new tensor before adding them (benchmarks/speed.py).
+WALK_MAX_ROWS = 16 * 64
+
+
+def add_normal_rows(out: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, stream: int, scale: float) -> None:
+    """out [B, rows, width] += scale * `normal_rows(seeds, counter, stream, rows, width)`, in place: the same
+    numbers (the same hash, the same pool slices), added by one compiled pass for a few rows, else by torch."""
+    B, rows, width = out.shape
+    if B * rows <= WALK_MAX_ROWS and out.is_contiguous() and not out.requires_grad and WALK.usable(out.dtype):
+        if width > POOL_SIZE // 4:
+            raise ValueError(f"noise rows of width {width} exceed the pool's design range")
+        pool = _pool(out.dtype).numpy()
+        WALK.compiled()(out.numpy(), seeds.numpy().view(np.uint64), counter.numpy().view(np.uint64), np.uint64(stream),
+                        pool, scale)
+        return
+    out.add_(normal_rows(seeds, counter, stream, rows, width, out.dtype), alpha=scale)
+
+
+def _walk_rows(out, seeds, counter, stream, pool, scale):  # pragma: no cover - compiled
+    """`add_normal_rows` one noise row at a time: `hash_bits`'s splitmix64 for each row's pool offset, then its slice
+    added. out [B, rows, width] in place; seeds, counter [B] uint64 (the int64 tensors' bits)."""
+    B, rows, width = out.shape
+    span = np.uint64(pool.shape[0] - width)
+
+    def splitmix64(z):  # `_splitmix64`, on one uint64 (numba's uint64 arithmetic wraps as the mask does)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    for b in range(B):
+        z = splitmix64(seeds[b] ^ splitmix64(counter[b] * np.uint64(0x100000001B3) + stream))
+        for r in range(rows):
+            at = splitmix64(z + np.uint64(r) * np.uint64(0xD1B54A32D192ED03)) % span
+            for j in range(width):
+                out[b, r, j] += scale * pool[at + np.uint64(j)]
+
+
+def _warm_up(dtype: torch.dtype) -> None:
+    """Run the loop once for this float width, on one row of one number (compiling or loading it)."""
+    one = torch.ones(1, dtype=torch.int64)
+    WALK.compiled()(np.zeros((1, 1, 1), NP_FLOAT[dtype]), one.numpy().view(np.uint64), one.numpy().view(np.uint64),
+                    np.uint64(STREAM_WALK), _pool(dtype).numpy(), 1.0)
+
+
+WALK = Kernel(_walk_rows, _warm_up, "particle filter's random walk")

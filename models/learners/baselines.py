@@ -83,6 +83,7 @@ class RLSConfig:
 class RLSLearner:
     name = "linear"
     autograd = False
+    memoises = True  # predict's phi, P phi and S are the next step's (`models.learners.base`)
 
     def __init__(self, spec: NetSpec, config: RLSConfig = RLSConfig(), dtype: torch.dtype = torch.float32):
         self.spec, self.config, self.dtype = spec, config, dtype
@@ -106,15 +107,20 @@ class RLSLearner:
         (Pphi,), S = kalman.innovation([(state["P"], phi)], R)  # [B, p+1], [B] = lam + phi^T P phi
         return Pphi, S
 
-    def predict(self, state: State, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        phi = self._phi(x)
-        _, S = self._innovation(state, phi)
+    def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        phi = self._phi(x)  # [B, p+1]
+        Pphi, S = self._innovation(state, phi)  # [B, p+1], [B]
+        if memo is not None:  # the next step of this state at this x: the same phi, P phi and S
+            memo.update(phi=phi, Pphi=Pphi, S=S)
         return (state["beta"] * phi).sum(1), state["r2"] * (1 + S - self.config.lam)
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor):
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None):
         lam = self.config.lam
-        phi = self._phi(x)  # [B, p+1]
-        Pphi, S = self._innovation(state, phi)
+        if memo:
+            phi, Pphi, S = memo["phi"], memo["Pphi"], memo["S"]
+        else:
+            phi = self._phi(x)  # [B, p+1]
+            Pphi, S = self._innovation(state, phi)  # [B, p+1], [B]
         mean, var = (state["beta"] * phi).sum(1), state["r2"] * (1 + S - lam)
         e = d - mean
         (dbeta,) = kalman.correct([state["P"]], [Pphi], e, S)  # P updated in place

@@ -409,8 +409,7 @@ class PFLearner:
             stream = rng.STREAM_WALK + 16 * k
             if c.transition == "random_walk":  # a block of keys at a time: its noise stays in cache
                 for b in _blocks(B, N * n * part.element_size()):
-                    eps = rng.normal_rows(state["seed"][b], state["t"][b], stream, N, n, self.dtype)  # [b, N, n]
-                    part[b].add_(eps, alpha=c.theta_noise)
+                    rng.add_normal_rows(part[b], state["seed"][b], state["t"][b], stream, c.theta_noise)  # [b, N, n]
                 continue
             eps = rng.normal_rows(state["seed"], state["t"], stream, N, n, self.dtype)  # [B, N, n]
             w = torch.softmax(state["logw"], dim=1).unsqueeze(2)  # [B, N, 1]

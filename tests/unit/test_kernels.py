@@ -5,6 +5,7 @@ to torch, warning once, where it cannot compile. (The window BPTT's kernel has i
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -340,3 +341,69 @@ def test_a_float_width_without_loops_takes_torch_quietly():
         assert not any(k.usable(torch.float16) for k in jit.kernels())
         half = torch.ones(2, 3, dtype=torch.half)
         assert not kalman_kernel.serves([torch.eye(3, dtype=torch.half).repeat(2, 1, 1)], [half], half[:, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_random_walk_adds_the_same_pool_slices_as_torch(dtype, monkeypatch):
+    """The particle filter's random walk (`rng.add_normal_rows`): the loop hashes each row's offset as numpy's
+    splitmix64 does (seeds over all 62 bits, counters up to 2^40) and adds the same slices, within one rounding;
+    a wave wider than its limit takes torch."""
+    from models import rng
+
+    seeds = torch.tensor([rng.key_seed(f"key{i}", 7) for i in range(5)])
+    counter = torch.tensor([0, 1, 977, 2**31 + 5, 2**40 + 3])
+    base = torch.randn(5, 9, 37, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    noise = rng.normal_rows(seeds, counter, rng.STREAM_WALK, 9, 37, dtype)
+    compiled = base.clone()
+    rng.add_normal_rows(compiled, seeds, counter, rng.STREAM_WALK, 0.5)
+    torch.testing.assert_close(compiled, base + 0.5 * noise, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14)
+    assert not torch.equal(compiled, base + 0.5 * rng.normal_rows(seeds, counter, rng.STREAM_WALK + 1, 9, 37, dtype))
+    called = []
+    monkeypatch.setattr(rng, "normal_rows", lambda *a: called.append(a) or noise)
+    monkeypatch.setattr(rng, "WALK_MAX_ROWS", 5 * 9 - 1)
+    wide = base.clone()
+    rng.add_normal_rows(wide, seeds, counter, rng.STREAM_WALK, 0.5)
+    assert len(called) == 1 and torch.equal(wide, base.add(noise, alpha=0.5))
+
+
+def bank_run(name: str, dtype: torch.dtype, config: Any, rows: int, monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], int]:
+    """300 ticks of 3 keys through a bank, the bookkeeping's loops serving waves of up to `rows` keys: a NaN, an
+    inf, a spike and a level shift among them. Every step's and predict's outputs, the state after, the resets."""
+    from models import bank_kernel
+    from models.bank import ModelBank
+    from models.learners import make_learner
+
+    g = torch.Generator().manual_seed(1)
+    d = torch.cumsum(torch.randn(304, 3, generator=g, dtype=torch.float64), 0) * 0.3 + 5
+    d[50, 0], d[200, 0], d[80, 1] = float("nan"), float("inf"), 1e4
+    d[120:160, 2] += 50
+    x, y = torch.stack([d[i : i + 300] for i in range(4)], -1), d[4:]  # [T, K, 4], [T, K]
+    keys, out = ["a", "b", "c"], []
+    with monkeypatch.context() as m:
+        m.setattr(bank_kernel, "MAX_ROWS", rows)
+        bank = ModelBank(make_learner(name, NetSpec(n_in=4, hidden=5), dtype=dtype), config)
+        for t in range(300):
+            r = bank.step(keys, x[t], y[t])
+            out += [r.mean, r.var, r.lower, r.upper, torch.as_tensor(r.reset), *bank.predict(keys, x[(t + 1) % 300])]
+    return out, {k: v.clone() for k, v in bank.state.items()}, bank.resets_total
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,mode", [("persistence", "online"), ("sgd", "online"), ("sgd", "none")])
+def test_compiled_bank_bookkeeping_gives_numpys_numbers_to_the_bit(name, mode, dtype, monkeypatch):
+    """The bank's own bookkeeping of a wave (`models.bank_kernel`: standardised target, held-out ticks, calibration,
+    interval, conformal factor, counters, what broke) gives exactly numpy's outputs and state, resets included,
+    over a stream that holds ticks out and resets keys."""
+    from models.bank import BankConfig
+    from models.normalize import NormConfig
+
+    config = BankConfig(norm=NormConfig(mode=mode))
+    (out, state, resets), (ref, ref_state, ref_resets) = (bank_run(name, dtype, config, rows, monkeypatch)
+                                                          for rows in (64, 0))
+    assert resets == ref_resets and resets >= 2
+    assert all(torch.equal(a, b) or torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])
+               for a, b in zip(out, ref, strict=True))
+    assert state.keys() == ref_state.keys() and all(torch.equal(v, ref_state[k]) for k, v in state.items())
+    if mode == "online":
+        assert int(state["b.hits"].sum()) < int(state["b.ticks"].sum())  # the interval missed some ticks too
