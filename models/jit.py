@@ -49,6 +49,8 @@ class Kernel:
 
     def compiled(self) -> Callable[..., Any]:
         """The compiled loop (numba's dispatcher: each float width compiles, or loads, at its first call)."""
+        if self._compiled is not None:  # a few-key wave calls dozens of loops: no lock once one is there
+            return self._compiled
         with self._compiling:
             if self._compiled is None:
                 import numba
@@ -91,10 +93,10 @@ def memory(t: torch.Tensor) -> np.ndarray:
 def kernels() -> tuple[Kernel, ...]:
     """Every compiled loop of the models (imported here, at the first ask: the modules that hold them import this)."""
     from models import bank_kernel, kalman_kernel, normalize, rng
-    from models.learners import adam_kernel, bptt_kernel, ensemble, mlp, pf
+    from models.learners import adam_kernel, base, bptt_kernel, ensemble, mlp, pf
 
     return (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, rng.WALK,
-            *kalman_kernel.KERNELS, normalize.APPLY, normalize.UPDATE, *bank_kernel.KERNELS)
+            *kalman_kernel.KERNELS, normalize.APPLY, normalize.UPDATE, *bank_kernel.KERNELS, base.FINITE)
 
 
 def warm_up(dtype: torch.dtype = torch.float32) -> bool:

@@ -36,7 +36,7 @@ from annotated_types import Ge, Gt, Interval
 
 from models import rng
 from models.cells import NetSpec, init_theta
-from models.jit import NP_FLOAT  # noqa: F401  (a learner's float width, for its numpy bookkeeping)
+from models.jit import NP_FLOAT, Kernel  # NP_FLOAT: a learner's float width, for its numpy bookkeeping
 
 State = dict[str, torch.Tensor]
 
@@ -147,12 +147,49 @@ def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
 
     One pass per tensor: a row holding NaN or +-inf sums to NaN or +-inf (a finite row whose
     sum overflows is reported too, and is as much a sign of trouble). Summed by numpy, whose
-    per-call cost is a fraction of torch's for the few-keys waves where it shows."""
+    per-call cost is a fraction of torch's for the few-keys waves where it shows; for a few rows,
+    by a compiled loop, one call a tensor (`FINITE_MAX_ROWS`)."""
+    first = tensors[0]
+    if first.shape[0] <= FINITE_MAX_ROWS and all(t.dtype == first.dtype for t in tensors) \
+            and FINITE.usable(first.dtype):
+        ok = np.ones(first.shape[0], np.bool_)
+        loop = FINITE.compiled()
+        for t in tensors:
+            a = t.detach().numpy() if t.requires_grad else t.numpy()
+            loop(a if a.ndim == 2 else a.reshape(a.shape[0], -1), ok)
+        return torch.from_numpy(ok)
     with np.errstate(all="ignore"):
-        ok = np.isfinite(_row_sums(tensors[0]))
+        ok = np.isfinite(_row_sums(first))
         for t in tensors[1:]:
             ok &= np.isfinite(_row_sums(t))
     return torch.from_numpy(ok)
+
+
+# A health check of at most this many rows takes the compiled loop: per tensor one call where numpy makes three
+# (sum, isfinite, and), and no floating-point error state to set and restore (`benchmarks/speed.py`).
+FINITE_MAX_ROWS = 64
+
+
+def _finite_rows(a, ok):  # pragma: no cover - compiled
+    """`rows_finite` of one tensor as [B, n]: ok[b] turns False where row b sums to NaN or +-inf (in a's width, in
+    order; compiled without fast-math flags, so the sum is not reassociated and isfinite is not folded)."""
+    B, n = a.shape
+    if n == 0:
+        return
+    for b in range(B):
+        s = a[b, 0]
+        for j in range(1, n):
+            s += a[b, j]
+        if not np.isfinite(s):
+            ok[b] = False
+
+
+def _finite_warm_up(dtype: torch.dtype) -> None:
+    """Run the loop once for this float width, on one row of one number (compiling or loading it)."""
+    FINITE.compiled()(np.ones((1, 1), NP_FLOAT[dtype]), np.ones(1, np.bool_))
+
+
+FINITE = Kernel(_finite_rows, _finite_warm_up, "health check", flags=set())
 
 
 def _row_sums(t: torch.Tensor) -> np.ndarray:

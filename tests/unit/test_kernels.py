@@ -407,3 +407,33 @@ def test_compiled_bank_bookkeeping_gives_numpys_numbers_to_the_bit(name, mode, d
     assert state.keys() == ref_state.keys() and all(torch.equal(v, ref_state[k]) for k, v in state.items())
     if mode == "online":
         assert int(state["b.hits"].sum()) < int(state["b.ticks"].sum())  # the interval missed some ticks too
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_health_check_flags_the_rows_numpy_flags(dtype, monkeypatch):
+    """`rows_finite` for a few rows (one compiled call a tensor) and numpy's row sums agree on every row: NaN, +-inf,
+    inf and -inf in one row, a finite row whose sum overflows, over [B], [B, n], [B, N, n], a strided diagonal and a
+    [B, 0] tensor; an all-finite batch is all True."""
+    from models.learners import base
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.finfo(dtype).max / 2
+    vec, mat, cube = (torch.randn(*s, generator=g, dtype=dtype) for s in ((6,), (6, 5), (6, 3, 4)))
+    P = torch.eye(4, dtype=dtype).repeat(6, 1, 1)
+    vec[1], mat[2, 3], cube[3, 1, 2], mat[4, 0], mat[4, 1], P[5, 2, 2] = (
+        float("nan"), float("inf"), -float("inf"), float("inf"), -float("inf"), float("nan"))
+    mat[0, :3] = big  # finite entries, an overflowing sum
+    P[1, 0, 3] = float("nan")  # off the diagonal: not checked
+    tensors = (vec, mat, cube, P.diagonal(dim1=1, dim2=2), torch.empty(6, 0, dtype=dtype))
+    results = {}
+    for rows in (64, 0):
+        with monkeypatch.context() as m:
+            m.setattr(base, "FINITE_MAX_ROWS", rows)
+            results[rows] = [base.rows_finite(t) for t in tensors] + [base.rows_finite(*tensors)]
+            healthy = base.rows_finite(*(torch.ones_like(t) for t in tensors[:4]))
+            assert healthy.all() and healthy.shape == (6,)
+    for a, b in zip(results[64], results[0], strict=True):
+        assert torch.equal(a, b)
+    assert results[64][-1].tolist() == [False, False, False, False, False, False]
+    assert results[64][1].tolist() == [False, True, False, True, False, True]
+    assert results[64][3].tolist() == [True, True, True, True, True, False]
