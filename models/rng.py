@@ -89,9 +89,11 @@ STREAM_RESAMPLE = 3  # systematic resampling offsets
 STREAM_STATE = 4  # noise on particle c_t, y_t
 
 
-# A random walk of at most this many noise rows (keys x particles) a call takes the compiled loop (`add_normal_rows`):
-# one pass that hashes each row's offset and adds its pool slice, where numpy's hash is some thirty calls on tiny
-# arrays and torch gathers the slices into a new tensor before adding them (benchmarks/speed.py).
+# A random walk of at most this many noise rows (keys x particles) takes the compiled loop (`add_normal_rows`): one
+# pass that hashes each row's offset and adds its pool slice, where numpy's hash is some thirty calls on tiny arrays
+# and torch gathers the slices into a new tensor before adding them. speed.py's compiled-loops table has it ahead at
+# every width on one thread; a wide wave keeps torch's path, whose threads share it (the particle filter asks per
+# wave, then walks a block of keys at a time).
 WALK_MAX_ROWS = 16 * 64
 
 

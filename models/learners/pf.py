@@ -407,9 +407,13 @@ class PFLearner:
         for k, part in enumerate(parts):
             B, N, n = part.shape
             stream = rng.STREAM_WALK + 16 * k
-            if c.transition == "random_walk":  # a block of keys at a time: its noise stays in cache
-                for b in _blocks(B, N * n * part.element_size()):
-                    rng.add_normal_rows(part[b], state["seed"][b], state["t"][b], stream, c.theta_noise)  # [b, N, n]
+            if c.transition == "random_walk":
+                if B * N <= rng.WALK_MAX_ROWS:  # a few keys: one compiled pass hashes and adds (`rng.add_normal_rows`)
+                    rng.add_normal_rows(part, state["seed"], state["t"], stream, c.theta_noise)
+                    continue
+                for b in _blocks(B, N * n * part.element_size()):  # a block of keys at a time: its noise stays in cache
+                    eps = rng.normal_rows(state["seed"][b], state["t"][b], stream, N, n, self.dtype)  # [b, N, n]
+                    part[b].add_(eps, alpha=c.theta_noise)
                 continue
             eps = rng.normal_rows(state["seed"], state["t"], stream, N, n, self.dtype)  # [B, N, n]
             w = torch.softmax(state["logw"], dim=1).unsqueeze(2)  # [B, N, 1]
