@@ -93,10 +93,11 @@ def memory(t: torch.Tensor) -> np.ndarray:
 def kernels() -> tuple[Kernel, ...]:
     """Every compiled loop of the models (imported here, at the first ask: the modules that hold them import this)."""
     from models import bank_kernel, kalman_kernel, normalize, rng
-    from models.learners import adam_kernel, base, bptt_kernel, ensemble, mlp, pf
+    from models.learners import adam_kernel, base, baselines, bptt_kernel, ensemble, mlp, pf
 
     return (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, rng.WALK,
-            *kalman_kernel.KERNELS, normalize.APPLY, normalize.UPDATE, *bank_kernel.KERNELS, base.FINITE)
+            *kalman_kernel.KERNELS, normalize.APPLY, normalize.UPDATE, *bank_kernel.KERNELS, base.FINITE,
+            baselines.RLS_PREDICT, baselines.RLS_STEP)
 
 
 def warm_up(dtype: torch.dtype = torch.float32) -> bool:

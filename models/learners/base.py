@@ -142,6 +142,19 @@ def linear_anneal(t: torch.Tensor, start: float, end: float, steps: int) -> np.n
     return start + (end - start) * anneal_fraction(t, steps)
 
 
+class FiniteTensors:
+    """`healthy` as "every entry of each row of `health_tensors` is finite" (`rows_finite`). A learner that names the
+    tensors it is judged by lets a mixture of learners check all of its experts' in one call (the ensemble)."""
+
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        """The tensors [B, ...] whose rows must stay finite (small ones: a covariance by its diagonal)."""
+        raise NotImplementedError
+
+    def healthy(self, state: State) -> torch.Tensor:
+        """Bool [B]: the series' state is finite."""
+        return rows_finite(*self.health_tensors(state))
+
+
 def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
     """Bool [B]: every entry of each row of every tensor is finite.
 

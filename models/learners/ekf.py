@@ -42,13 +42,13 @@ from models.cells import NetSpec
 from models.learners.base import (
     NP_FLOAT,
     Count,
+    FiniteTensors,
     NonNegative,
     Positive,
     State,
     anneal_fraction,
     cold_theta,
     linear_anneal,
-    rows_finite,
 )
 from models.learners.window import (
     bptt_jacobian,
@@ -104,7 +104,7 @@ def _eye(B: int, n: int, scale: float, dtype: torch.dtype, lead: tuple[int, ...]
     return (scale * torch.eye(n, dtype=dtype)).expand(B, *lead, n, n).clone()
 
 
-class _KalmanBase:
+class _KalmanBase(FiniteTensors):
     """The parts EKF and DEKF share: state layout, schedules, the window."""
 
     name = "ekf"
@@ -222,8 +222,8 @@ class EKFLearner(_KalmanBase):
             window_advance(state, x, h_first)
         return d_hat, S, state
 
-    def healthy(self, state: State) -> torch.Tensor:
-        return rows_finite(state["theta"], state["h0"], state["P"].diagonal(dim1=1, dim2=2))
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        return state["theta"], state["h0"], state["P"].diagonal(dim1=1, dim2=2)
 
 
 @dataclass(frozen=True)
@@ -271,5 +271,5 @@ class DEKFLearner(_KalmanBase):
             window_advance(state, x, h_first)
         return d_hat, S, state
 
-    def healthy(self, state: State) -> torch.Tensor:
-        return rows_finite(state["theta"], state["h0"], state["Ph"].diagonal(dim1=1, dim2=2))
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        return state["theta"], state["h0"], state["Ph"].diagonal(dim1=1, dim2=2)

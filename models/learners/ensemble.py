@@ -43,6 +43,7 @@ from models.cells import NetSpec
 from models.jit import Kernel
 from models.learners.base import (
     NP_FLOAT,
+    FiniteTensors,
     Learner,
     LearnsFromHorizons,
     NonNegative,
@@ -50,7 +51,6 @@ from models.learners.base import (
     Share,
     State,
     added_state,
-    rows_finite,
     uses_autograd,
 )
 
@@ -107,7 +107,7 @@ def expert_labels(experts: tuple[str, ...]) -> list[str]:
     return out
 
 
-class EnsembleLearner:
+class EnsembleLearner(FiniteTensors):
     name = "ensemble"
     memoises = True  # on behalf of the experts that do (a memo holds one sub-memo per expert)
 
@@ -272,11 +272,12 @@ class EnsembleLearner:
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]
 
-    def healthy(self, state: State) -> torch.Tensor:
-        ok = rows_finite(state["logw"], state["lam"]).numpy()  # combined in numpy: a third of torch's cost a call
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        """The mixture's weights and calibration, and every expert's own (`base.FiniteTensors`): one check of all."""
+        parts = [state["logw"], state["lam"]]
         for i, expert in enumerate(self.experts):
-            ok &= expert.healthy(self._sub(state, i)).numpy()
-        return torch.from_numpy(ok)
+            parts += expert.health_tensors(self._sub(state, i))  # type: ignore[attr-defined]
+        return tuple(parts)
 
     # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
     @property

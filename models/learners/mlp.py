@@ -48,7 +48,7 @@ import torch
 from models import kalman, rng
 from models.cells import NetSpec
 from models.jit import Kernel, array
-from models.learners.base import NP_FLOAT, NonNegative, Positive, State, rows_finite
+from models.learners.base import NP_FLOAT, FiniteTensors, NonNegative, Positive, State
 from models.learners.ekf import KalmanNoise, kalman_noise
 
 
@@ -105,7 +105,7 @@ def _warm_up(dtype: torch.dtype) -> None:
 FORWARD = Kernel(_forward_rows, _warm_up, "feed-forward pass")
 
 
-class MLPLearner:
+class MLPLearner(FiniteTensors):
     name = "mlp"
     autograd = False  # closed-form Jacobian (`models.learners.base.uses_autograd`)
     memoises = True  # predict's Jacobian and innovation are the next step's (`models.learners.base`)
@@ -175,8 +175,8 @@ class MLPLearner:
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]
 
-    def healthy(self, state: State) -> torch.Tensor:
-        return rows_finite(state["theta"], state["P"].diagonal(dim1=1, dim2=2))
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        return state["theta"], state["P"].diagonal(dim1=1, dim2=2)
 
     # --------------------------------------------- the horizons' errors (`base.LearnsFromHorizons`)
     def jacobian(self, state: State, x: torch.Tensor, memo: dict | None = None) -> torch.Tensor:

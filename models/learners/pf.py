@@ -62,7 +62,7 @@ from models.cells import (
 )
 from models.heads import readout_features
 from models.jit import Kernel, array, memory
-from models.learners.base import NP_FLOAT, NonNegative, Positive, Share, State, rows_finite
+from models.learners.base import NP_FLOAT, FiniteTensors, NonNegative, Positive, Share, State
 from models.learners.window import has_closed_form, lstm_bptt
 
 # The moves and the random walk touch every particle's every cell weight (~100M numbers at 1,000 keys) a
@@ -109,7 +109,7 @@ class PFConfig:
         return dataclasses.replace(self, readout_q=self.readout_q_warm)
 
 
-class PFLearner:
+class PFLearner(FiniteTensors):
     name = "pf"
 
     def __init__(self, spec: NetSpec, config: PFConfig = PFConfig(), dtype: torch.dtype = torch.float32):
@@ -422,8 +422,8 @@ class PFLearner:
             a = c.shrink
             part.mul_(a).add_((1 - a) * mean).addcmul_(sd, eps, value=math.sqrt(1 - a * a))
 
-    def healthy(self, state: State) -> torch.Tensor:
-        return rows_finite(state["logw"], state["h"])
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        return state["logw"], state["h"]
 
 
 def _diagonal_ekf(cell: torch.Tensor, P: torch.Tensor, H: torch.Tensor, innov: torch.Tensor, var: torch.Tensor,

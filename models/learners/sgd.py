@@ -28,7 +28,7 @@ import torch
 
 from models.cells import NetSpec
 from models.learners import adam_kernel
-from models.learners.base import Count, NonNegative, Positive, Share, State, cold_theta, rows_finite
+from models.learners.base import Count, FiniteTensors, NonNegative, Positive, Share, State, cold_theta
 from models.learners.window import (
     bptt_jacobian,
     has_closed_form,
@@ -85,7 +85,7 @@ class SGDConfig:
                                    head_step_max=self.head_step_max * shrink)
 
 
-class SGDLearner:
+class SGDLearner(FiniteTensors):
     name = "sgd"
 
     def __init__(self, spec: NetSpec, config: SGDConfig = SGDConfig(), dtype: torch.dtype = torch.float32):
@@ -337,5 +337,5 @@ class SGDLearner:
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
         return self.step(state, x, d)[2]
 
-    def healthy(self, state: State) -> torch.Tensor:
-        return rows_finite(state["theta"], state["h0"], state["r2"])
+    def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
+        return state["theta"], state["h0"], state["r2"]

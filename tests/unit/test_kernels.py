@@ -437,3 +437,37 @@ def test_compiled_health_check_flags_the_rows_numpy_flags(dtype, monkeypatch):
     assert results[64][-1].tolist() == [False, False, False, False, False, False]
     assert results[64][1].tolist() == [False, True, False, True, False, True]
     assert results[64][3].tolist() == [True, True, True, True, True, False]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lam", [1.0, 0.98])
+def test_compiled_rls_follows_torch_within_rounding(lam, dtype, monkeypatch):
+    """RLS (the ensemble's linear expert) by its two loops and by torch, 200 ticks of 3 keys, with and without
+    forgetting: predictions, variances, and beta, P and r2 alike; a step without a memo is the one with it."""
+    from models.learners import baselines
+    from models.learners.baselines import RLSConfig, RLSLearner
+
+    def run(rows: int, memo: bool = True) -> tuple[list[torch.Tensor], dict]:
+        learner = RLSLearner(NetSpec(n_in=4), RLSConfig(lam=lam), dtype)
+        g, w = torch.Generator().manual_seed(3), torch.tensor([0.5, -1.0, 0.2, 0.0], dtype=dtype)
+        state, out = learner.init_state(torch.arange(3)), []
+        with monkeypatch.context() as m:
+            m.setattr(baselines, "RLS_MAX_ROWS", rows)
+            for _ in range(200):
+                x = torch.randn(3, 4, generator=g, dtype=dtype)
+                d = x @ w + 0.1 * torch.randn(3, generator=g, dtype=dtype)
+                held: dict | None = {} if memo else None
+                out += list(learner.predict(state, x, memo=held))
+                mean, var, state = learner.step(state, x, d, memo=held)
+                out += [mean, var]
+        return out, state
+
+    (compiled, state), (reference, ref_state) = run(64), run(0)
+    tol = dict(rtol=2e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+    for a, b in zip(compiled, reference, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    for k in ("beta", "P", "r2"):
+        torch.testing.assert_close(state[k], ref_state[k], **tol)
+    assert float(ref_state["beta"][:, 1].mean()) < -0.9  # it learned the weights
+    unmemoised, _ = run(64, memo=False)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, unmemoised, strict=True))
