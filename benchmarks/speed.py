@@ -275,7 +275,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     from unittest import mock
 
     from models import bank_kernel, kalman, kalman_kernel, normalize, rng
-    from models.learners import adam_kernel, ensemble, mlp, pf
+    from models.learners import adam_kernel, baselines, ensemble, mlp, pf
     from models.learners.ensemble import EnsembleConfig, EnsembleLearner
     from models.learners.pf import PFLearner
     from models.learners.sgd import SGDLearner
@@ -360,6 +360,17 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         return call, lambda: mock.patch.object(rng, "WALK_MAX_ROWS", 0), \
             lambda: mock.patch.object(rng, "WALK_MAX_ROWS", 1 << 30)
 
+    def rls_case(B: int) -> Case:
+        learner: Any = by_label["linear"]
+        state = learner.init_state(torch.arange(B))
+        x, d = torch.randn(B, spec.n_in), torch.randn(B)
+        def call() -> None:
+            memo: dict = {}
+            learner.predict(state, x, memo=memo)
+            learner.step(state, x, d, memo=memo)
+        return call, lambda: mock.patch.object(baselines, "RLS_MAX_ROWS", 0), \
+            lambda: mock.patch.object(baselines, "RLS_MAX_ROWS", 1 << 30)
+
     def book_case(B: int) -> Case:
         wave = bank_wave(ModelBank(make_learner("persistence", spec)), B)
         ticks = itertools.count()
@@ -383,6 +394,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         ("the particle filter's EKF move", f"{PFLearner(spec).config.n_particles} particles a key", move_case),
         ("the particle filter's random walk", f"{PFLearner(spec).config.n_particles} particles of {spec.n_cell} "
          "weights a key", walk_case),
+        ("RLS, the linear expert (predict + step)", f"{spec.n_in + 1} weights", rls_case),
         ("the bank's bookkeeping: a whole wave (step + predict) of the persistence learner", f"p={spec.n_in}",
          book_case),
     ]
@@ -391,7 +403,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
               "the ensemble's": f"{ensemble.MIX_MAX_ROWS} keys", "the normaliser": f"{normalize.MAX_ROWS} keys",
               "the particle filter's EKF": f"{pf.MOVE_MAX_ROWS // PFLearner(spec).config.n_particles} keys",
               "the particle filter's random": f"{rng.WALK_MAX_ROWS // PFLearner(spec).config.n_particles} keys",
-              "the bank's": f"{bank_kernel.MAX_ROWS} keys"}
+              "RLS": f"{baselines.RLS_MAX_ROWS} keys", "the bank's": f"{bank_kernel.MAX_ROWS} keys"}
     for label, shape, make in cases:
         limit = next(v for k, v in limits.items() if label.startswith(k))
         for B in keys:
@@ -458,6 +470,45 @@ def covariance_products(counts: list[int], seconds: float) -> list[dict]:
     return rows
 
 
+def compile_times(repeat: int) -> list[dict]:
+    """Seconds `models.jit.warm_up()` takes (float32, every loop) in a fresh process: into an empty NUMBA_CACHE_DIR
+    (a fresh container: every loop compiles), then again from what that left there (a restart). `repeat` pairs,
+    each in its own empty directory."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    code = ("import time; t = time.perf_counter(); from models import jit; ok = jit.warm_up(); "
+            "print(time.perf_counter() - t, ok, len(jit.kernels()))")
+    out = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            for state in ("empty", "filled"):
+                seconds, ok, loops = subprocess.run([sys.executable, "-c", code], env=env, check=True, text=True,
+                                                    capture_output=True, cwd=Path(__file__).resolve().parent.parent
+                                                    ).stdout.split()
+                out.append({"cache": state, "seconds": float(seconds), "all_usable": ok == "True",
+                            "loops": int(loops)})
+    return out
+
+
+def revision() -> str:
+    """The checked-out commit, short, with "+" where the tree has uncommitted changes ("unknown" outside git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, check=True,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1000)
@@ -475,6 +526,8 @@ def main() -> None:
     ap.add_argument("--collector-keys", default="4,1000",
                     help="key counts of the collector A/B, tuned against Python's ('' skips it)")
     ap.add_argument("--collector-repeat", type=int, default=3, help="runs per mode of the collector A/B")
+    ap.add_argument("--compile-repeat", type=int, default=2,
+                    help="fresh processes compiling every loop into an empty cache, each then loading it (0 skips)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/out/speed.json"))
     args = ap.parse_args()
     tune_allocator()  # as the daemon's process has it (`streamer.runtime`)
@@ -559,6 +612,15 @@ def main() -> None:
                       f"{r['speedup']:.1f}x", r["limit"])
     if loops:
         console.print(table)
+    compiles = compile_times(args.compile_repeat)
+    table = Table(title="compiling the loops (float32, all of them): a fresh process, its NUMBA_CACHE_DIR empty, "
+                        "then one that finds what it left")
+    for col in ("cache", "loops", "seconds", "all usable"):
+        table.add_column(col, justify="left" if col == "cache" else "right")
+    for r in compiles:
+        table.add_row(r["cache"], str(r["loops"]), f"{r['seconds']:.1f}", str(r["all_usable"]))
+    if compiles:
+        console.print(table)
     gc_counts = [int(k) for k in args.collector_keys.split(",") if k]
     collector = collector_ab(gc_counts, args.few_seconds, args.collector_repeat, console) if gc_counts else []
     table = Table(title=f"the pipeline with the collector tuned (young threshold {GC_YOUNG_THRESHOLD:,}, start-up "
@@ -571,9 +633,10 @@ def main() -> None:
     if collector:
         console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"spec": spec.describe(), "threads": threads, "rows": rows, "few_keys": few,
+    args.json.write_text(json.dumps({"revision": revision(), "spec": spec.describe(), "threads": threads, "rows": rows,
+                                     "few_keys": few,
                                      "covariance_products": products, "collector": collector, "bptt": bptt,
-                                     "kernels": loops,
+                                     "kernels": loops, "compile_times": compiles,
                                      "wave_parts": parts,
                                      "bptt_kernel_max_work": bptt_kernel.MAX_WORK,
                                      "gc_young_threshold": GC_YOUNG_THRESHOLD,
