@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.learners import bptt_kernel  # noqa: E402  (a fact of the code the report states: which waves it serves)
 
 PREVIOUS_EXPERTS = ["persistence", "linear", "sgd", "dekf", "ekf"]  # the default ensemble's before the mlp joined
-ACC_REV = "d88447a"  # the revision of the accuracy tables' run (accuracy.sh) and the demo keys'
-ACC_BEFORE = "0dd8a54"  # the run before it, kept beside (benchmarks/data/*-0dd8a54.json): the mlp variants' revision
+ACC_REV = "05b68fb"  # the revision of the accuracy tables' run (accuracy.sh)
+ACC_PREV = "d88447a"  # the run before it (benchmarks/data/*-d88447a.json)
+ACC_BEFORE = "0dd8a54"  # the run before the compiled loops, kept beside (benchmarks/data/*-0dd8a54.json): the mlp variants' revision
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
@@ -406,12 +407,19 @@ def main() -> None:
     moved = [c for c in acc_changes if not c[3]]
     ens_before = {s_: next(x for x in load(f"{s_}-{ACC_BEFORE}")["rows"] if x["learner"] == default)[score[s_]]
                   for s_ in allsets}
-    acc = dict(acc_rows=len(acc_changes), acc_same=len(acc_changes) - len(moved),
+    prev_moved = []  # this run against the one at ACC_PREV: the rows that moved, every learner's
+    for s_ in allsets:
+        prev = {x["learner"]: x[score[s_]] for x in load(f"{s_}-{ACC_PREV}")["rows"]}
+        prev_moved += [f"{x['learner']} on {s_} {x[score[s_]] / prev[x['learner']] - 1:+.2%}" for x in rows(s_)
+                       if round(x[score[s_]], 4) != round(prev[x["learner"]], 4)]
+    acc = dict(acc_rows=len(acc_changes), acc_same=len(acc_changes) - len(moved), acc_prev=ACC_PREV,
+               acc_prev_moved=", ".join(prev_moved) or "none",
                acc_moved="none" if not moved else ", ".join(f"{c[1]} on {c[0]} {c[2]:+.2%}" for c in moved),
                acc_ens=", ".join(f"{s_} {ens_before[s_]:.4f} -> {got[s_][default][score[s_]]:.4f} "
                                  f"({got[s_][default][score[s_]] / ens_before[s_] - 1:+.1%})" for s_ in allsets),
                acc_rev=ACC_REV, acc_before=ACC_BEFORE,
-               ett5_before=next(x for x in load(f"etth1-ensemble5-{ACC_BEFORE}")["rows"] if x["learner"] == default)["mse"])
+               ett5_before=next(x for x in load(f"etth1-ensemble5-{ACC_BEFORE}")["rows"] if x["learner"] == default)["mse"],
+               ett5_prev=next(x for x in load(f"etth1-ensemble5-{ACC_PREV}")["rows"] if x["learner"] == default)["mse"])
     ves = load("variants-ekf-size")
     ves_of = {("default" if r["variant"].startswith("default") else "m10" if "ekf at m=10" in r["variant"]
                else "m8"): r["scores"] for r in ves["rows"]}
@@ -476,7 +484,7 @@ def main() -> None:
         return few[(name, K)]["pipeline_ticks_per_s"]
 
     dab = load("demo-time-ab")  # the demo at the base revision and at the compiled window BPTT's, alternating
-    now_runs = load("demo-time-compiled")["runs"]["head"]  # this revision's, in its A/B against the one before
+    now_runs = load("demo-time-book")["runs"]["head"]  # this revision's, in its A/B against the one before
     dt = sorted(now_runs, key=lambda r: r["processed_in_s"])[len(now_runs) // 2]  # median run
     passthrough = thr["passthrough"]
     lat_grid = dm["latency"]
@@ -515,8 +523,10 @@ def main() -> None:
         f"| {r['learner']} | {r['keys']:,} | {r['offered_ticks_per_s']:,.0f} | {r['achieved_offer_ticks_per_s']:,.0f} | "
         f"{r['ticks']:,} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['p99_ms_all']} |"
         for r in lat_grid)
-    first_few = {(r["learner"], r["keys"]): r for r in load("speed-first")["few_keys"]}  # the same revision, 2 s a case
-    issue17 = dict(first_fp1=first_few[("pf", 1)]["pipeline_ticks_per_s"], few_head=few_head, few_pipe_rows=few_pipe_rows, few_bank_rows=few_bank_rows,
+    # the run before this revision's cuts (the compiled loops of 6fd7196; its first run, 2 s a case, is speed-first)
+    prev_few = {(r["learner"], r["keys"]): r["pipeline_ticks_per_s"] for r in load("speed-6fd7196")["few_keys"]
+                if "skipped" not in r}
+    issue17 = dict(prev_few={f"{n}{K}": v for (n, K), v in prev_few.items()}, few_head=few_head, few_pipe_rows=few_pipe_rows, few_bank_rows=few_bank_rows,
                    few_skipped=few_skipped or "none", few_spec=load("speed").get("few_keys_spec", ""),
                    fe1=fk("ensemble", 1), fe4=fk("ensemble", 4), fs1=fk("sgd", 1), fs4=fk("sgd", 4),
                    fd1=fk("dekf", 1), fp1=fk("pf", 1), dt=dt, passthrough=passthrough, daemon_rows=daemon_rows,
@@ -601,6 +611,21 @@ def main() -> None:
         loop_rows="\n".join(
             f"| {r['loop']} | {r['shape']} | {r['keys']:,} | {r['kernel_us']:,.0f} | {r['torch_us']:,.0f} | "
             f"{r['speedup']:.1f}x | {r['limit']} |" for r in loops))
+    abb = load("ab-book")  # the bank's bookkeeping, the random walk and the health checks compiled, against 6141b02
+    abb_of = {(r["learner"], r["keys"]): r for r in abb["rows"]}
+    dtb = load("demo-time-book")
+    compiles = spd.get("compile_times", [])
+    issue17.update(
+        abb_rows=ab_table(abb), dtb=dtb,
+        abb_fig={f"{n}{K}": abb_of[(n, K)]["ratio"] for n, K in abb_of},
+        abb_head={f"{n}{K}": abb_of[(n, K)]["head_ticks_per_s"] for n, K in abb_of},
+        dtb_head_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtb["runs"]["head"]),
+        dtb_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtb["runs"]["base"]),
+        compile_rows="\n".join(f"| {r['cache']} | {r['loops']} | {r['seconds']:.1f} | {r['all_usable']} |"
+                               for r in compiles),
+        compile_cold=statistics.median(r["seconds"] for r in compiles if r["cache"] == "empty"),
+        compile_warm=statistics.median(r["seconds"] for r in compiles if r["cache"] == "filled"),
+        compile_loops=compiles[0]["loops"])
     dk = load("demo-keys")
     dk_keys = list(dk["rows"][0]["keys"])
     demo_rows = "\n".join(
@@ -778,9 +803,12 @@ Every row of the four tables and their plots is from one run of `./benchmarks/ac
 revision {acc_rev} (the compiled loops of few-key waves, which sum in another order: "The compiled loops
 of few-key waves"); the ETTh1 table at one seed, as `ETT_SEEDS` defaults to. Against the same script's
 run at {acc_before}, before them (`benchmarks/data/*-{acc_before}.json`), {acc_same} of the {acc_rows} rows of the other learners and the
-baselines agree to the 4th digit (moved: {acc_moved}); the default moved {acc_ens}. The default learner
-alone ran 5 seeds on ETTh1 at the same revision (`streamer bench ... --learners ensemble --seeds 5`,
-`benchmarks/data/etth1-ensemble5.json`: {ett5_mse:.4f}, against {ett5_before:.4f} before): the targets
+baselines agree to the 4th digit (moved: {acc_moved}); the default moved {acc_ens}. Against the run at
+{acc_prev} (`benchmarks/data/*-{acc_prev}.json`), before the particle filter's random walk and the linear expert
+(RLS) were compiled ("The bank's bookkeeping, the random walk and the health checks compiled"), the rows
+that moved at the 4th digit: {acc_prev_moved}. The default learner ran 5 seeds on ETTh1 at the same
+revision (`streamer bench ... --learners ensemble --seeds 5`, `benchmarks/data/etth1-ensemble5.json`:
+{ett5_mse:.4f}, against {ett5_before:.4f} before the compiled loops and {ett5_prev:.4f} at {acc_prev}): the targets
 table below uses that figure.
 
 ### kin8nm
@@ -1277,12 +1305,12 @@ wave, which is a different measurement).
 
 | target (issue 17) | measured | |
 |---|---|---|
-| default learner (ensemble), K=1 >= 2,000 ticks/s | {fe1:,.0f} (at 7286ee0: {early_fe1:,.0f}) | {v[few_ens1]} |
-| default learner (ensemble), K=4 >= 5,000 ticks/s | {fe4:,.0f} (at 7286ee0: {early_fe4:,.0f}) | {v[few_ens4]} |
-| sgd, K=1 >= 2,000 ticks/s | {fs1:,.0f} (the same script at 7286ee0, a faster day: {early_fs1:,.0f}) | {v[few_sgd1]} in this run{early_fs1_note} |
-| sgd, K=4 >= 5,000 ticks/s | {fs4:,.0f} (at 7286ee0: {early_fs4:,.0f}) | {v[few_sgd4]} |
-| dekf, K=1 >= 1,000 ticks/s | {fd1:,.0f} (at 7286ee0: {early_fd1:,.0f}) | {v[few_dekf1]} in this run |
-| pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} (at 7286ee0: {early_fp1:,.0f}; the first run of this revision's, 2 s a case: {first_fp1:,.0f}) | {v[few_pf1]} in this run |
+| default learner (ensemble), K=1 >= 2,000 ticks/s | {fe1:,.0f} (at 6fd7196: {prev_few[ensemble1]:,.0f}; at 7286ee0: {early_fe1:,.0f}) | {v[few_ens1]} |
+| default learner (ensemble), K=4 >= 5,000 ticks/s | {fe4:,.0f} (at 6fd7196: {prev_few[ensemble4]:,.0f}; at 7286ee0: {early_fe4:,.0f}) | {v[few_ens4]} |
+| sgd, K=1 >= 2,000 ticks/s | {fs1:,.0f} (at 6fd7196: {prev_few[sgd1]:,.0f}; the same script at 7286ee0, a faster day: {early_fs1:,.0f}) | {v[few_sgd1]} in this run{early_fs1_note} |
+| sgd, K=4 >= 5,000 ticks/s | {fs4:,.0f} (at 6fd7196: {prev_few[sgd4]:,.0f}; at 7286ee0: {early_fs4:,.0f}) | {v[few_sgd4]} |
+| dekf, K=1 >= 1,000 ticks/s | {fd1:,.0f} (at 6fd7196: {prev_few[dekf1]:,.0f}; at 7286ee0: {early_fd1:,.0f}) | {v[few_dekf1]} in this run |
+| pf, K=1 >= 1,000 ticks/s | {fp1:,.0f} (at 6fd7196: {prev_few[pf1]:,.0f}; at 7286ee0: {early_fp1:,.0f}) | {v[few_pf1]} in this run |
 | `streamer demo` (4 keys, 12,000 ticks, defaults) in <= 10 s | {dt[processed_in_s]:.1f} s ("processed in"); first prediction {dt[first_prediction_s]:.1f} s after start, last {dt[last_prediction_s]:.1f} s | {v[demo_time]} |
 
 The machine's speed moves a lot from day to day: SGD at one key gave 1,635 ticks/s in an
@@ -1536,10 +1564,10 @@ through numpy's reduction and combine in numpy. The window BPTT's limit now coun
   normaliser with a NaN, an inf and a spike, the particle filter's move), holds a broken row
   non-finite with its neighbours untouched, checks the dispatch and the fallback. The conformance
   suite runs unchanged. The accuracy tables were re-run at {acc_rev} (see "Accuracy").
-- **Compilation.** All of them, float32, take 13.9 s from nothing on this machine (another process
-  running beside) and 1.1 s from the cache (`jit.warm_up()` timed ad hoc with an empty, then a filled,
-  `NUMBA_CACHE_DIR`); the daemon does it while it joins, so in a fresh
-  container with an empty cache its first waves may wait for the rest.
+- **Compilation.** All of them, float32, took 13.9 s from nothing on this machine at this revision
+  (another process running beside) and 1.1 s from the cache (`jit.warm_up()` timed ad hoc with an empty,
+  then a filled, `NUMBA_CACHE_DIR`); `speed.py` measures it since (the next section); the daemon does it
+  while it joins, so in a fresh container with an empty cache its first waves may wait for the rest.
 - **The demo's session timeout** is 1 s (was 3 s): its daemon's first group join on the embedded
   broker, with the replay running, took about twice the session timeout (4.0 s at 3 s, 2.0 s at 1 s,
   timed ad hoc around the daemon's consumer start in one demo run each), and that join is the wait for
@@ -1572,6 +1600,68 @@ mixture's row is a whole ensemble step over six persistence experts, whose own w
 | loop | shape | keys | loop us | torch us | loop speed-up | the loop serves |
 |---|---|---|---|---|---|---|
 {loop_rows}
+
+### The bank's bookkeeping, the random walk and the health checks compiled
+
+```bash
+python benchmarks/ab.py 6141b02 --learners ensemble,sgd,dekf,pf --keys 1,4,16,1000 --rounds 3 --json benchmarks/out/ab-book.json
+python benchmarks/demo_time.py --base 6141b02 --repeat 3 --json benchmarks/out/demo-time-book.json
+python benchmarks/speed.py      # these loops' rows in the table above, and the compile table below
+```
+
+What a few-key wave still spent outside the learners' arithmetic, cut further:
+
+- **The bank's own bookkeeping** around the learner's step: the standardised target, which ticks are
+  held out (far from the level, or carrying a spike in their lags), the calibrated variance, the
+  interval, the calibration's and the conformal factor's moves, the counters and what came out
+  non-finite. In numpy that was some fifty operations on arrays of B numbers, each a microsecond or
+  so. It is now two compiled calls (`models/bank_kernel.py`, up to 64 keys), compiled *without*
+  fast-math flags and with numpy's exp taken before the loop, so the numbers are numpy's to the bit:
+  `tests/unit/test_kernels.py` runs both paths over 300 ticks with a NaN, an inf, a spike and a level
+  shift (resets included), three learners, both normalisations and both float widths, and asks for
+  equality of every output and every state tensor.
+- **The particle filter's random walk** (`rng.add_normal_rows`): numpy hashed each particle's pool
+  offset in some thirty calls on tiny arrays, then torch gathered the pool slices into a new tensor and
+  added it. One compiled pass now hashes (the same splitmix64, so the same offsets) and adds the slices in
+  place; float32 sums may differ in the last bit (a contracted multiply-add).
+- **The health checks** of a few rows: one compiled call a tensor (the same row sums, in order, in the
+  tensor's width) instead of numpy's sum, isfinite and combine under a floating-point error state.
+- **RLS** (the ensemble's linear expert, p + 1 = 5 weights, where a dozen torch calls a tick were the
+  whole cost): its prediction keeps its innovation for the next step, as the Kalman filters' do, and a
+  few keys take two compiled loops, one for the prediction and one for the step (in place), within
+  rounding of torch's path (`tests/unit/test_kernels.py`, with and without forgetting).
+- **The ensemble's health check** is one call: every learner names the tensors it is judged by
+  (`models.learners.base.FiniteTensors.health_tensors`), and the ensemble hands its experts' together
+  to one `rows_finite`. A compiled loop is handed out without taking a lock once it is there.
+
+| learner | keys | 6141b02 | this revision | ratio | each round (6141b02 / this) |
+|---|---|---|---|---|---|
+{abb_rows}
+
+- **Reading it.** The default learner {abb_fig[ensemble1]:.2f}x at one key ({abb_head[ensemble1]:,.0f} ticks/s) and
+  {abb_fig[ensemble4]:.2f}x at four ({abb_head[ensemble4]:,.0f}); SGD {abb_fig[sgd1]:.2f}x at one key ({abb_head[sgd1]:,.0f}); the DEKF
+  {abb_fig[dekf1]:.2f}x; the particle filter {abb_fig[pf1]:.2f}x at one key ({abb_head[pf1]:,.0f}), {abb_fig[pf4]:.2f}x at four and
+  {abb_fig[pf16]:.2f}x at 16. At 1,000 keys every wave takes numpy's and torch's paths as before (the loops serve
+  up to 16 to 64 keys; the random walk's up to 16 keys of 64 particles in the whole wave), so the ratios there
+  ({abb_fig[ensemble1000]:.2f}x the default, {abb_fig[sgd1000]:.2f}x SGD, {abb_fig[dekf1000]:.2f}x the DEKF, {abb_fig[pf1000]:.2f}x the particle filter) are the
+  machine's spread between rounds, which the rounds' columns show.
+- **The demo** took {dtb[head_processed_in_s]:.1f} s against {dtb[base_processed_in_s]:.1f} s at 6141b02, alternating runs
+  (medians of 3: {dtb_head_runs} against {dtb_base_runs}); first prediction {dtb[head_first_prediction_s]:.1f} s against
+  {dtb[base_first_prediction_s]:.1f} s.
+- **Numbers.** The bookkeeping and the health checks are bit-identical (the conformance suite's memo tests
+  cover RLS's memo now). The random walk moves the particle filter's float32 results in the last bit, and
+  RLS's loops the linear expert's (they sum in float64 and in another order), so the default's too; the
+  accuracy tables and the demo's keys were re-run at {acc_rev} (see "Accuracy").
+
+Compiling every loop ({compile_loops} of them, float32) in a fresh process whose `NUMBA_CACHE_DIR` is empty
+(a fresh container), then in one that finds what the first left (a restart); `speed.py`, two pairs:
+
+| cache | loops | seconds | all usable |
+|---|---|---|---|
+{compile_rows}
+
+The median: {compile_cold:.1f} s from nothing, {compile_warm:.1f} s from the cache. The daemon does it in a worker thread
+while it joins its group; a wave that needs a loop not yet compiled waits for it.
 
 ## The learners as a Python library (River's API)
 
