@@ -11,13 +11,13 @@ numpy's to the bit (the one exp is numpy's, taken before the loop: LLVM's may di
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from models.jit import NP_FLOAT, Kernel
+from models import horizons as hz
+from models.jit import NP_FLOAT, TORCH_FLOAT, Kernel
 
 if TYPE_CHECKING:
     from models.bank import BankConfig
@@ -29,11 +29,8 @@ MAX_ROWS = 64
 
 def serves(dtype: np.dtype, rows: int) -> bool:
     """Whether a wave of `rows` keys in this float width takes the loops."""
-    width = _TORCH.get(dtype)
+    width = TORCH_FLOAT.get(dtype)
     return rows <= MAX_ROWS and width is not None and all(k.usable(width) for k in KERNELS)
-
-
-_TORCH = {np.dtype(v): k for k, v in NP_FLOAT.items()}
 
 
 def before(da: np.ndarray, mu: np.ndarray, sd: np.ndarray, xn: np.ndarray, first: np.ndarray, online: bool,
@@ -58,7 +55,7 @@ def after(book: dict[str, np.ndarray], mu: np.ndarray, sd: np.ndarray, dn: np.nd
            "b.ticks": np.empty(B, np.int64), "b.hits": np.empty(B, np.int64)}
     bad = np.empty(B, np.bool_)
     c, t = config, dt.type
-    alpha = t(math.erfc(c.z / math.sqrt(2)))  # `horizons.conformal`'s nominal miss rate
+    alpha = t(hz.miss_rate(c.z))  # `horizons.conformal`'s alpha
     # in the arrays' width, as numpy takes Python numbers: s moves by step * (miss - alpha), miss 1 or 0
     cfg = np.array([c.z, 1 - c.calib_decay, c.calib_decay, c.coverage_step, t(1) - alpha, -alpha, c.coverage_bound,
                     1e6], dt)

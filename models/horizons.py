@@ -122,13 +122,17 @@ def init_state(B: int, p: int, config: HorizonConfig, dtype: torch.dtype, n_thet
     }
 
 
+def miss_rate(z_score: float) -> float:
+    """The nominal two-sided miss rate of an interval of +- z_score standard deviations."""
+    return math.erfc(z_score / math.sqrt(2))
+
+
 def conformal(s: Array, miss: Array, z_score: float, step: float, bound: float) -> Array:
     """Adaptive conformal inference (Gibbs & Candes 2021) on the log s of an interval's half-width factor:
     s + gamma (miss - alpha), alpha the nominal two-sided miss rate of +- z_score, |s| <= bound. The long-run
     share of misses is alpha whatever the errors' distribution. s, miss (1 a miss, 0 a hit, in s's dtype):
     any shape, alike; torch tensors or numpy arrays (the bank's bookkeeping is numpy)."""
-    alpha = math.erfc(z_score / math.sqrt(2))
-    return (s + step * (miss - alpha)).clip(-bound, bound)
+    return (s + step * (miss - miss_rate(z_score))).clip(-bound, bound)
 
 
 def regressor(xn: torch.Tensor, mean_n: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 FLAGS = {"reassoc", "contract", "nsz"}
 # the float widths a loop is compiled for (others take the torch path), and their numpy types
 NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
+TORCH_FLOAT = {np.dtype(v): k for k, v in NP_FLOAT.items()}  # a numpy array's float width as torch names it
 
 
 class Kernel:
@@ -86,7 +87,8 @@ def array(t: torch.Tensor) -> np.ndarray:
 
 
 def memory(t: torch.Tensor) -> np.ndarray:
-    """A tensor's memory as numpy, for a loop that writes it in place: the caller has checked it is contiguous."""
+    """A tensor's memory as numpy, no copy (for a loop that writes it in place, the caller has checked it is
+    contiguous)."""
     return t.detach().numpy() if t.requires_grad else t.numpy()
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.jit import NP_FLOAT, Kernel
+from models.jit import NP_FLOAT, TORCH_FLOAT, Kernel
 
 State = dict[str, torch.Tensor]
 Arrays = Mapping[str, np.ndarray]
@@ -114,11 +114,8 @@ MAX_ROWS = 64
 
 
 def _compiled(x: np.ndarray) -> bool:
-    width = _TORCH.get(x.dtype)
+    width = TORCH_FLOAT.get(x.dtype)
     return x.shape[0] <= MAX_ROWS and width is not None and APPLY.usable(width)
-
-
-_TORCH = {np.dtype(v): k for k, v in NP_FLOAT.items()}  # a numpy array's float width as torch names it
 
 
 def _contiguous(*arrays: np.ndarray) -> list[np.ndarray]:

@@ -36,7 +36,7 @@ from annotated_types import Ge, Gt, Interval
 
 from models import rng
 from models.cells import NetSpec, init_theta
-from models.jit import NP_FLOAT, Kernel  # NP_FLOAT: a learner's float width, for its numpy bookkeeping
+from models.jit import NP_FLOAT, Kernel, memory  # NP_FLOAT: a learner's float width, for its numpy bookkeeping
 
 State = dict[str, torch.Tensor]
 
@@ -168,7 +168,7 @@ def rows_finite(*tensors: torch.Tensor) -> torch.Tensor:
         ok = np.ones(first.shape[0], np.bool_)
         loop = FINITE.compiled()
         for t in tensors:
-            a = t.detach().numpy() if t.requires_grad else t.numpy()
+            a = memory(t)
             loop(a if a.ndim == 2 else a.reshape(a.shape[0], -1), ok)
         return torch.from_numpy(ok)
     with np.errstate(all="ignore"):
@@ -207,7 +207,7 @@ FINITE = Kernel(_finite_rows, _finite_warm_up, "health check", flags=set())
 
 def _row_sums(t: torch.Tensor) -> np.ndarray:
     """Each row's sum [B] (numpy's reduction called directly: its Python wrapper is a third of the cost here)."""
-    a = t.detach().numpy() if t.requires_grad else t.numpy()
+    a = memory(t)
     return a if a.ndim == 1 else _add_reduce(a.reshape(a.shape[0], -1), axis=1)
 
 
