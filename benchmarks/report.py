@@ -541,6 +541,14 @@ def main() -> None:
             f"{r['ratio']:.2f}x | {' '.join(f'{x:,.0f}' for x in r['base_all'])} / "
             f"{' '.join(f'{x:,.0f}' for x in r['head_all'])} |" for r in run["rows"])
 
+    def ab_by_case(run: dict, field: str) -> dict[str, float]:
+        """One field of `benchmarks/ab.py`'s rows by case, named learner then keys ("ensemble1")."""
+        return {f"{r['learner']}{r['keys']}": r[field] for r in run["rows"]}
+
+    def demo_runs(run: dict, side: str) -> str:
+        """`benchmarks/demo_time.py --base`'s runs of one side ("head", "base"): each one's seconds processed in."""
+        return ", ".join(f"{r['processed_in_s']:.1f}" for r in run["runs"][side])
+
     ab = load("ab")
     ab_rows = ab_table(ab)
     gained = [r["ratio"] for r in ab["rows"] if r["learner"] in ("dekf", "ensemble")]
@@ -587,8 +595,8 @@ def main() -> None:
         abk_d1=abk_of[("dekf", 1)], abk_d4=abk_of[("dekf", 4)],
         abk_s1=min(abk_of[("sgd", k)] for k in (1, 4, 16)), abk_s16=max(abk_of[("sgd", k)] for k in (1, 4, 16)),
         abk_1000=", ".join(f"{n} {abk_of[(n, 1000)]:.2f}x" for n in ("ensemble", "sgd", "dekf", "pf")),
-        dab_head_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dab["runs"]["head"]),
-        dab_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dab["runs"]["base"]),
+        dab_head_runs=demo_runs(dab, "head"),
+        dab_base_runs=demo_runs(dab, "base"),
         few_spec_lags=daemon_lags(spd.get("few_keys_spec", "")), bptt_rows=bptt_rows,
         bptt_cross=", ".join(f"{r['rows']} rows: {r['speedup']:.1f}x" for r in cross),
         kernel_rows=", ".join(f"{bptt_kernel.most_rows(m, 10)} rows at m={m}" for m in (16, 8, 6))
@@ -597,30 +605,26 @@ def main() -> None:
         p1_wave=p1["wave_ms"], p1_few=1000 / fk("ensemble", 1), p1_slow=p1["wave_ms"] * fk("ensemble", 1) / 1000,
         part_mix1=p1["mixture_ms"], part_top1=max(p1["experts_ms"].values()))
     abc = load("ab-compiled")  # this revision's compiled loops against the revision before them
-    abc_of = {(r["learner"], r["keys"]): r for r in abc["rows"]}
     dtc = load("demo-time-compiled")
     loops = spd.get("kernels", [])
     issue17.update(
         abc=abc, abc_rows=ab_table(abc), dtc=dtc,
-        abc_fig={f"{n}{K}": abc_of[(n, K)]["ratio"] for n, K in abc_of},
-        abc_head={f"{n}{K}": abc_of[(n, K)]["head_ticks_per_s"] for n, K in abc_of},
-        dtc_head_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtc["runs"]["head"]),
-        dtc_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtc["runs"]["base"]),
+        abc_fig=ab_by_case(abc, "ratio"), abc_head=ab_by_case(abc, "head_ticks_per_s"),
+        dtc_head_runs=demo_runs(dtc, "head"),
+        dtc_base_runs=demo_runs(dtc, "base"),
         ekf4=next(r for r in loops if r["loop"].endswith("ensemble's EKF") and r["keys"] == 4),
         dekf256=next(r for r in loops if r["loop"].endswith("ensemble's DEKF") and r["keys"] == 256),
         loop_rows="\n".join(
             f"| {r['loop']} | {r['shape']} | {r['keys']:,} | {r['kernel_us']:,.0f} | {r['torch_us']:,.0f} | "
             f"{r['speedup']:.1f}x | {r['limit']} |" for r in loops))
     abb = load("ab-book")  # the bank's bookkeeping, the random walk and the health checks compiled, against 6141b02
-    abb_of = {(r["learner"], r["keys"]): r for r in abb["rows"]}
     dtb = load("demo-time-book")
     compiles = spd.get("compile_times", [])
     issue17.update(
         abb_rows=ab_table(abb), dtb=dtb,
-        abb_fig={f"{n}{K}": abb_of[(n, K)]["ratio"] for n, K in abb_of},
-        abb_head={f"{n}{K}": abb_of[(n, K)]["head_ticks_per_s"] for n, K in abb_of},
-        dtb_head_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtb["runs"]["head"]),
-        dtb_base_runs=", ".join(f"{r['processed_in_s']:.1f}" for r in dtb["runs"]["base"]),
+        abb_fig=ab_by_case(abb, "ratio"), abb_head=ab_by_case(abb, "head_ticks_per_s"),
+        dtb_head_runs=demo_runs(dtb, "head"),
+        dtb_base_runs=demo_runs(dtb, "base"),
         compile_rows="\n".join(f"| {r['cache']} | {r['loops']} | {r['seconds']:.1f} | {r['all_usable']} |"
                                for r in compiles),
         compile_cold=statistics.median(r["seconds"] for r in compiles if r["cache"] == "empty"),

@@ -285,7 +285,12 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     ens = make_learner(defaults.LEARNER, spec)
     Case = tuple[Callable[[], None], Callable[[], Any], Callable[[], Any]]  # the call, torch's path, the loop's
     by_label = dict(zip(ens.labels, ens.experts, strict=True))  # type: ignore[attr-defined]
+    n_particles = PFLearner(spec).config.n_particles
     out = []
+
+    def bound(module: Any, name: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        """(torch's path, the loop's at every width): the module's limit `name` patched to 0, then to none."""
+        return lambda: mock.patch.object(module, name, 0), lambda: mock.patch.object(module, name, 1 << 30)
 
     def kalman_case(B: int, n_or_blocks: NetSpec | int) -> Case:
         if isinstance(n_or_blocks, int):  # one dense block (the EKF's, the feed-forward net's)
@@ -320,7 +325,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         theta, x = 0.3 * torch.randn(B, learner.n_learned), torch.randn(B, spec.n_in)
         def call() -> None:
             learner._forward(theta, x)
-        return call, lambda: mock.patch.object(mlp, "MAX_ROWS", 0), lambda: mock.patch.object(mlp, "MAX_ROWS", 1 << 30)
+        return (call, *bound(mlp, "MAX_ROWS"))
 
     def mixture_case(B: int) -> Case:
         learner = EnsembleLearner(spec, EnsembleConfig(experts=("persistence",) * len(ens.labels)))  # type: ignore
@@ -328,8 +333,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         x, d = torch.randn(B, spec.n_in), torch.randn(B)
         def call() -> None:
             learner.step(dict(state), x, d)
-        return call, lambda: mock.patch.object(ensemble, "MIX_MAX_ROWS", 0), \
-            lambda: mock.patch.object(ensemble, "MIX_MAX_ROWS", 1 << 30)
+        return (call, *bound(ensemble, "MIX_MAX_ROWS"))
 
     def norm_case(B: int) -> Case:
         c = normalize.NormConfig()
@@ -339,8 +343,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         def call() -> None:
             normalize.update(st, x, d, c)
             normalize.apply(st, x, c)
-        return call, lambda: mock.patch.object(normalize, "MAX_ROWS", 0), \
-            lambda: mock.patch.object(normalize, "MAX_ROWS", 1 << 30)
+        return (call, *bound(normalize, "MAX_ROWS"))
 
     def move_case(B: int) -> Case:
         learner: Any = make_learner("pf", spec)
@@ -349,16 +352,14 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
         innov, var = torch.randn(B, N), torch.ones(B, N)
         def call() -> None:
             learner._ekf_move_blocked(state, innov, var, u, g)
-        return call, lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 0), \
-            lambda: mock.patch.object(pf, "MOVE_MAX_ROWS", 1 << 30)
+        return (call, *bound(pf, "MOVE_MAX_ROWS"))
 
     def walk_case(B: int) -> Case:
         learner: Any = make_learner("pf", spec)
         state = learner.init_state(torch.arange(B))
         def call() -> None:
             rng.add_normal_rows(state["cell"], state["seed"], state["t"], rng.STREAM_WALK, learner.config.theta_noise)
-        return call, lambda: mock.patch.object(rng, "WALK_MAX_ROWS", 0), \
-            lambda: mock.patch.object(rng, "WALK_MAX_ROWS", 1 << 30)
+        return (call, *bound(rng, "WALK_MAX_ROWS"))
 
     def rls_case(B: int) -> Case:
         learner: Any = by_label["linear"]
@@ -368,44 +369,44 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
             memo: dict = {}
             learner.predict(state, x, memo=memo)
             learner.step(state, x, d, memo=memo)
-        return call, lambda: mock.patch.object(baselines, "RLS_MAX_ROWS", 0), \
-            lambda: mock.patch.object(baselines, "RLS_MAX_ROWS", 1 << 30)
+        return (call, *bound(baselines, "RLS_MAX_ROWS"))
 
     def book_case(B: int) -> Case:
         wave = bank_wave(ModelBank(make_learner("persistence", spec)), B)
         ticks = itertools.count()
         def call() -> None:
             wave(next(ticks))
-        return call, lambda: mock.patch.object(bank_kernel, "MAX_ROWS", 0), \
-            lambda: mock.patch.object(bank_kernel, "MAX_ROWS", 1 << 30)
+        return (call, *bound(bank_kernel, "MAX_ROWS"))
 
     dekf_spec: NetSpec = by_label["dekf"].spec  # type: ignore[attr-defined]
-    cases: list[tuple[str, str, Callable[[int], Case]]] = [
+    kalman_limit = f"innovation up to {kalman_kernel.MAX_WORK:,} entries of P, correct always"
+    def keys_of(n: int) -> str:  # the widest wave a loop serves, in keys
+        return f"{n} keys"
+
+    cases: list[tuple[str, str, Callable[[int], Case], str]] = [  # label, shape, the case, the widest wave served
         ("Kalman update, the ensemble's EKF", f"n={by_label['ekf'].spec.n_theta}",  # type: ignore[attr-defined]
-         lambda B: kalman_case(B, by_label["ekf"].spec.n_theta)),  # type: ignore[attr-defined]
+         lambda B: kalman_case(B, by_label["ekf"].spec.n_theta), kalman_limit),  # type: ignore[attr-defined]
         ("Kalman update, the ensemble's DEKF", f"{dekf_spec.hidden} blocks of {dekf_spec.block_size} + "
-         f"{dekf_spec.n_head}", lambda B: kalman_case(B, dekf_spec)),
+         f"{dekf_spec.n_head}", lambda B: kalman_case(B, dekf_spec), kalman_limit),
         ("Kalman update, the feed-forward net's", f"n={by_label['mlp'].n_learned}",  # type: ignore[attr-defined]
-         lambda B: kalman_case(B, by_label["mlp"].n_learned)),  # type: ignore[attr-defined]
-        ("SGD's step after the BPTT (Adam)", f"{spec.n_theta} weights", sgd_case),
-        ("the feed-forward pass and its H", f"m={by_label['mlp'].spec.hidden}", mlp_case),  # type: ignore
-        ("the ensemble's mixture update", f"{len(ens.labels)} experts", mixture_case),  # type: ignore
-        ("the normaliser (update + apply)", f"p={spec.n_in}", norm_case),
-        ("the particle filter's EKF move", f"{PFLearner(spec).config.n_particles} particles a key", move_case),
-        ("the particle filter's random walk", f"{PFLearner(spec).config.n_particles} particles of {spec.n_cell} "
-         "weights a key", walk_case),
-        ("RLS, the linear expert (predict + step)", f"{spec.n_in + 1} weights", rls_case),
+         lambda B: kalman_case(B, by_label["mlp"].n_learned), kalman_limit),  # type: ignore[attr-defined]
+        ("SGD's step after the BPTT (Adam)", f"{spec.n_theta} weights", sgd_case,
+         keys_of(adam_kernel.MAX_WORK // spec.n_theta)),
+        ("the feed-forward pass and its H", f"m={by_label['mlp'].spec.hidden}", mlp_case,  # type: ignore
+         keys_of(mlp.MAX_ROWS)),
+        ("the ensemble's mixture update", f"{len(ens.labels)} experts", mixture_case,  # type: ignore
+         keys_of(ensemble.MIX_MAX_ROWS)),
+        ("the normaliser (update + apply)", f"p={spec.n_in}", norm_case, keys_of(normalize.MAX_ROWS)),
+        ("the particle filter's EKF move", f"{n_particles} particles a key", move_case,
+         keys_of(pf.MOVE_MAX_ROWS // n_particles)),
+        ("the particle filter's random walk", f"{n_particles} particles of {spec.n_cell} weights a key", walk_case,
+         keys_of(rng.WALK_MAX_ROWS // n_particles)),
+        ("RLS, the linear expert (predict + step)", f"{spec.n_in + 1} weights", rls_case,
+         keys_of(baselines.RLS_MAX_ROWS)),
         ("the bank's bookkeeping: a whole wave (step + predict) of the persistence learner", f"p={spec.n_in}",
-         book_case),
+         book_case, keys_of(bank_kernel.MAX_ROWS)),
     ]
-    limits = {"Kalman update": f"innovation up to {kalman_kernel.MAX_WORK:,} entries of P, correct always",
-              "SGD's": f"{adam_kernel.MAX_WORK // spec.n_theta} keys", "the feed-forward": f"{mlp.MAX_ROWS} keys",
-              "the ensemble's": f"{ensemble.MIX_MAX_ROWS} keys", "the normaliser": f"{normalize.MAX_ROWS} keys",
-              "the particle filter's EKF": f"{pf.MOVE_MAX_ROWS // PFLearner(spec).config.n_particles} keys",
-              "the particle filter's random": f"{rng.WALK_MAX_ROWS // PFLearner(spec).config.n_particles} keys",
-              "RLS": f"{baselines.RLS_MAX_ROWS} keys", "the bank's": f"{bank_kernel.MAX_ROWS} keys"}
-    for label, shape, make in cases:
-        limit = next(v for k, v in limits.items() if label.startswith(k))
+    for label, shape, make, limit in cases:
         for B in keys:
             call, slow, fast = make(B)
             timed = {}
