@@ -73,7 +73,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from models import jit
 from models.bank import OTHER_MODEL
-from streamer import __version__
+from streamer import __version__, groupjoin
 from streamer.config import Settings
 from streamer.metrics import HealthServer, Metrics, observe_many
 from streamer.pipeline import Pipeline
@@ -212,6 +212,7 @@ class Daemon:
     async def _start_clients(self) -> None:
         """Start admin, producer and consumer, retrying with backoff while the broker is unreachable."""
         s = self.settings
+        groupjoin.install()  # one JoinGroup per join with both assignors (aiokafka 0.14 sends one per assignor)
         delay = 0.5
         while not self._stop.is_set():
             try:

@@ -150,9 +150,9 @@ async def run_demo(learner: str, rows: int, rate: float | None, out: Path, conso
     total = sum(len(s) for s in srcs)
     with EmbeddedBroker() as broker:
         bs = broker.bootstrap_servers
-        # a short session: the daemon's first group join on the embedded broker takes about twice the session
-        # timeout while the replay runs (4.0 s at 3 s, 2.0 s at 1 s, timed ad hoc), and it is the demo's wait for
-        # its first prediction; one member on loopback, heartbeats every 250 ms from the event loop (the model
+        # a short session: the daemon's first group join on the embedded broker takes about the session timeout
+        # (the broker waits that long for other members), and it is the demo's wait for its first prediction;
+        # one member on loopback, heartbeats every 250 ms from the event loop (the model
         # steps in a worker thread), so a missed session is unlikely, and would cost a rebalance, not a prediction
         settings = Settings(bootstrap_servers=bs, input_topic="ticks", output_topic="predictions",
                             dlq_topic="ticks-dlq", group_id="demo", learner=learner, metrics_port=free_port(),
