@@ -82,8 +82,9 @@ class Kernel:
 
 
 def array(t: torch.Tensor) -> np.ndarray:
-    """A tensor's values as a C-contiguous numpy array for a loop to read (its own memory when it is so laid out)."""
-    return np.ascontiguousarray(t.detach().numpy())
+    """A tensor's values as a C-contiguous numpy array for a loop to read (its own memory when it is so laid out).
+    A tensor outside autograd is not detached first: a few-key wave asks this dozens of times."""
+    return np.ascontiguousarray(t.detach().numpy() if t.requires_grad else t.numpy())
 
 
 def memory(t: torch.Tensor) -> np.ndarray:
@@ -95,11 +96,11 @@ def memory(t: torch.Tensor) -> np.ndarray:
 def kernels() -> tuple[Kernel, ...]:
     """Every compiled loop of the models (imported here, at the first ask: the modules that hold them import this)."""
     from models import bank_kernel, kalman_kernel, normalize, rng
-    from models.learners import adam_kernel, base, baselines, bptt_kernel, ensemble, mlp, pf
+    from models.learners import adam_kernel, base, baselines, bptt_kernel, ekf_kernel, ensemble, mlp, pf
 
     return (bptt_kernel.KERNEL, adam_kernel.KERNEL, mlp.FORWARD, ensemble.MIX, pf.MOVE, rng.WALK,
             *kalman_kernel.KERNELS, normalize.APPLY, normalize.UPDATE, *bank_kernel.KERNELS, base.FINITE,
-            baselines.RLS_PREDICT, baselines.RLS_STEP)
+            baselines.RLS_PREDICT, baselines.RLS_STEP, *ekf_kernel.KERNELS)
 
 
 def warm_up(dtype: torch.dtype = torch.float32) -> bool:

@@ -47,10 +47,11 @@ def most_rows(m: int, window: int) -> int:
     """The most rows of a net of m units over this window that take the kernel."""
     return MAX_WORK * 13 // (m * m * (window + 3))
 
-def _bptt_rows(cw, c0, rw, r0, h0, xbuf, x, skip, d_hat, U, Delta, phi, h_first):  # pragma: no cover - compiled
+def _bptt_rows(cw, c0, rw, r0, h0, xbuf, x, skip, d_hat, U, Delta, phi, h_first, H):  # pragma: no cover - compiled
     """One row b at a time: the cell's weights cw[b, c0 + i*4m + j*4 + g] (input i, neuron j, gate g), the
     read-out rw[b, r0 + k], state h0 [B, 2m] = [c; y], inputs xbuf [B, W-1, p] then x [B, p]; writes
-    d_hat [B], U [B, W, q], Delta [B, W, 4m], phi [B, nr] and h_first [B, 2m] (the state after the first input)."""
+    d_hat [B], U [B, W, q], Delta [B, W, 4m], phi [B, nr] and h_first [B, 2m] (the state after the first input),
+    and, where H is [B, q 4m + nr] rather than [B, 0], the Jacobian H = [sum_k u_k (x) delta_k, phi] itself."""
     B, p = x.shape
     W = xbuf.shape[1] + 1
     m = h0.shape[1] // 2
@@ -128,13 +129,22 @@ def _bptt_rows(cw, c0, rw, r0, h0, xbuf, x, skip, d_hat, U, Delta, phi, h_first)
                     dy[jj] = acc
                 for j in range(m):
                     dc[j] *= S[k, j, 2]
+        if H.shape[1] > 0:  # `window.bptt_jacobian`'s product and concatenation, in the same loop
+            for i in range(q):
+                for g in range(G):
+                    acc = 0.0
+                    for k in range(W):
+                        acc += U[b, k, i] * Delta[b, k, g]
+                    H[b, i * G + g] = acc
+            for i in range(nr):
+                H[b, q * G + i] = phi[b, i]
 
 
 def warm_up(dtype: torch.dtype = torch.float32) -> None:
     """Run the kernel once for this float width, on one row of the smallest net (compiling or loading it)."""
     z = torch.zeros
-    lstm_bptt(1, False, (z(1, 12, dtype=dtype), 0), (z(1, 2, dtype=dtype), 0), z(1, 2, dtype=dtype),
-              z(1, 0, 1, dtype=dtype), z(1, 1, dtype=dtype))
+    lstm_jacobian(1, False, (z(1, 12, dtype=dtype), 0), (z(1, 2, dtype=dtype), 0), z(1, 2, dtype=dtype),
+                  z(1, 0, 1, dtype=dtype), z(1, 1, dtype=dtype))
 
 
 KERNEL = Kernel(_bptt_rows, warm_up, "window BPTT")
@@ -149,6 +159,22 @@ def lstm_bptt(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple
     `cell` and `readout` are (a [B, n] tensor, the column its part starts at): theta itself twice, or the
     particle filter's cell and head tensors. Every tensor is read through numpy, without a copy when it is
     contiguous."""
+    d_hat, U, Delta, phi, h_first, _ = _run(m, skip, cell, readout, h0, xbuf, x, False)
+    return (torch.from_numpy(d_hat), torch.from_numpy(U), torch.from_numpy(Delta), torch.from_numpy(phi),
+            torch.from_numpy(h_first))
+
+
+def lstm_jacobian(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple[torch.Tensor, int],
+                  h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`window.lstm_jacobian`'s (d_hat [B], H [B, n_cell + nr], h_first [B, 2m]) in one call: `lstm_bptt` with
+    `window.bptt_jacobian` done in its loop."""
+    d_hat, _, _, _, h_first, H = _run(m, skip, cell, readout, h0, xbuf, x, True)
+    return torch.from_numpy(d_hat), torch.from_numpy(H), torch.from_numpy(h_first)
+
+
+def _run(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple[torch.Tensor, int], h0: torch.Tensor,
+         xbuf: torch.Tensor, x: torch.Tensor, jacobian: bool) -> tuple[np.ndarray, ...]:
     B, p = x.shape
     W = xbuf.shape[1] + 1
     q = p + m + 1
@@ -160,7 +186,7 @@ def lstm_bptt(m: int, skip: bool, cell: tuple[torch.Tensor, int], readout: tuple
     Delta = np.empty((B, W, 4 * m), out_dtype)
     phi = np.empty((B, nr), out_dtype)
     h_first = np.empty((B, 2 * m), out_dtype)
+    H = np.empty((B, q * 4 * m + nr) if jacobian else (B, 0), out_dtype)
     KERNEL.compiled()(cw, cell[1], rw, readout[1], array(h0), array(xbuf), array(x), skip, d_hat, U, Delta, phi,
-                      h_first)
-    return (torch.from_numpy(d_hat), torch.from_numpy(U), torch.from_numpy(Delta), torch.from_numpy(phi),
-            torch.from_numpy(h_first))
+                      h_first, H)
+    return d_hat, U, Delta, phi, h_first, H

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models import kalman
+from models import kalman, kalman_kernel
 from models.cells import NetSpec
+from models.learners import ekf_kernel
 from models.learners.base import (
     NP_FLOAT,
     Count,
@@ -51,9 +52,8 @@ from models.learners.base import (
     linear_anneal,
 )
 from models.learners.window import (
-    bptt_jacobian,
     has_closed_form,
-    lstm_bptt,
+    lstm_jacobian,
     window_advance,
     window_init,
     window_jacobian,
@@ -141,14 +141,13 @@ class _KalmanBase(FiniteTensors):
         """(d_hat [B], H [B, n_theta], state after the window's first input): closed form where it exists."""
         if has_closed_form(self.spec):
             with torch.no_grad():
-                d_hat, U, Delta, phi, h_first = lstm_bptt(self.spec, state["theta"], state["h0"], state["xbuf"], x)
-                return d_hat, bptt_jacobian(U, Delta, phi), h_first
+                return lstm_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
         return window_jacobian(self.spec, state["theta"], state["h0"], state["xbuf"], x)
 
     def predict(self, state: State, x: torch.Tensor, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         d_hat, H, h_first = self._jacobian(state, x)
         R, q = self._noise(state)
-        PH, S = kalman.innovation(self._blocks(state, H), R)
+        PH, S = self._innovation(state, H, R)
         if memo is not None:  # the next step of this state at this x: the same H, noise, P H^T and S
             memo["jacobian"], memo["noise"], memo["innovation"] = (d_hat, H, h_first), (R, q), (PH, S)
         return d_hat, S
@@ -160,8 +159,43 @@ class _KalmanBase(FiniteTensors):
         PH, S = memo["innovation"] if memo else kalman.innovation(blocks, R)
         return kalman.correct([P for P, _ in blocks], PH, e, S, self.config.joseph), S
 
+    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
+        R, q = memo["noise"] if memo else self._noise(state)
+        with torch.no_grad():
+            if self._compiled_step(state, (x, d, h_first)):  # a few rows: the whole step in one call, in place
+                PH, S = memo["innovation"] if memo else self._innovation(state, H, R)
+                Pc, Ph, G = self._layout(state)
+                ekf_kernel.step((Pc, PH[0].view(Pc.shape[:-1])), None if Ph is None else (Ph, PH[1]), G, d - d_hat,
+                                S, q, state["theta"], state["t"], (state["xbuf"], x, state["h0"], h_first))
+                return d_hat, S, state
+            steps, S = self._update(state, H, d - d_hat, R, memo)  # [[B, n] per block], [B]
+            state["theta"] = state["theta"] + self._theta_step(steps)
+            for P in self._covariances(state):
+                kalman.add_diagonal(P, q)
+            state["t"] = state["t"] + 1
+            window_advance(state, x, h_first)
+        return d_hat, S, state
+
+    def _compiled_step(self, state: State, inputs: tuple[torch.Tensor, ...]) -> bool:
+        """Whether this step takes `ekf_kernel`: the rank-1 update (not Joseph's), and `ekf_kernel.serves` the state
+        it writes in place and the inputs it reads."""
+        return not self.config.joseph and ekf_kernel.serves(
+            [state["theta"], state["t"], state["xbuf"], state["h0"], *self._covariances(state)], self.dtype, inputs)
+
+    def _innovation(self, state: State, H: torch.Tensor, R: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`kalman.innovation` of the filter's blocks: for a few rows `ekf_kernel.innovation`'s one call, which reads
+        H in theta's order (no blocks laid out)."""
+        Pc, Ph, G = self._layout(state)
+        if ekf_kernel.serves(list(self._covariances(state)), self.dtype, (H, R), kalman_kernel.MAX_WORK):
+            PHc, PHh, S = ekf_kernel.innovation(Pc, Ph, H, G, R)
+            first = PHc.view(self._covariances(state)[0].shape[:-1])  # as `_blocks` has the first block
+            return ([first] if PHh is None else [first, PHh]), S
+        return kalman.innovation(self._blocks(state, H), R)
+
     def update(self, state: State, x: torch.Tensor, d: torch.Tensor) -> State:
-        return self.step(state, x, d)[2]  # type: ignore[attr-defined]
+        return self.step(state, x, d)[2]
 
     @property
     def n_learned(self) -> int:
@@ -193,6 +227,15 @@ class _KalmanBase(FiniteTensors):
         """The filter's covariance blocks, each with its part of H."""
         raise NotImplementedError
 
+    def _covariances(self, state: State) -> tuple[torch.Tensor, ...]:
+        """The covariance blocks' tensors, which the random walk adds q I to."""
+        raise NotImplementedError
+
+    def _layout(self, state: State) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """`ekf_kernel`'s view of the covariance blocks: (the cell's [B, inner, n, n], the head's [B, nh, nh] or
+        None, G: block entry r G + g is theta's column r (inner G) + i G + g)."""
+        raise NotImplementedError
+
 
 class EKFLearner(_KalmanBase):
     """Global EKF: one dense P [n_theta, n_theta] per series. For small nets and few series."""
@@ -210,17 +253,11 @@ class EKFLearner(_KalmanBase):
     def _theta_step(self, steps: list[torch.Tensor]) -> torch.Tensor:
         return steps[0]  # [B, n]
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, State]:
-        d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
-        R, q = memo["noise"] if memo else self._noise(state)
-        with torch.no_grad():
-            steps, S = self._update(state, H, d - d_hat, R, memo)  # [[B, n]], [B]
-            state["theta"] = state["theta"] + self._theta_step(steps)
-            kalman.add_diagonal(state["P"], q)
-            state["t"] = state["t"] + 1
-            window_advance(state, x, h_first)
-        return d_hat, S, state
+    def _covariances(self, state: State) -> tuple[torch.Tensor, ...]:
+        return (state["P"],)
+
+    def _layout(self, state: State) -> tuple[torch.Tensor, None, int]:
+        return state["P"].unsqueeze(1), None, self.spec.n_theta  # one block [B, 1, n, n] in theta's order
 
     def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
         return state["theta"], state["h0"], state["P"].diagonal(dim1=1, dim2=2)
@@ -258,18 +295,11 @@ class DEKFLearner(_KalmanBase):
     def _theta_step(self, steps: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([self.spec.cell_of(steps[0]), steps[1]], dim=1)  # [B, m, Gq], [B, nh] -> [B, n]
 
-    def step(self, state: State, x: torch.Tensor, d: torch.Tensor, memo: dict | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, State]:
-        d_hat, H, h_first = memo["jacobian"] if memo else self._jacobian(state, x)
-        R, q = memo["noise"] if memo else self._noise(state)
-        with torch.no_grad():
-            steps, S = self._update(state, H, d - d_hat, R, memo)
-            state["theta"] = state["theta"] + self._theta_step(steps)
-            kalman.add_diagonal(state["Pc"], q)
-            kalman.add_diagonal(state["Ph"], q)
-            state["t"] = state["t"] + 1
-            window_advance(state, x, h_first)
-        return d_hat, S, state
+    def _covariances(self, state: State) -> tuple[torch.Tensor, ...]:
+        return state["Pc"], state["Ph"]
+
+    def _layout(self, state: State) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return state["Pc"], state["Ph"], self.spec.n_gates  # [B, m, Gq, Gq], [B, nh, nh]
 
     def health_tensors(self, state: State) -> tuple[torch.Tensor, ...]:
         return state["theta"], state["h0"], state["Ph"].diagonal(dim1=1, dim2=2)

@@ -48,6 +48,7 @@ import torch
 from models import kalman, rng
 from models.cells import NetSpec
 from models.jit import Kernel, array
+from models.learners import ekf_kernel
 from models.learners.base import NP_FLOAT, FiniteTensors, NonNegative, Positive, State
 from models.learners.ekf import KalmanNoise, kalman_noise
 
@@ -166,6 +167,10 @@ class MLPLearner(FiniteTensors):
         d_hat, H = memo["jacobian"] if memo else self._forward(state["theta"], x)
         R, q = memo["noise"] if memo else kalman_noise(self.config, state["t"], self.dtype)
         PH, S = memo["innovation"] if memo else kalman.innovation([(state["P"], H)], R)
+        if ekf_kernel.serves([state["theta"], state["t"], state["P"]], self.dtype, (d,)):  # few rows: one call
+            ekf_kernel.step((state["P"].unsqueeze(1), PH[0].unsqueeze(1)), None, self.n_learned, d - d_hat, S, q,
+                            state["theta"], state["t"])
+            return d_hat, S, state
         (dtheta,) = kalman.correct([state["P"]], PH, d - d_hat, S)  # P in place
         state["theta"] = state["theta"] + dtheta
         kalman.add_diagonal(state["P"], q)

@@ -69,6 +69,26 @@ def window_jacobian_parts(
     return d_hat.detach(), (Hc, Hh), h_first.detach()
 
 
+def _takes_kernel(spec: NetSpec, weights: tuple[torch.Tensor, ...], h0: torch.Tensor, xbuf: torch.Tensor,
+                  x: torch.Tensor) -> bool:
+    """Whether `lstm_bptt` takes `bptt_kernel`: few rows, and nothing that autograd is to differentiate through
+    (the kernel is opaque)."""
+    return x.shape[0] <= bptt_kernel.most_rows(spec.hidden, xbuf.shape[1] + 1) and not (
+        torch.is_grad_enabled() and any(t.requires_grad for t in (*weights, h0, xbuf, x))
+    ) and bptt_kernel.usable(x.dtype)
+
+
+def lstm_jacobian(spec: NetSpec, theta: torch.Tensor, h0: torch.Tensor, xbuf: torch.Tensor, x: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d_hat [B], H [B, n_theta], state after the window's first input [B, 2m]): `lstm_bptt` then `bptt_jacobian`,
+    for a small wave in the kernel's one call."""
+    if _takes_kernel(spec, (theta,), h0, xbuf, x):
+        return bptt_kernel.lstm_jacobian(spec.hidden, spec.head == "skip", (theta, 0), (theta, spec.n_cell), h0, xbuf,
+                                         x)
+    d_hat, U, Delta, phi, h_first = lstm_bptt(spec, theta, h0, xbuf, x, compiled=False)
+    return d_hat, bptt_jacobian(U, Delta, phi), h_first
+
+
 def bptt_jacobian(U: torch.Tensor, Delta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """H = [H_cell, phi] [B, n_theta] from `lstm_bptt`'s U [B, W, q], Delta [B, W, m*G], phi [B, n_readout]:
     H_cell = sum_k u_k (x) delta_k, laid out as the cell weights [q, m*G]."""
@@ -112,11 +132,8 @@ def lstm_bptt(
     a step.
     """
     m, p = spec.hidden, spec.n_in
-    if compiled is None:  # few rows, and nothing that autograd is to differentiate through (the kernel is opaque)
-        weights = (theta.cell, theta.r) if isinstance(theta, Params) else (theta,)
-        compiled = x.shape[0] <= bptt_kernel.most_rows(m, xbuf.shape[1] + 1) and not (
-            torch.is_grad_enabled() and any(t.requires_grad for t in (*weights, h0, xbuf, x))
-        ) and bptt_kernel.usable(x.dtype)
+    if compiled is None:
+        compiled = _takes_kernel(spec, (theta.cell, theta.r) if isinstance(theta, Params) else (theta,), h0, xbuf, x)
     if compiled:
         if isinstance(theta, Params):  # the particle filter's: its cell and head tensors, [B, n_cell] and [B, nr]
             weights_at = (theta.cell.reshape(x.shape[0], -1), 0), (theta.r, 0)

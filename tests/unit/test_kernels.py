@@ -471,3 +471,95 @@ def test_compiled_rls_follows_torch_within_rounding(lam, dtype, monkeypatch):
     assert float(ref_state["beta"][:, 1].mean()) < -0.9  # it learned the weights
     unmemoised, _ = run(64, memo=False)
     assert all(torch.equal(a, b) for a, b in zip(compiled, unmemoised, strict=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, window", [("ekf", 10), ("ekf", 1), ("dekf", 10), ("dekf", 1), ("mlp", 0)])
+def test_compiled_kalman_filter_step_follows_torch_within_rounding(name, window, dtype, monkeypatch):
+    """The EKF's, the DEKF's and the feed-forward net's step after predict in one loop (`ekf_kernel`) and by torch,
+    200 ticks of 3 keys: predictions, theta, every covariance block, the window and the tick counter alike; a step
+    without a memo takes the loop too and is the one with it (to the bit)."""
+    from models.learners import ekf_kernel
+    from models.learners.ekf import DEKFConfig, DEKFLearner, EKFConfig, EKFLearner
+    from models.learners.mlp import MLPLearner
+
+    def run(rows: int, memo: bool = True, width: torch.dtype = dtype) -> tuple[torch.Tensor, dict]:
+        spec = NetSpec(n_in=4, hidden=5)
+        learner = (EKFLearner(spec, EKFConfig(window=window), width) if name == "ekf"
+                   else DEKFLearner(spec, DEKFConfig(window=window), width) if name == "dekf"
+                   else MLPLearner(spec, dtype=width))
+        with monkeypatch.context() as m:
+            m.setattr(ekf_kernel, "MAX_ROWS", rows)
+            if memo:
+                return memo_run(learner, 3, 200, 4, width)
+            g = torch.Generator().manual_seed(4)
+            state, means = learner.init_state(torch.arange(3)), []
+            for _ in range(200):  # memo_run's ticks, each stepped without predict's memo
+                x = torch.randn(3, 4, generator=g, dtype=width)
+                d = torch.sin(x.sum(1)) + 0.1 * torch.randn(3, generator=g, dtype=width)
+                mean, _, state = learner.step(state, x, d)
+                means.append(mean)
+            return torch.stack(means), state
+
+    (compiled, state), (reference, ref_state) = run(64), run(0)
+    assert state.keys() == ref_state.keys()
+    if dtype == torch.float64:
+        torch.testing.assert_close(compiled, reference, rtol=1e-9, atol=1e-10)
+        for k, v in state.items():
+            torch.testing.assert_close(v, ref_state[k], rtol=1e-9, atol=1e-10)
+    else:  # float32: 200 rank-1 downdates of P carry each path's rounding on (the loop contracts multiply-adds), so
+        # the loop is held to torch's own float32 error: no further from torch than torch is from float64
+        exact, exact_state = run(0, width=torch.float64)
+        for a, b, c in [(compiled, reference, exact), *((v, ref_state[k], exact_state[k]) for k, v in state.items())]:
+            if a.dtype == torch.int64 or not a.numel():  # the tick counter, a window of one tick's empty buffer
+                assert torch.equal(a, b)
+                continue
+            own = float((b.double() - c).abs().max())
+            assert float((a.double() - b.double()).abs().max()) <= max(own, 1e-6), own
+    assert int(state["t"][0]) == 200 and float((compiled[-50:] - reference[-50:]).abs().max()) < 0.05
+    unmemoised, plain_state = run(64, memo=False)
+    assert torch.equal(unmemoised, compiled) and all(torch.equal(v, state[k]) for k, v in plain_state.items())
+
+
+def test_the_kalman_filter_step_takes_the_loop_for_few_rows_and_torch_otherwise(monkeypatch):
+    from models.learners import ekf_kernel
+    from models.learners.ekf import DEKFLearner, EKFConfig, EKFLearner
+
+    calls: list[int] = []
+    real = ekf_kernel.step
+    monkeypatch.setattr(ekf_kernel, "step", lambda *a: calls.append(a[6].shape[0]) or real(*a))
+    spec = NetSpec(n_in=4, hidden=3)
+    for learner, B in ((DEKFLearner(spec), ekf_kernel.MAX_ROWS), (DEKFLearner(spec), ekf_kernel.MAX_ROWS + 1),
+                       (EKFLearner(spec, EKFConfig(joseph=True)), 2), (EKFLearner(spec), 2)):
+        state = learner.init_state(torch.arange(B))
+        learner.step(state, torch.randn(B, 4), torch.randn(B))
+    x = torch.randn(2, 4, dtype=torch.float64)  # an input of another float width than the filter's
+    learner = EKFLearner(spec)
+    learner.step(learner.init_state(torch.arange(2)), x, torch.randn(2))
+    assert calls == [ekf_kernel.MAX_ROWS, 2]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["ekf", "dekf"])
+def test_compiled_filter_innovation_reads_h_as_laid_out_in_theta(name, dtype):
+    """`ekf_kernel.innovation` (H in theta's order, both of the DEKF's kinds of block in one call) against
+    `kalman.innovation` of the blocks as `_blocks` lays them out, on covariances that are not the identity."""
+    from models.learners import ekf_kernel
+    from models.learners.ekf import DEKFLearner, EKFLearner
+
+    spec = NetSpec(n_in=3, hidden=4)
+    learner = EKFLearner(spec, dtype=dtype) if name == "ekf" else DEKFLearner(spec, dtype=dtype)
+    g = torch.Generator().manual_seed(6)
+    state = learner.init_state(torch.arange(3))
+    for k in ("P", "Pc", "Ph"):
+        if k in state:
+            state[k].copy_(covariance(g, *state[k].shape[:-1], dtype=dtype))
+    H = torch.randn(3, spec.n_theta, generator=g, dtype=dtype)
+    R = torch.rand(3, generator=g, dtype=dtype) + 1
+    PH, S = kalman.innovation(learner._blocks(state, H), R)
+    Pc, Ph, G = learner._layout(state)
+    PHc, PHh, S_loop = ekf_kernel.innovation(Pc, Ph, H, G, R)
+    eps = torch.finfo(dtype).eps
+    got = [PHc.view(PH[0].shape)] + ([] if PHh is None else [PHh])
+    for a, b in zip([*got, S_loop], [*PH, S], strict=True):
+        torch.testing.assert_close(a, b, rtol=64 * eps, atol=64 * eps * float(b.abs().max()))

@@ -419,6 +419,32 @@ def test_closed_form_bptt_matches_autograd(head, window, compiled):
     torch.testing.assert_close(phi, Hh)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+@pytest.mark.parametrize("head", ["plain", "skip"])
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_lstm_jacobian_matches_autograd(head, window, kernel, monkeypatch):
+    """The Kalman filters' H: the kernel's own product (a few rows) and `bptt_jacobian` of the torch pass (a wide
+    wave) against autograd, with d_hat and the window's next state."""
+    from models.learners import bptt_kernel
+    from models.learners.window import lstm_jacobian, window_jacobian
+
+    spec = NetSpec(n_in=3, hidden=5, head=head)
+    g = torch.Generator().manual_seed(5)
+    theta = 0.5 * torch.randn(4, spec.n_theta, generator=g, dtype=D)
+    h0 = 0.5 * torch.randn(4, spec.state_dim, generator=g, dtype=D)
+    xbuf, x = torch.randn(4, window - 1, 3, generator=g, dtype=D), torch.randn(4, 3, generator=g, dtype=D)
+    calls: list[int] = []
+    real = bptt_kernel.lstm_jacobian
+    monkeypatch.setattr(bptt_kernel, "lstm_jacobian", lambda *a: calls.append(1) or real(*a))
+    if not kernel:
+        monkeypatch.setattr(bptt_kernel, "MAX_WORK", 0)
+    d_ref, H_ref, h_ref = window_jacobian(spec, theta, h0, xbuf, x)
+    for got, ref in zip(lstm_jacobian(spec, theta, h0, xbuf, x), (d_ref, H_ref, h_ref), strict=True):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref)
+    assert calls == ([1] if kernel else [])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("head", ["plain", "skip"])
 @pytest.mark.parametrize("window", [1, 4, 10])
