@@ -275,7 +275,7 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
     from unittest import mock
 
     from models import bank_kernel, kalman, kalman_kernel, normalize, rng
-    from models.learners import adam_kernel, baselines, ensemble, mlp, pf
+    from models.learners import adam_kernel, baselines, ekf_kernel, ensemble, mlp, pf
     from models.learners.ensemble import EnsembleConfig, EnsembleLearner
     from models.learners.pf import PFLearner
     from models.learners.sgd import SGDLearner
@@ -371,6 +371,18 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
             learner.step(state, x, d, memo=memo)
         return (call, *bound(baselines, "RLS_MAX_ROWS"))
 
+    def filter_case(label: str) -> Callable[[int], Case]:
+        def make(B: int) -> Case:  # predict (the BPTT's own call either way) and the step after it
+            learner: Any = by_label[label]
+            state = learner.init_state(torch.arange(B))
+            x, d = torch.randn(B, spec.n_in), torch.randn(B)
+            def call() -> None:
+                memo: dict = {}
+                learner.predict(state, x, memo=memo)
+                learner.step(state, x, d, memo=memo)
+            return (call, *bound(ekf_kernel, "MAX_ROWS"))
+        return make
+
     def book_case(B: int) -> Case:
         wave = bank_wave(ModelBank(make_learner("persistence", spec)), B)
         ticks = itertools.count()
@@ -390,6 +402,11 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
          f"{dekf_spec.n_head}", lambda B: kalman_case(B, dekf_spec), kalman_limit),
         ("Kalman update, the feed-forward net's", f"n={by_label['mlp'].n_learned}",  # type: ignore[attr-defined]
          lambda B: kalman_case(B, by_label["mlp"].n_learned), kalman_limit),  # type: ignore[attr-defined]
+        ("the ensemble's EKF: predict + step (the innovation and the step in one call each; else one Kalman "
+         "loop per block and torch)", f"n={by_label['ekf'].spec.n_theta}",  # type: ignore[attr-defined]
+         filter_case("ekf"), keys_of(ekf_kernel.MAX_ROWS)),
+        ("the ensemble's DEKF: predict + step (as the EKF's)", f"{dekf_spec.hidden} blocks of {dekf_spec.block_size} "
+         f"+ {dekf_spec.n_head}", filter_case("dekf"), keys_of(ekf_kernel.MAX_ROWS)),
         ("SGD's step after the BPTT (Adam)", f"{spec.n_theta} weights", sgd_case,
          keys_of(adam_kernel.MAX_WORK // spec.n_theta)),
         ("the feed-forward pass and its H", f"m={by_label['mlp'].spec.hidden}", mlp_case,  # type: ignore
