@@ -361,18 +361,9 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
             rng.add_normal_rows(state["cell"], state["seed"], state["t"], rng.STREAM_WALK, learner.config.theta_noise)
         return (call, *bound(rng, "WALK_MAX_ROWS"))
 
-    def rls_case(B: int) -> Case:
-        learner: Any = by_label["linear"]
-        state = learner.init_state(torch.arange(B))
-        x, d = torch.randn(B, spec.n_in), torch.randn(B)
-        def call() -> None:
-            memo: dict = {}
-            learner.predict(state, x, memo=memo)
-            learner.step(state, x, d, memo=memo)
-        return (call, *bound(baselines, "RLS_MAX_ROWS"))
-
-    def filter_case(label: str) -> Callable[[int], Case]:
-        def make(B: int) -> Case:  # predict (the BPTT's own call either way) and the step after it
+    def predict_step_case(label: str, module: Any, limit: str) -> Callable[[int], Case]:
+        """An expert's predict and the step after it with predict's memo, the loops bounded by `module.limit`."""
+        def make(B: int) -> Case:
             learner: Any = by_label[label]
             state = learner.init_state(torch.arange(B))
             x, d = torch.randn(B, spec.n_in), torch.randn(B)
@@ -380,8 +371,10 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
                 memo: dict = {}
                 learner.predict(state, x, memo=memo)
                 learner.step(state, x, d, memo=memo)
-            return (call, *bound(ekf_kernel, "MAX_ROWS"))
+            return (call, *bound(module, limit))
         return make
+
+    rls_case = predict_step_case("linear", baselines, "RLS_MAX_ROWS")
 
     def book_case(B: int) -> Case:
         wave = bank_wave(ModelBank(make_learner("persistence", spec)), B)
@@ -404,9 +397,9 @@ def kernel_paths(keys: list[int], seconds: float) -> list[dict]:
          lambda B: kalman_case(B, by_label["mlp"].n_learned), kalman_limit),  # type: ignore[attr-defined]
         ("the ensemble's EKF: predict + step (the innovation and the step in one call each; else one Kalman "
          "loop per block and torch)", f"n={by_label['ekf'].spec.n_theta}",  # type: ignore[attr-defined]
-         filter_case("ekf"), keys_of(ekf_kernel.MAX_ROWS)),
+         predict_step_case("ekf", ekf_kernel, "MAX_ROWS"), keys_of(ekf_kernel.MAX_ROWS)),
         ("the ensemble's DEKF: predict + step (as the EKF's)", f"{dekf_spec.hidden} blocks of {dekf_spec.block_size} "
-         f"+ {dekf_spec.n_head}", filter_case("dekf"), keys_of(ekf_kernel.MAX_ROWS)),
+         f"+ {dekf_spec.n_head}", predict_step_case("dekf", ekf_kernel, "MAX_ROWS"), keys_of(ekf_kernel.MAX_ROWS)),
         ("SGD's step after the BPTT (Adam)", f"{spec.n_theta} weights", sgd_case,
          keys_of(adam_kernel.MAX_WORK // spec.n_theta)),
         ("the feed-forward pass and its H", f"m={by_label['mlp'].spec.hidden}", mlp_case,  # type: ignore
