@@ -97,11 +97,16 @@ STREAM_STATE = 4  # noise on particle c_t, y_t
 WALK_MAX_ROWS = 16 * 64
 
 
-def add_normal_rows(out: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, stream: int, scale: float) -> None:
+def add_normal_rows(out: torch.Tensor, seeds: torch.Tensor, counter: torch.Tensor, stream: int, scale: float,
+                    compiled: bool | None = None) -> None:
     """out [B, rows, width] += scale * `normal_rows(seeds, counter, stream, rows, width)`, in place: the same
-    numbers (the same hash, the same pool slices), added by one compiled pass for a few rows, else by torch."""
+    numbers (the same hash, the same pool slices), added by one compiled pass for a few rows, else by torch.
+    `compiled=False` takes torch's path whatever the rows (a caller that walks a wide wave a block at a time)."""
     B, rows, width = out.shape
-    if B * rows <= WALK_MAX_ROWS and out.is_contiguous() and not out.requires_grad and WALK.usable(out.dtype):
+    if compiled is None:
+        compiled = B * rows <= WALK_MAX_ROWS and out.is_contiguous() and not out.requires_grad \
+            and WALK.usable(out.dtype)
+    if compiled:
         if width > POOL_SIZE // 4:
             raise ValueError(f"noise rows of width {width} exceed the pool's design range")
         pool = _pool(out.dtype).numpy()

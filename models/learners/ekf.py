@@ -187,10 +187,11 @@ class _KalmanBase(FiniteTensors):
     def _innovation(self, state: State, H: torch.Tensor, R: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """`kalman.innovation` of the filter's blocks: for a few rows `ekf_kernel.innovation`'s one call, which reads
         H in theta's order (no blocks laid out)."""
-        Pc, Ph, G = self._layout(state)
-        if ekf_kernel.serves(list(self._covariances(state)), self.dtype, (H, R), kalman_kernel.MAX_WORK):
+        covariances = self._covariances(state)
+        if ekf_kernel.serves(list(covariances), self.dtype, (H, R), kalman_kernel.MAX_WORK):
+            Pc, Ph, G = self._layout(state)
             PHc, PHh, S = ekf_kernel.innovation(Pc, Ph, H, G, R)
-            first = PHc.view(self._covariances(state)[0].shape[:-1])  # as `_blocks` has the first block
+            first = PHc.view(covariances[0].shape[:-1])  # as `_blocks` has the first block
             return ([first] if PHh is None else [first, PHh]), S
         return kalman.innovation(self._blocks(state, H), R)
 

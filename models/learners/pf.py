@@ -412,8 +412,7 @@ class PFLearner(FiniteTensors):
                     rng.add_normal_rows(part, state["seed"], state["t"], stream, c.theta_noise)
                     continue
                 for b in _blocks(B, N * n * part.element_size()):  # a block of keys at a time: its noise stays in cache
-                    eps = rng.normal_rows(state["seed"][b], state["t"][b], stream, N, n, self.dtype)  # [b, N, n]
-                    part[b].add_(eps, alpha=c.theta_noise)
+                    rng.add_normal_rows(part[b], state["seed"][b], state["t"][b], stream, c.theta_noise, compiled=False)
                 continue
             eps = rng.normal_rows(state["seed"], state["t"], stream, N, n, self.dtype)  # [B, N, n]
             w = torch.softmax(state["logw"], dim=1).unsqueeze(2)  # [B, N, 1]

@@ -347,7 +347,7 @@ def test_a_float_width_without_loops_takes_torch_quietly():
 def test_compiled_random_walk_adds_the_same_pool_slices_as_torch(dtype, monkeypatch):
     """The particle filter's random walk (`rng.add_normal_rows`): the loop hashes each row's offset as numpy's
     splitmix64 does (seeds over all 62 bits, counters up to 2^40) and adds the same slices, within one rounding;
-    a wave wider than its limit takes torch."""
+    a wave wider than its limit takes torch, and so does any wave asked for torch's path (`compiled=False`)."""
     from models import rng
 
     seeds = torch.tensor([rng.key_seed(f"key{i}", 7) for i in range(5)])
@@ -364,6 +364,10 @@ def test_compiled_random_walk_adds_the_same_pool_slices_as_torch(dtype, monkeypa
     wide = base.clone()
     rng.add_normal_rows(wide, seeds, counter, rng.STREAM_WALK, 0.5)
     assert len(called) == 1 and torch.equal(wide, base.add(noise, alpha=0.5))
+    monkeypatch.setattr(rng, "WALK_MAX_ROWS", 5 * 9)  # a wave the loop would take
+    asked = base.clone()
+    rng.add_normal_rows(asked, seeds, counter, rng.STREAM_WALK, 0.5, compiled=False)
+    assert len(called) == 2 and torch.equal(asked, wide)
 
 
 def bank_run(name: str, dtype: torch.dtype, config: Any, rows: int, monkeypatch: pytest.MonkeyPatch
